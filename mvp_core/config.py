@@ -1,0 +1,78 @@
+"""Ketter settings, read from the environment (prefix ``KETTER_``) at the edges only.
+
+The API dependency, the worker's start-up and the CLI's ``main`` call
+``get_settings()`` once and pass values down; the engine never imports this module.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.planner import ZipThresholds
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every tunable of Ketter, one env var each (``KETTER_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="KETTER_", env_file=None, extra="ignore")
+
+    # Planner (policy v1 of the design document).
+    zip_threshold_files: int = Field(default=1000, ge=0)
+    zip_threshold_avg_size_bytes: int = Field(default=4 * MIB, ge=1)
+
+    # Services.
+    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/ketter"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    api_token: str | None = None
+    api_url: str = "http://127.0.0.1:8000"
+
+    # Engine.
+    temp_dir: Path = Path("/tmp/ketter_tmp")
+    remote_temp_dir: str = "/tmp/ketter_tmp"
+    ssh_connect_timeout_s: int = Field(default=10, ge=1)
+    rsync_io_timeout_s: int = Field(default=120, ge=0)
+    default_known_hosts: Path | None = None
+
+    # Worker.
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=5.0, ge=0)
+    job_timeout_s: int = Field(default=24 * 3600, ge=1)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_grace_s: float = Field(default=30.0, gt=0)
+    reconcile_interval_s: float = Field(default=15.0, gt=0)
+    progress_interval_s: float = Field(default=1.0, gt=0)
+    queue_name: str = "ketter:queue"
+
+    @field_validator("api_token")
+    @classmethod
+    def _empty_token_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    def zip_thresholds(self) -> ZipThresholds:
+        """The planner's thresholds, as the pure engine wants them."""
+        return ZipThresholds(
+            max_files=self.zip_threshold_files,
+            max_avg_size_bytes=self.zip_threshold_avg_size_bytes,
+        )
+
+    def engine_options(self) -> EngineOptions:
+        """Engine knobs, as the pure engine wants them."""
+        return EngineOptions(
+            temp_dir=self.temp_dir,
+            remote_temp_dir=self.remote_temp_dir,
+            ssh_connect_timeout_s=self.ssh_connect_timeout_s,
+            rsync_io_timeout_s=self.rsync_io_timeout_s,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests override with ``app.dependency_overrides``."""
+    return Settings()

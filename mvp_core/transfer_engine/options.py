@@ -1,0 +1,15 @@
+"""Engine knobs, passed in by the caller (the engine never reads the environment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    temp_dir: Path = Path("/tmp/ketter_tmp")
+    remote_temp_dir: str = "/tmp/ketter_tmp"
+    ssh_connect_timeout_s: int = 10
+    # rsync --timeout: seconds without I/O before rsync gives up (0 = never).
+    rsync_io_timeout_s: int = 120
