@@ -24,7 +24,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -123,6 +125,7 @@ class Portal(Base):
         CheckConstraint("kind <> 'ssh' OR host IS NOT NULL", name="ssh_needs_host"),
         CheckConstraint("port IS NULL OR (port > 0 AND port < 65536)", name="port_range"),
         CheckConstraint("base_path LIKE '/%'", name="base_path_absolute"),
+        CheckConstraint("length(name) > 0", name="name_not_empty"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -155,6 +158,9 @@ class Job(Base):
             name="finished_after_started",
         ),
         Index("ix_jobs_status_created", "status", "created_at"),
+        # Foreign keys are not indexed by Postgres itself; deleting a portal checks these.
+        Index("ix_jobs_source_portal_id", "source_portal_id"),
+        Index("ix_jobs_target_portal_id", "target_portal_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -171,18 +177,24 @@ class Job(Base):
         _enum(RequestedStrategy, "requested_strategy"),
         nullable=False,
         default=RequestedStrategy.AUTO,
+        server_default=RequestedStrategy.AUTO.value,
     )
     strategy: Mapped[ChosenStrategy | None] = mapped_column(_enum(ChosenStrategy, "strategy"))
     status: Mapped[JobStatus] = mapped_column(
-        _enum(JobStatus, "job_status"), nullable=False, default=JobStatus.PENDING
+        _enum(JobStatus, "job_status"),
+        nullable=False,
+        default=JobStatus.PENDING,
+        server_default=JobStatus.PENDING.value,
     )
-    n_files: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    total_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    files_copied: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    bytes_copied: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    progress_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    n_files: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    total_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    files_copied: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    bytes_copied: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    progress_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    cancel_requested: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
     worker_id: Mapped[str | None] = mapped_column(String(200))
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -205,17 +217,25 @@ class JobEvent(Base):
     """One line of a job's history: created, plan, phase, progress, retry, error, done..."""
 
     __tablename__ = "job_events"
-    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_job_events_job_id_id", "job_id", "id"),
+        CheckConstraint("jsonb_typeof(payload) = 'object'", name="payload_is_object"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
     created_at: Mapped[datetime] = _now_column()
     level: Mapped[EventLevel] = mapped_column(
-        _enum(EventLevel, "event_level"), nullable=False, default=EventLevel.INFO
+        _enum(EventLevel, "event_level"),
+        nullable=False,
+        default=EventLevel.INFO,
+        server_default=EventLevel.INFO.value,
     )
     event_type: Mapped[EventType] = mapped_column(_enum(EventType, "event_type"), nullable=False)
-    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
 
     job: Mapped[Job] = relationship(back_populates="events")
 

@@ -1,0 +1,155 @@
+"""Bring a Ketter database to the schema head: ``python -m mvp_core.db.migrate``.
+
+``make migrate``, the API/worker start-up scripts, the DKU check and the tests all
+call these functions, so there is one way to migrate. The URL is always passed in
+(``main`` reads ``KETTER_DATABASE_URL`` through the settings); nothing is hard-coded.
+
+An upgrade runs in one transaction (Postgres DDL is transactional) while holding an
+advisory lock, so an API and a worker starting together cannot race each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, make_url, pool, text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import OperationalError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Arbitrary, fixed key for pg_advisory_xact_lock: "ketter migrate".
+_MIGRATION_LOCK_KEY = 0x6B6574746572
+
+log = logging.getLogger(__name__)
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    """An Alembic Config pointing at the packaged migrations (no ini file needed)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["configure_logging"] = False
+    if database_url is not None:
+        cfg.attributes["database_url"] = database_url
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest revision shipped with this code."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships a revision
+        raise RuntimeError(f"no Alembic revision found under {MIGRATIONS_DIR}")
+    return head
+
+
+def current_revision(database_url: str) -> str | None:
+    """The revision the database is at; None for an empty (never migrated) database."""
+    engine = create_engine(database_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def is_at_head(database_url: str) -> bool:
+    """True when the database schema matches this code (the DKU check)."""
+    return current_revision(database_url) == head_revision()
+
+
+def _run_locked(database_url: str, action: str, revision: str) -> None:
+    engine = create_engine(database_url, poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            _lock(conn)
+            cfg = alembic_config(database_url)
+            cfg.attributes["connection"] = conn
+            getattr(command, action)(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def _lock(conn: Connection) -> None:
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+
+
+def upgrade_to_head(database_url: str) -> None:
+    """Apply every pending migration, atomically; a no-op when already at head."""
+    _run_locked(database_url, "upgrade", "head")
+
+
+def downgrade_to_base(database_url: str) -> None:
+    """Drop everything the migrations created (tests, and a deliberate reset)."""
+    _run_locked(database_url, "downgrade", "base")
+
+
+def _maintenance_url(url: URL) -> URL:
+    return url.set(database="postgres")
+
+
+def create_database_if_missing(database_url: str) -> bool:
+    """Create the URL's database when the server lacks it; True if it was created.
+
+    The default URL names database ``ketter``, which a fresh cluster does not have.
+    """
+    url = make_url(database_url)
+    if url.database is None:
+        raise ValueError("the database URL names no database")
+    engine = create_engine(_maintenance_url(url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
+            ).scalar()
+            if exists:
+                return False
+            quoted = conn.dialect.identifier_preparer.quote(url.database)
+            conn.execute(text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: create the database if needed, then upgrade it to head (or report)."""
+    parser = argparse.ArgumentParser(prog="python -m mvp_core.db.migrate", description=__doc__)
+    parser.add_argument(
+        "--check", action="store_true", help="only report; exit 1 if not at head, change nothing"
+    )
+    parser.add_argument("--downgrade-to-base", action="store_true", help="drop Ketter's tables")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from mvp_core.config import get_settings  # settings are read at the edge only
+
+    database_url = get_settings().database_url
+    shown = make_url(database_url).render_as_string(hide_password=True)
+    head = head_revision()
+    try:
+        if args.check:
+            current = current_revision(database_url)
+            print(f"database {shown}: at {current or 'base (empty)'}, head is {head}")
+            return 0 if current == head else 1
+        if args.downgrade_to_base:
+            downgrade_to_base(database_url)
+            print(f"database {shown}: downgraded to base")
+            return 0
+        if create_database_if_missing(database_url):
+            print(f"database {shown}: created")
+        upgrade_to_head(database_url)
+    except OperationalError as exc:
+        print(f"migrate: cannot reach {shown}: {exc.orig}", file=sys.stderr)
+        return 2
+    print(f"database {shown}: at head {head}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
