@@ -56,7 +56,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check mvp_core tests || true
 
 compose-config:
-	docker-compose -f infra/docker-compose.yml config -q
+	KETTER_API_TOKEN=$${KETTER_API_TOKEN:-validate-only} bash infra/compose.sh config -q
 
 clean:
 	rm -rf $(VENV) .run

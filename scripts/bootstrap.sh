@@ -26,6 +26,9 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("python3-venv")
 if [ "$want" = "services" ]; then
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=("postgresql")
   need redis-server redis-server
+  # CI validates infra/docker-compose.yml with a compose client (no engine needed).
+  command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
+    || missing+=("docker-compose")
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
