@@ -3,6 +3,7 @@
 # machine runs `make test` / `make demo` with no hand work.
 #   scripts/bootstrap.sh tools     rsync, ssh client+server, zip, unzip
 #   scripts/bootstrap.sh services  tools + PostgreSQL and Redis, started
+#   scripts/bootstrap.sh lab       services + iproute2 (ip, tc) and socat for infra/lab/netlab.sh
 set -euo pipefail
 
 want="${1:-tools}"
@@ -23,7 +24,12 @@ need /usr/sbin/sshd openssh-server
 need zip zip
 need unzip unzip
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("python3-venv")
-if [ "$want" = "services" ]; then
+if [ "$want" = "lab" ]; then
+  need ip iproute2
+  need tc iproute2
+  need socat socat
+fi
+if [ "$want" = "services" ] || [ "$want" = "lab" ]; then
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=("postgresql")
   need redis-server redis-server
   # CI validates infra/docker-compose.yml with a compose client (no engine needed).
@@ -36,13 +42,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   # policy-rc.d keeps package scripts from starting daemons we start ourselves.
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 fi
 
 # sshd refuses to start without its privilege-separation directory.
 [ -d /run/sshd ] || $SUDO mkdir -p /run/sshd
 
-if [ "$want" = "services" ]; then
+if [ "$want" = "services" ] || [ "$want" = "lab" ]; then
   pg_host="${KETTER_PG_HOST:-127.0.0.1}"
   pg_port="${KETTER_PG_PORT:-5432}"
   if ! pg_isready -q -h "$pg_host" -p "$pg_port" 2>/dev/null; then
