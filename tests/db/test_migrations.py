@@ -1,0 +1,181 @@
+"""Migrations on the real Postgres: up, down, up again; no drift from the models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, pool, text
+
+from mvp_core.db.migrate import (
+    current_revision,
+    downgrade_to_base,
+    head_revision,
+    is_at_head,
+    upgrade_to_head,
+)
+from mvp_core.db.models import Base
+
+KETTER_TABLES = {"portals", "jobs", "job_events", "workers"}
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _schema_fingerprint(url: str) -> dict[str, set[tuple[str, ...]]]:
+    """Columns, constraints (with their SQL) and indexes, as Postgres itself reports them."""
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            columns = conn.execute(
+                text(
+                    "SELECT table_name, column_name, data_type, "
+                    "coalesce(character_maximum_length::text, ''), is_nullable, "
+                    "coalesce(column_default, '') "
+                    "FROM information_schema.columns WHERE table_schema = 'public' "
+                    "AND table_name <> 'alembic_version'"
+                )
+            ).all()
+            constraints = conn.execute(
+                text(
+                    "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+                    "FROM pg_constraint WHERE connamespace = 'public'::regnamespace "
+                    "AND conrelid::regclass::text <> 'alembic_version'"
+                )
+            ).all()
+            indexes = conn.execute(
+                text(
+                    "SELECT tablename, indexname, indexdef FROM pg_indexes "
+                    "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    return {
+        "columns": {tuple(map(str, r)) for r in columns},
+        "constraints": {tuple(map(str, r)) for r in constraints},
+        "indexes": {tuple(map(str, r)) for r in indexes},
+    }
+
+
+def test_upgrade_downgrade_upgrade_on_an_empty_database(
+    fresh_database_url: Callable[..., str],
+) -> None:
+    url = fresh_database_url()
+    assert current_revision(url) is None
+    assert not is_at_head(url)
+
+    upgrade_to_head(url)
+    assert current_revision(url) == head_revision()
+    assert is_at_head(url)
+    assert KETTER_TABLES <= _tables(url)
+
+    upgrade_to_head(url)  # idempotent: already at head
+    assert current_revision(url) == head_revision()
+
+    downgrade_to_base(url)
+    assert current_revision(url) is None
+    assert _tables(url) & KETTER_TABLES == set()
+
+    upgrade_to_head(url)
+    assert is_at_head(url)
+    assert KETTER_TABLES <= _tables(url)
+
+
+def test_autogenerate_finds_no_drift_between_models_and_migrations(database_url: str) -> None:
+    engine = create_engine(database_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            diff = compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+def test_migrated_schema_equals_create_all_including_checks(
+    database_url: str, fresh_database_url: Callable[..., str]
+) -> None:
+    """Autogenerate ignores CHECK constraints; compare them (and everything else) here."""
+    from_models = fresh_database_url()
+    engine = create_engine(from_models, poolclass=pool.NullPool)
+    try:
+        Base.metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+    migrated = _schema_fingerprint(database_url)
+    modelled = _schema_fingerprint(from_models)
+    for part in ("columns", "constraints", "indexes"):
+        assert migrated[part] == modelled[part], part
+    names = {row[1] for row in migrated["constraints"]}
+    assert {"ck_jobs_counters_non_negative", "ck_portals_portal_kind", "uq_portals_name"} <= names
+
+
+def test_migrate_cli_creates_the_missing_database_and_reaches_head(
+    fresh_database_url: Callable[..., str],
+) -> None:
+    url = fresh_database_url(create=False)
+    env = {**os.environ, "KETTER_DATABASE_URL": url}
+
+    check = subprocess.run(
+        [sys.executable, "-m", "mvp_core.db.migrate", "--check"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 2, check.stderr  # database does not exist yet
+
+    first = subprocess.run(
+        [sys.executable, "-m", "mvp_core.db.migrate"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+    assert is_at_head(url)
+
+    again = subprocess.run(
+        [sys.executable, "-m", "mvp_core.db.migrate"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "created" not in again.stdout
+
+    check = subprocess.run(
+        [sys.executable, "-m", "mvp_core.db.migrate", "--check"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout
+    assert head_revision() in check.stdout
+
+
+def test_migrate_cli_check_reports_an_unmigrated_database(
+    fresh_database_url: Callable[..., str],
+) -> None:
+    url = fresh_database_url()
+    check = subprocess.run(
+        [sys.executable, "-m", "mvp_core.db.migrate", "--check"],
+        env={**os.environ, "KETTER_DATABASE_URL": url}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 1
+    assert "base (empty)" in check.stdout
+    assert _tables(url) & KETTER_TABLES == set()  # --check changed nothing
+
+
+def test_password_never_printed(fresh_database_url: Callable[..., str]) -> None:
+    url = fresh_database_url(create=False).replace("postgres@", "postgres:s3cr3t-pw@", 1)
+    out = subprocess.run(
+        [sys.executable, "-m", "mvp_core.db.migrate", "--check"],
+        env={**os.environ, "KETTER_DATABASE_URL": url}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "s3cr3t-pw" not in out.stdout + out.stderr
+    assert "***" in out.stdout + out.stderr
