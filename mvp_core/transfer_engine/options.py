@@ -13,3 +13,9 @@ class EngineOptions:
     ssh_connect_timeout_s: int = 10
     # rsync --timeout: seconds without I/O before rsync gives up (0 = never).
     rsync_io_timeout_s: int = 120
+    # rsync --bwlimit in KiB/s (0 = unlimited): for shared links, and for tests that
+    # need a transfer slow enough to interrupt.
+    bwlimit_kib_s: int = 0
+    # Verify the destination against the source listing after a copy too (a move
+    # always verifies before deleting anything).
+    verify_copy: bool = True

@@ -1,0 +1,65 @@
+"""DIRECT: one rsync of the source into the target. Knows nothing of zip or thresholds.
+
+Steps: list the source (fails early if missing; over ssh this also proves the key
+and host key), create the target, rsync (phase ``send``), verify the destination,
+and for a move delete the source only after verification.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mvp_core.transfer_engine.job import TransferJob
+from mvp_core.transfer_engine.manifest import Manifest
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.planner import TransferStrategy
+from mvp_core.transfer_engine.results import (
+    CancelToken,
+    PhaseCallback,
+    ProgressCallback,
+    TransferResult,
+)
+from mvp_core.transfer_engine.rsync import run_rsync
+from mvp_core.transfer_engine.steps import (
+    PhaseClock,
+    check_job,
+    list_source,
+    prepare_target,
+    verify_and_finish,
+)
+from mvp_core.transfer_engine.verify import TreeListing, from_manifest
+
+_DEFAULT_OPTIONS = EngineOptions()
+
+
+def run_transfer(
+    job: TransferJob,
+    *,
+    options: EngineOptions = _DEFAULT_OPTIONS,
+    progress: ProgressCallback | None = None,
+    on_phase: PhaseCallback | None = None,
+    cancel: CancelToken | None = None,
+    manifest: Manifest | None = None,
+) -> TransferResult:
+    """Copy or move ``job.source`` to ``job.target/<basename>`` with rsync."""
+    started = time.monotonic()
+    check_job(job)
+    clock = PhaseClock(on_phase)
+    source: TreeListing = (from_manifest(manifest) if manifest is not None
+                           else list_source(job, options, cancel))
+    prepare_target(job.target, options, cancel)
+    with clock.phase("send", files=source.n_files, bytes=source.total_bytes):
+        _result, warnings = run_rsync(
+            job.source, job.target, options,
+            bytes_total=source.total_bytes, files_total=source.n_files,
+            progress=progress, cancel=cancel,
+        )
+    final = verify_and_finish(job, options, clock, fallback=source, cancel=cancel)
+    return TransferResult(
+        strategy=TransferStrategy.DIRECT,
+        files_transferred=final.n_files,
+        bytes_transferred=final.total_bytes,
+        duration_s=time.monotonic() - started,
+        phase_timings=dict(clock.timings),
+        warnings=warnings,
+    )

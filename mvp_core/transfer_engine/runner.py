@@ -1,0 +1,221 @@
+"""The only place in the engine that starts processes.
+
+Why one module: every child must be started the same careful way.
+
+- argv lists only (never a shell), stdin closed;
+- stdout and stderr streamed and split on ``\\n`` *and* ``\\r`` (rsync's
+  ``--info=progress2`` rewrites one line with carriage returns), so progress is
+  fed as it happens and a bounded stderr tail is kept for the error message;
+- each child leads its own session (process group), so a cancel kills rsync *and*
+  the ssh it spawned: SIGTERM first (rsync then removes its temp files), SIGKILL
+  after a grace period;
+- ``PR_SET_PDEATHSIG(SIGKILL)``: if the Python process dies (a worker kill -9'd),
+  the kernel kills the child, so no orphan rsync keeps writing. The signal fires
+  when the *thread* that forked dies; ``run_command`` waits for the child in that
+  same thread, so a thread pool worker cannot exit while its child runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mvp_core.transfer_engine.errors import (
+    CommandFailedError,
+    RemoteCommandMissingError,
+    TransferCancelledError,
+)
+from mvp_core.transfer_engine.results import CancelToken
+
+LineCallback = Callable[[str], None]
+
+_PR_SET_PDEATHSIG = 1
+_POLL_S = 0.1
+_TERM_GRACE_S = 3.0
+_libc_name = ctypes.util.find_library("c")
+_libc = ctypes.CDLL(_libc_name, use_errno=True) if _libc_name else None
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished child left behind."""
+
+    argv: tuple[str, ...]
+    exit_code: int
+    stdout_tail: str
+    stderr_tail: str
+    duration_s: float
+    stdout: bytes = b""  # whole stdout, only when run with ``capture_stdout``
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: die with the parent; runs in the child between fork and exec."""
+
+    def setup() -> None:
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # The parent may have died before prctl took effect: do not outlive it.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return setup
+
+
+def _pump(stream: object, tail: deque[str], on_line: LineCallback | None) -> None:
+    """Read a pipe to EOF, splitting on \\n and \\r; keep the last lines in ``tail``."""
+    buf = b""
+    read = stream.read1  # type: ignore[attr-defined]
+    while True:
+        chunk = read(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while True:
+            cut = min((i for i in (buf.find(b"\n"), buf.find(b"\r")) if i >= 0), default=-1)
+            if cut < 0:
+                break
+            raw, buf = buf[:cut], buf[cut + 1:]
+            if raw:
+                _emit(raw, tail, on_line)
+        if len(buf) > 1 << 20:  # a pathological line without newline: keep it bounded
+            _emit(buf, tail, on_line)
+            buf = b""
+    if buf:
+        _emit(buf, tail, on_line)
+
+
+def _capture(stream: object, sink: list[bytes]) -> None:
+    """Read a pipe to EOF unchanged (NUL-separated listings must not be split on \\n)."""
+    read = stream.read1  # type: ignore[attr-defined]
+    while True:
+        chunk = read(65536)
+        if not chunk:
+            break
+        sink.append(chunk)
+
+
+def _emit(raw: bytes, tail: deque[str], on_line: LineCallback | None) -> None:
+    line = raw.decode("utf-8", "replace")
+    tail.append(line)
+    if on_line is not None:
+        try:
+            on_line(line)
+        except Exception:  # a broken progress callback must not wedge the pipe
+            pass
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group, SIGKILL it if still alive after a grace period."""
+    for sig, grace in ((signal.SIGTERM, _TERM_GRACE_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            # The leader is gone; make sure its helpers (ssh) are too.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    cancel: CancelToken | None = None,
+    on_stdout_line: LineCallback | None = None,
+    on_stderr_line: LineCallback | None = None,
+    cwd: str | None = None,
+    tail_lines: int = 40,
+    what: str | None = None,
+    capture_stdout: bool = False,
+) -> CommandResult:
+    """Run ``argv`` to completion and return its exit code and output tails.
+
+    Does not judge the exit code (callers map it through their tool's table).
+    Raises ``TransferCancelledError`` if ``cancel`` fires (the child group is
+    killed first) and ``RemoteCommandMissingError`` if the program is not installed.
+    """
+    argv = tuple(argv)
+    label = what or argv[0]
+    if cancel is not None and cancel.cancelled:
+        raise TransferCancelledError(f"cancelled before {label} started", argv=argv)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_child_setup(os.getpid()),
+        )
+    except FileNotFoundError as exc:
+        raise RemoteCommandMissingError(
+            f"{argv[0]} is not installed on this machine", argv=argv
+        ) from exc
+    except OSError as exc:
+        raise CommandFailedError(f"cannot start {argv[0]}: {exc}", argv=argv) from exc
+
+    out_tail: deque[str] = deque(maxlen=tail_lines)
+    err_tail: deque[str] = deque(maxlen=tail_lines)
+    captured: list[bytes] = []
+    out_reader = (
+        threading.Thread(target=_capture, args=(proc.stdout, captured), daemon=True)
+        if capture_stdout
+        else threading.Thread(target=_pump, args=(proc.stdout, out_tail, on_stdout_line),
+                              daemon=True)
+    )
+    pumps = [
+        out_reader,
+        threading.Thread(target=_pump, args=(proc.stderr, err_tail, on_stderr_line), daemon=True),
+    ]
+    for t in pumps:
+        t.start()
+    cancelled = False
+    try:
+        while True:
+            try:
+                proc.wait(timeout=_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.cancelled:
+                    cancelled = True
+                    _kill_group(proc)
+                    break
+    finally:
+        if proc.returncode is None:  # KeyboardInterrupt or any other escape
+            _kill_group(proc)
+        for t in pumps:
+            t.join(timeout=5.0)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    result = CommandResult(
+        argv=argv,
+        exit_code=proc.returncode if proc.returncode is not None else -9,
+        stdout_tail="\n".join(out_tail),
+        stderr_tail="\n".join(err_tail),
+        duration_s=time.monotonic() - started,
+        stdout=b"".join(captured),
+    )
+    if cancelled:
+        raise TransferCancelledError(
+            f"cancelled during {label}", argv=argv, exit_code=result.exit_code,
+            stderr_tail=result.stderr_tail,
+        )
+    return result

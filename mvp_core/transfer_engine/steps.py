@@ -1,0 +1,204 @@
+"""Steps both strategies share: phase timing, target preparation, verify, delete source.
+
+Kept apart so ``direct`` and ``zip_first`` stay short and cannot drift on the
+rules that protect data: the destination is verified against a fresh listing of
+the source, and a move deletes exactly the verified entries, then checks the
+source is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
+from mvp_core.transfer_engine.errors import (
+    InvalidEndpointError,
+    NoSpaceError,
+    SourceMissingError,
+    TargetNotWritableError,
+    TransferCancelledError,
+    TransferError,
+    VerificationError,
+)
+from mvp_core.transfer_engine.job import TransferJob, TransferMode
+from mvp_core.transfer_engine.manifest import DIR
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.results import CancelToken, PhaseCallback, PhaseEvent
+from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
+from mvp_core.transfer_engine.verify import TreeListing, list_tree, verify_destination
+
+
+class PhaseClock:
+    """Times phases and reports them as ``PhaseEvent``s (started / done / failed)."""
+
+    def __init__(self, on_phase: PhaseCallback | None) -> None:
+        self.on_phase = on_phase
+        self.timings: dict[str, float] = {}
+
+    def emit(self, event: PhaseEvent) -> None:
+        if self.on_phase is not None:
+            self.on_phase(event)
+
+    @contextmanager
+    def phase(self, name: str, **details: Any) -> Iterator[dict[str, Any]]:
+        """Run a block as phase ``name``; the yielded dict adds details to the done event."""
+        self.emit(PhaseEvent(name, "started", details=dict(details)))
+        started = time.monotonic()
+        extra: dict[str, Any] = {}
+        try:
+            yield extra
+        except BaseException as exc:
+            duration = time.monotonic() - started
+            self.timings[name] = self.timings.get(name, 0.0) + duration
+            self.emit(PhaseEvent(name, "failed", duration,
+                                 {**details, **extra, "error": type(exc).__name__}))
+            raise
+        duration = time.monotonic() - started
+        self.timings[name] = self.timings.get(name, 0.0) + duration
+        self.emit(PhaseEvent(name, "done", duration, {**details, **extra}))
+
+
+def check_job(job: TransferJob) -> None:
+    """Refuse what no strategy can do (rsync cannot join two remote hosts)."""
+    if job.source.is_remote and job.target.is_remote:
+        raise InvalidEndpointError("source and target are both remote: run Ketter on one of them")
+
+
+def destination_of(job: TransferJob) -> Endpoint:
+    """Where the source lands: ``target/<basename of source>``."""
+    name = job.source.name
+    if not name or name in (".", ".."):
+        raise InvalidEndpointError(f"source has no usable basename: {job.source}")
+    if isinstance(job.target, SshEndpoint):
+        return dataclasses.replace(job.target, path=PurePosixPath(job.target.path) / name)
+    return LocalEndpoint(Path(job.target.path) / name)
+
+
+def list_source(job: TransferJob, options: EngineOptions,
+                cancel: CancelToken | None = None) -> TreeListing:
+    """A fresh listing of the source; ``SourceMissingError`` when it is not there."""
+    listing = list_tree(job.source, options, cancel=cancel)
+    if listing is None:
+        raise SourceMissingError(f"source does not exist: {job.source}")
+    return listing
+
+
+_PREPARE_REMOTE = (
+    'mkdir -p -- "$1" || exit 3; '
+    'test -d "$1" || { echo "not a directory: $1" >&2; exit 3; }; '
+    'test -w "$1" || { echo "not writable: $1" >&2; exit 3; }'
+)
+
+
+def prepare_target(target: Endpoint, options: EngineOptions,
+                   cancel: CancelToken | None = None) -> None:
+    """Create the target directory if missing and check it can be written."""
+    if isinstance(target, SshEndpoint):
+        result = run_remote(target, ("sh", "-c", _PREPARE_REMOTE, "sh", str(target.path)),
+                            options, what="prepare the target", cancel=cancel, check=False)
+        if result.exit_code == 3:
+            if "No space left" in result.stderr_tail:
+                raise NoSpaceError(f"no space to create the target {target}",
+                                   argv=result.argv, exit_code=3, stderr_tail=result.stderr_tail)
+            raise TargetNotWritableError(f"target cannot be written: {target}",
+                                         argv=result.argv, exit_code=3,
+                                         stderr_tail=result.stderr_tail)
+        raise_for_remote(result, target, "prepare the target")
+        return
+    path = Path(target.path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpaceError(f"no space to create the target {path}") from exc
+        raise TargetNotWritableError(f"target cannot be created: {path} ({exc.strerror})") from exc
+    if not path.is_dir():
+        raise TargetNotWritableError(f"target is not a directory: {path}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TargetNotWritableError(f"target is not writable: {path}")
+
+
+def delete_local_source(root: Path, listing: TreeListing) -> None:
+    """Delete exactly the verified entries, deepest first; anything new stays and fails."""
+    if not listing.is_dir:
+        root.unlink()
+    else:
+        dirs: list[str] = []
+        for rel, (kind, _size) in listing.entries.items():
+            if kind == DIR:
+                dirs.append(rel)
+                continue
+            full = root / rel
+            # Writable parents are needed to unlink; a read-only dir in the tree is not.
+            _make_writable_dir(full.parent)
+            full.unlink()
+        for rel in sorted(dirs, key=lambda r: r.count("/"), reverse=True):
+            (root / rel).rmdir()
+        try:
+            root.rmdir()
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise VerificationError(
+                    f"source gained new entries during the move; they were kept in {root}"
+                ) from exc
+            raise
+    if os.path.lexists(root):
+        raise VerificationError(f"source still exists after deletion: {root}")
+
+
+def _make_writable_dir(path: Path) -> None:
+    mode = os.lstat(path).st_mode
+    if not mode & stat.S_IWUSR:
+        os.chmod(path, stat.S_IMODE(mode) | stat.S_IWUSR)
+
+
+def delete_source(job: TransferJob, listing: TreeListing, options: EngineOptions) -> None:
+    """Remove the source of a verified move, then check it is really gone."""
+    if isinstance(job.source, SshEndpoint):
+        path = str(job.source.path)
+        run_remote(job.source, ("rm", "-rf", "--", path), options, what="delete the source")
+        if list_tree(job.source, options) is not None:
+            raise VerificationError(f"source still exists after deletion: {job.source}")
+        return
+    try:
+        delete_local_source(Path(job.source.path), listing)
+    except TransferError:
+        raise
+    except OSError as exc:
+        raise VerificationError(
+            f"could not delete the source {job.source} after a verified copy: {exc}") from exc
+
+
+def verify_and_finish(
+    job: TransferJob,
+    options: EngineOptions,
+    clock: PhaseClock,
+    *,
+    fallback: TreeListing | None,
+    cancel: CancelToken | None = None,
+) -> TreeListing:
+    """Verify the destination (always for a move), then delete the source of a move.
+
+    Returns the listing the result's counts come from.
+    """
+    move = job.mode is TransferMode.MOVE
+    if not (move or options.verify_copy):
+        return fallback if fallback is not None else list_source(job, options, cancel)
+    with clock.phase("verify") as info:
+        expected = list_source(job, options, cancel)
+        verify_destination(expected, destination_of(job), options, cancel=cancel)
+        info.update(files=expected.n_files, bytes=expected.total_bytes)
+    if move:
+        if cancel is not None and cancel.cancelled:
+            raise TransferCancelledError("cancelled before the source was deleted")
+        with clock.phase("delete_source"):
+            delete_source(job, expected, options)
+    return expected

@@ -1,0 +1,128 @@
+"""Does the destination hold what the source holds? Every relative path, its kind and size.
+
+A listing maps ``rel_path -> (kind, size)`` (kind ``f``/``d``/``l``/``o``; size
+counts for files only). Local trees are listed with the manifest walker; remote
+trees with one ``find -printf`` over ssh, NUL-separated so no name (newlines
+included) can break the parse. Extra entries already in the destination are
+allowed: a transfer adds to a folder, it does not mirror it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mvp_core.transfer_engine.endpoints import Endpoint, SshEndpoint
+from mvp_core.transfer_engine.errors import SourceMissingError, VerificationError
+from mvp_core.transfer_engine.manifest import DIR, FILE, OTHER, SYMLINK, Manifest, build_manifest
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.results import CancelToken
+from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
+
+Listing = dict[str, tuple[str, int]]
+
+_FIND_KINDS = {"f": FILE, "d": DIR, "l": SYMLINK}
+_MAX_REPORTED = 5
+
+
+@dataclass(frozen=True)
+class TreeListing:
+    """A listing plus whether its root is a directory."""
+
+    is_dir: bool
+    entries: Listing
+
+    @property
+    def n_files(self) -> int:
+        return sum(1 for kind, _ in self.entries.values() if kind == FILE)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for kind, size in self.entries.values() if kind == FILE)
+
+
+def from_manifest(manifest: Manifest) -> TreeListing:
+    return TreeListing(manifest.is_dir, manifest.sizes_by_path())
+
+
+def remote_find_argv(path: str) -> tuple[str, ...]:
+    """``find`` printing kind/size/relative-path records separated by NUL."""
+    return ("find", path, "-printf", "%y/%s/%P\\0")
+
+
+def parse_find_output(data: bytes) -> TreeListing:
+    """Parse ``remote_find_argv`` output; the root appears with an empty relative path."""
+    entries: Listing = {}
+    is_dir = True
+    for record in data.split(b"\0"):
+        if not record:
+            continue
+        kind_b, size_b, rel_b = record.split(b"/", 2)
+        kind = _FIND_KINDS.get(kind_b.decode("ascii", "replace"), OTHER)
+        rel = os.fsdecode(rel_b)
+        if rel == "":
+            is_dir = kind == DIR
+            if is_dir:
+                continue
+        entries[rel] = (kind, int(size_b) if kind == FILE else 0)
+    return TreeListing(is_dir, entries)
+
+
+def list_tree(
+    endpoint: Endpoint, options: EngineOptions, *, cancel: CancelToken | None = None
+) -> TreeListing | None:
+    """List a local or remote tree; None when its root does not exist."""
+    if isinstance(endpoint, SshEndpoint):
+        result = run_remote(endpoint, remote_find_argv(str(endpoint.path)), options,
+                            what="list files", cancel=cancel, check=False, capture_stdout=True)
+        if result.exit_code != 0:
+            if "No such file or directory" in result.stderr_tail and not result.stdout:
+                return None
+            raise_for_remote(result, endpoint, "list files")
+        return parse_find_output(result.stdout)
+    try:
+        return from_manifest(build_manifest(endpoint.path))
+    except SourceMissingError:
+        if not os.path.lexists(endpoint.path):
+            return None
+        raise
+
+
+def compare(expected: TreeListing, actual: TreeListing) -> list[str]:
+    """Human-readable differences: what is missing or differs in ``actual``."""
+    problems: list[str] = []
+    if expected.is_dir != actual.is_dir:
+        problems.append("destination is a " + ("directory" if actual.is_dir else "file")
+                        + " but the source is not")
+        return problems
+    for rel, (kind, size) in sorted(expected.entries.items()):
+        got = actual.entries.get(rel)
+        label = rel or "(root)"
+        if got is None:
+            problems.append(f"missing: {label}")
+        elif got[0] != kind:
+            problems.append(f"kind differs: {label} ({kind} vs {got[0]})")
+        elif kind == FILE and got[1] != size:
+            problems.append(f"size differs: {label} ({size} vs {got[1]} bytes)")
+    return problems
+
+
+def verify_destination(
+    expected: TreeListing,
+    destination: Endpoint,
+    options: EngineOptions,
+    *,
+    cancel: CancelToken | None = None,
+) -> TreeListing:
+    """Raise ``VerificationError`` unless ``destination`` holds every expected entry."""
+    actual = list_tree(destination, options, cancel=cancel)
+    if actual is None:
+        raise VerificationError(f"destination does not exist after the transfer: {destination}")
+    problems = compare(expected, actual)
+    if problems:
+        shown = "; ".join(problems[:_MAX_REPORTED])
+        more = f" (+{len(problems) - _MAX_REPORTED} more)" if len(problems) > _MAX_REPORTED else ""
+        raise VerificationError(
+            f"destination {destination} does not match the source: "
+            f"{len(problems)} problem(s): {shown}{more}")
+    return actual
