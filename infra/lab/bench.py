@@ -1,0 +1,389 @@
+"""`make bench`: Ketter against rsync, tar and the link's limit in the two-namespace lab.
+
+Runs on the host; everything that crosses the link runs inside the LAB namespace
+(``ip netns exec ketter-lab``) and reaches REMOTE's sshd at 10.203.0.2, through the
+delaying relay (port 2222) when the RTT is above 0, directly (port 22) at RTT 0.
+REMOTE-side storage is a directory of the same filesystem, so the bench cleans a
+destination with a local rmtree (the link stays out of it).
+
+Each repeat runs every method once, in turn, so noise from other work on the
+machine spreads over all methods; ratios are computed within one run. Results go
+to ``--out`` (JSON) and a markdown table next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+import bench_data  # noqa: E402
+import bench_stack  # noqa: E402
+
+MB = 1_000_000
+BASELINES = ("rsync", "tar_ssh")  # ways to move a tree over the link; "best baseline" is the faster
+LIMITS = ("cp_a", "ssh_cat")      # bounds, not tree transfers: the disk's and the link's
+
+
+def log(msg: str) -> None:
+    print(f"bench {time.strftime('%H:%M:%S')}: {msg}", flush=True)
+
+
+def read_lab_env(lab_dir: Path) -> dict[str, str]:
+    env_file = lab_dir / "lab.env"
+    if not env_file.exists():
+        raise SystemExit(f"bench: {env_file} missing: run infra/lab/netlab.sh up first")
+    out = {}
+    for line in env_file.read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k] = v
+    return out
+
+
+@dataclass
+class Lab:
+    env: dict[str, str]
+    rtt_ms: int
+    py: str
+
+    @property
+    def ns(self) -> list[str]:
+        return ["ip", "netns", "exec", self.env["LAB_NS"]]
+
+    @property
+    def port(self) -> int:
+        return int(self.env["SSH_PORT_DELAYED"]) if self.rtt_ms > 0 else int(self.env["SSH_PORT_DIRECT"])
+
+    @property
+    def host(self) -> str:
+        return self.env["REMOTE_ADDR"]
+
+    @property
+    def user(self) -> str:
+        return self.env["REMOTE_USER"]
+
+    def ssh_argv(self) -> list[str]:
+        return ["ssh", "-p", str(self.port), "-i", self.env["IDENTITY"], "-o", "BatchMode=yes",
+                "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={self.env['KNOWN_HOSTS']}",
+                "-o", "StrictHostKeyChecking=yes"]
+
+    def ssh_spec(self, path: Path) -> str:
+        """The engine's endpoint syntax: user@host:port:/path."""
+        return f"{self.user}@{self.host}:{self.port}:{path}"
+
+
+@dataclass
+class Sample:
+    seconds: float
+    details: dict[str, object] = field(default_factory=dict)
+
+
+def run_checked(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)} -> {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc
+
+
+def timed(argv: list[str]) -> Sample:
+    t0 = time.perf_counter()
+    proc = run_checked(argv)
+    return Sample(time.perf_counter() - t0, {"stdout_tail": proc.stdout[-1500:]})
+
+
+# --- methods: each takes (lab, src, dest_dir) and runs one transfer ---------------------
+
+def m_rsync(lab: Lab, src: Path, dest: Path) -> Sample:
+    return timed(lab.ns + ["rsync", "-a", "-e", shlex.join(lab.ssh_argv()), str(src),
+                           f"{lab.user}@{lab.host}:{shlex.quote(str(dest))}/"])
+
+
+def m_tar_ssh(lab: Lab, src: Path, dest: Path) -> Sample:
+    remote = shlex.join(["tar", "-C", str(dest), "-xf", "-"])
+    t0 = time.perf_counter()
+    tar = subprocess.Popen(lab.ns + ["tar", "-C", str(src.parent), "-cf", "-", src.name],
+                           stdout=subprocess.PIPE)
+    ssh = subprocess.run(lab.ns + lab.ssh_argv() + [f"{lab.user}@{lab.host}", remote],
+                         stdin=tar.stdout, capture_output=True, text=True)
+    assert tar.stdout is not None
+    tar.stdout.close()
+    if tar.wait() != 0 or ssh.returncode != 0:
+        raise RuntimeError(f"tar|ssh tar failed: {ssh.stderr[-1000:]}")
+    return Sample(time.perf_counter() - t0)
+
+
+def m_cp_a(lab: Lab, src: Path, dest: Path) -> Sample:
+    t0 = time.perf_counter()
+    run_checked(["cp", "-a", str(src), str(dest) + "/"])
+    run_checked(["sync", "-f", str(dest)])
+    return Sample(time.perf_counter() - t0)
+
+
+def ketter_cli(strategy: str) -> Callable[[Lab, Path, Path], Sample]:
+    """The engine's CLI, run inside LAB (no DB, no Redis)."""
+
+    def run(lab: Lab, src: Path, dest: Path) -> Sample:
+        argv = lab.ns + [lab.py, "-m", "mvp_core.transfer_engine.cli", "--from", str(src),
+                         "--to", lab.ssh_spec(dest), "--strategy", strategy,
+                         "--identity", lab.env["IDENTITY"], "--known-hosts", lab.env["KNOWN_HOSTS"]]
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, text=True, capture_output=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        secs = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"ketter cli {strategy} -> {proc.returncode}: {proc.stderr[-2000:]}")
+        return Sample(secs, {"cli_output": (proc.stdout + proc.stderr)[-1500:],
+                             **_cli_facts(proc.stdout + proc.stderr)})
+
+    return run
+
+
+def _cli_facts(text: str) -> dict[str, object]:
+    """Strategy and phase timings from the CLI's output, when it prints them as JSON lines."""
+    facts: dict[str, object] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                facts.update(json.loads(line))
+            except ValueError:
+                pass
+    return facts
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+def method_table(kinds: list[str], stack: bench_stack.Stack | None) -> dict[str, Callable[[Lab, Path, Path], Sample]]:
+    table: dict[str, Callable[[Lab, Path, Path], Sample]] = {
+        "rsync": m_rsync, "tar_ssh": m_tar_ssh, "cp_a": m_cp_a,
+    }
+    if "cli" in kinds:
+        for s in ("auto", "direct", "zip_first"):
+            table[f"ketter_cli_{s}"] = ketter_cli(s)
+    if "api" in kinds and stack is not None:
+        for s in ("auto", "direct", "zip_first"):
+            table[f"ketter_api_{s}"] = stack.method(s)
+    return table
+
+
+def clean(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def bench_link(lab: Lab, blob: Path, repeats: int) -> dict[str, object]:
+    """`ssh cat > /dev/null` of a 1 GiB file: one ssh stream's ceiling on this link."""
+    secs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with open(blob, "rb") as fh:
+            run_checked(lab.ns + lab.ssh_argv() + [f"{lab.user}@{lab.host}", "cat > /dev/null"], stdin=fh)
+        secs.append(time.perf_counter() - t0)
+    size = blob.stat().st_size
+    med = statistics.median(secs)
+    return {"bytes": size, "seconds": [round(s, 3) for s in secs], "median_s": round(med, 3),
+            "mb_per_s": round(size / med / MB, 1)}
+
+
+def bench_dataset(lab: Lab, ds: bench_data.Dataset, src: Path, dest_base: Path,
+                  methods: dict[str, Callable[[Lab, Path, Path], Sample]], repeats: int) -> dict[str, object]:
+    want = bench_data.tree_facts(src)
+    runs: dict[str, list[dict[str, object]]] = {m: [] for m in methods}
+    for rep in range(repeats):
+        for name, fn in methods.items():
+            dest = dest_base / name
+            clean(dest)
+            try:
+                sample = fn(lab, src, dest)
+            except Exception as exc:  # one broken method must not sink the whole bench
+                log(f"{ds.name} {name} #{rep + 1}: FAILED {exc}")
+                runs[name].append({"error": str(exc)[-1500:]})
+                continue
+            got = bench_data.tree_facts(dest / src.name)
+            ok = got == want
+            runs[name].append({"seconds": round(sample.seconds, 3), "complete": ok, **sample.details})
+            log(f"{ds.name} {name} #{rep + 1}: {sample.seconds:.2f} s{'' if ok else f' INCOMPLETE {got} != {want}'}")
+        clean(dest_base)
+    summary: dict[str, object] = {}
+    for name, rs in runs.items():
+        secs = [r["seconds"] for r in rs if "seconds" in r and r.get("complete")]
+        if not secs:
+            summary[name] = {"error": next((r.get("error") for r in rs if "error" in r), "incomplete")}
+            continue
+        med = statistics.median(secs)
+        summary[name] = {"median_s": round(med, 3), "min_s": min(secs), "max_s": max(secs),
+                         "n": len(secs), "mb_per_s": round(ds.total_bytes / med / MB, 1)}
+    best = min((summary[b]["median_s"], b) for b in BASELINES
+               if b in summary and "median_s" in summary[b])  # type: ignore[index]
+    for name, s in summary.items():
+        if "median_s" in s:  # type: ignore[operator]
+            s["ratio_to_best_baseline"] = round(s["median_s"] / best[0], 3)  # type: ignore[index]
+    return {"dataset": ds.__dict__ | {"total_bytes": ds.total_bytes}, "best_baseline": best[1],
+            "summary": summary, "runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rtts", default=os.environ.get("BENCH_RTTS", "0,20"))
+    parser.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "3")))
+    parser.add_argument("--datasets", default=os.environ.get("BENCH_DATASETS", "MANY,TINY,FEW"))
+    parser.add_argument("--ketter", default=os.environ.get("BENCH_KETTER", "api"),
+                        help="comma list of cli,api (api falls back to cli when the stack is absent)")
+    parser.add_argument("--lab-dir", type=Path, default=Path(os.environ.get("LAB_DIR", "/var/tmp/ketter-lab")))
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "lab_results" / "bench.json")
+    parser.add_argument("--skip-planner", action="store_true")
+    args = parser.parse_args()
+
+    started = time.time()
+    lab_env = read_lab_env(args.lab_dir)
+    py = str(REPO / ".venv" / "bin" / "python")
+    data_base = args.lab_dir / "data" / "lab"
+    dest_root = args.lab_dir / "data" / "remote"
+    all_ds = {d.name: d for d in bench_data.datasets_from_env(dict(os.environ))}
+    chosen = [all_ds[n] for n in args.datasets.split(",") if n]
+    log("building datasets: " + ", ".join(f"{d.name} {d.n_files} x {d.file_bytes} B" for d in chosen))
+    sources = {d.name: bench_data.build(d, data_base) for d in chosen}
+    blob = args.lab_dir / "data" / "link_1GiB.bin"
+    link_bytes = int(os.environ.get("BENCH_LINK_BYTES", str(int(1024 ** 3 * float(os.environ.get("BENCH_SCALE", "1"))))))
+    if not blob.exists() or blob.stat().st_size != link_bytes:
+        bench_data._write_random(blob, link_bytes)
+
+    kinds = args.ketter.split(",")
+    stack = None
+    if "api" in kinds:
+        stack = bench_stack.Stack.try_start(lab_env, args.lab_dir, py, log)
+        if stack is None and "cli" not in kinds:
+            log("stack not available: falling back to the engine CLI")
+            kinds.append("cli")
+
+    report: dict[str, object] = {
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "load_at_start": os.getloadavg()},
+        "lab": {k: lab_env[k] for k in ("LAB_RATE", "LAB_DELAY_MODE")},
+        "scale": os.environ.get("BENCH_SCALE", "1"), "repeats": args.repeats, "ketter_via": kinds,
+        "rtts": {},
+    }
+    try:
+        for rtt in [int(r) for r in args.rtts.split(",") if r]:
+            if rtt > 0:
+                run_checked(["bash", str(HERE / "netlab.sh"), "rtt", str(rtt)])
+            lab = Lab(lab_env, rtt, py)
+            if stack is not None:
+                stack.set_lab(lab)
+            methods = method_table(kinds, stack)
+            log(f"RTT {rtt} ms: port {lab.port}; link check")
+            entry: dict[str, object] = {"port": lab.port, "link": bench_link(lab, blob, args.repeats)}
+            log(f"RTT {rtt} ms: ssh cat {entry['link']}")  # type: ignore[index]
+            entry["datasets"] = {}
+            for ds in chosen:
+                entry["datasets"][ds.name] = bench_dataset(  # type: ignore[index]
+                    lab, ds, sources[ds.name], dest_root / ds.name, methods, args.repeats)
+            if stack is not None:
+                entry["api_overhead_1file"] = stack.one_file_overhead(data_base, dest_root / "one", args.repeats + 2)
+            report["rtts"][str(rtt)] = entry  # type: ignore[index]
+        if not args.skip_planner:
+            report["planner_walk"] = planner_walk(args.lab_dir / "data", py)
+    finally:
+        if stack is not None:
+            stack.stop()
+        shutil.rmtree(dest_root, ignore_errors=True)
+    report["elapsed_s"] = round(time.time() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=str))
+    md = render_markdown(report)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+    log(f"done in {report['elapsed_s']} s: {args.out} and {args.out.with_suffix('.md')}")
+
+
+def planner_walk(base: Path, py: str) -> dict[str, object]:
+    """decide_strategy on a 100,000-file tree, in a fresh interpreter, median of 3 (warm cache)."""
+    root = bench_data.build_walk_tree(base)
+    code = (
+        "import json, statistics, sys, time\n"
+        "from pathlib import Path, PurePosixPath\n"
+        "from mvp_core.transfer_engine.endpoints import LocalEndpoint, SshEndpoint\n"
+        "from mvp_core.transfer_engine.job import TransferJob\n"
+        "from mvp_core.transfer_engine.planner import decide_strategy\n"
+        "job = TransferJob(LocalEndpoint(Path(sys.argv[1])), SshEndpoint(host='10.203.0.2', path=PurePosixPath('/tmp/x')))\n"
+        "decide_strategy(job)\n"
+        "ts = []\n"
+        "for _ in range(3):\n"
+        "    t0 = time.perf_counter(); plan = decide_strategy(job); ts.append(time.perf_counter() - t0)\n"
+        "print(json.dumps({'n_files': plan.n_files, 'strategy': plan.strategy.value, 'seconds': [round(t, 3) for t in ts], 'median_s': round(statistics.median(ts), 3)}))\n"
+    )
+    proc = run_checked([py, "-c", code, str(root)], cwd=REPO)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    log(f"planner walk: {out}")
+    return out
+
+
+def render_markdown(report: dict[str, object]) -> str:
+    lines = [f"# Bench run {report['started_utc']}", "",
+             f"Scale {report['scale']} (1 = issue 9 sizes), median of {report['repeats']}, "
+             f"Ketter via {', '.join(report['ketter_via'])}; link {report['lab']['LAB_RATE']}, "  # type: ignore[index]
+             f"delay by {report['lab']['LAB_DELAY_MODE']}; 2 CPUs shared with other work. "  # type: ignore[index]
+             f"Elapsed {report.get('elapsed_s')} s.", ""]
+    for rtt, entry in report["rtts"].items():  # type: ignore[union-attr]
+        link = entry["link"]
+        lines += [f"## RTT {rtt} ms", "",
+                  f"Link limit, `ssh cat > /dev/null` of {link['bytes'] / 2**20:.0f} MiB: "
+                  f"{link['median_s']} s, {link['mb_per_s']} MB/s.", ""]
+        for name, d in entry["datasets"].items():
+            ds = d["dataset"]
+            lines += [f"### {name}: {ds['n_files']} files x {ds['file_bytes']} B "
+                      f"({ds['total_bytes'] / MB:.0f} MB); best baseline: {d['best_baseline']}", "",
+                      "| method | median s | MB/s | min-max s | x best baseline | notes |",
+                      "|---|---|---|---|---|---|"]
+            for m, s in d["summary"].items():
+                if "median_s" not in s:
+                    err = " ".join(str(s.get("error")).split())[:160].replace("|", "/")
+                    lines.append(f"| {m} | FAILED | | | | {err} |")
+                    continue
+                note = _phase_note(d["runs"][m])
+                lines.append(f"| {m} | {s['median_s']:.2f} | {s['mb_per_s']} | {s['min_s']:.2f}-{s['max_s']:.2f} "
+                             f"| {s['ratio_to_best_baseline']:.2f} | {note} |")
+            lines.append("")
+        if "api_overhead_1file" in entry:
+            o = entry["api_overhead_1file"]
+            lines += [f"API + worker, 1-file job submit -> DONE: median {o.get('median_s')} s "
+                      f"({o.get('seconds')})", ""]
+    if "planner_walk" in report:
+        p = report["planner_walk"]
+        lines += ["## Planner walk", "",
+                  f"decide_strategy on {p['n_files']} files: median {p['median_s']} s ({p['seconds']}), "
+                  f"strategy {p['strategy']}.", ""]
+    return "\n".join(lines)
+
+
+def _phase_note(runs: list[dict[str, object]]) -> str:
+    """Strategy and median per-phase seconds, when the method reported them."""
+    strategies = {r.get("strategy") for r in runs if r.get("strategy")}
+    phases: dict[str, list[float]] = {}
+    for r in runs:
+        for k, v in (r.get("phase_timings") or {}).items():  # type: ignore[union-attr]
+            if isinstance(v, (int, float)):
+                phases.setdefault(k, []).append(float(v))
+    parts = [f"strategy {'/'.join(sorted(map(str, strategies)))}"] if strategies else []
+    parts += [f"{k} {statistics.median(v):.2f}" for k, v in phases.items()]
+    return ", ".join(parts)
+
+
+if __name__ == "__main__":
+    main()
