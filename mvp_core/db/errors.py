@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import CheckConstraint, Enum, ForeignKeyConstraint, UniqueConstraint
+from sqlalchemy import Enum, ForeignKeyConstraint, PrimaryKeyConstraint, UniqueConstraint
 from sqlalchemy.exc import DBAPIError
 
 from mvp_core.db.models import NAMING, Base
@@ -222,7 +222,7 @@ def _index_constraints() -> tuple[
                 foreign[str(constraint.name)] = _ForeignKey(
                     table.name, element.parent.name, element.column.table.name
                 )
-            elif isinstance(constraint, UniqueConstraint) and constraint.name:
+            elif isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint) and constraint.name:
                 uniques[str(constraint.name)] = (table.name, tuple(constraint.columns.keys()))
         for column in table.columns:
             if isinstance(column.type, Enum) and column.type.name:
@@ -232,12 +232,6 @@ def _index_constraints() -> tuple[
 
 
 _FOREIGN_KEYS, _ENUM_CHECKS, _UNIQUES = _index_constraints()
-_CHECK_NAMES = frozenset(
-    str(c.name)
-    for t in Base.metadata.tables.values()
-    for c in t.constraints
-    if isinstance(c, CheckConstraint) and c.name
-)
 
 _WRITES_TABLE = re.compile(r'^\s*(?:DELETE\s+FROM|UPDATE)\s+"?(\w+)"?', re.IGNORECASE)
 
