@@ -1,0 +1,54 @@
+"""``GET /health``: can we reach Postgres and Redis, and is a worker heart-beating? No auth."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from mvp_core.app.deps import QueueDep, SessionDep, SettingsDep
+from mvp_core.app.schemas import HealthOut, ServiceHealth, WorkerHealth
+from mvp_core.db import repository as repo
+
+router = APIRouter(tags=["health"])
+
+
+def _database(session: SessionDep, grace_s: float) -> tuple[ServiceHealth, list[WorkerHealth]]:
+    try:
+        repo.ping(session)
+        beats = repo.worker_heartbeats(session)
+    except Exception as exc:  # any failure means "not reachable"; say which
+        return ServiceHealth(ok=False, error=f"{type(exc).__name__}"), []
+    finally:
+        session.rollback()
+    workers = [
+        WorkerHealth(id=b.worker_id, hostname=b.hostname, pid=b.pid,
+                     heartbeat_age_s=round(b.age_s, 3), alive=b.age_s <= grace_s)
+        for b in beats
+    ]
+    return ServiceHealth(ok=True), workers
+
+
+@router.get("/health", responses={503: {"model": HealthOut}})
+async def health(
+    response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep
+) -> HealthOut:
+    """200 when Postgres and Redis answer (``status`` degraded if no worker is alive), else 503."""
+    database, workers = await run_in_threadpool(_database, session, settings.heartbeat_grace_s)
+    try:
+        await asyncio.wait_for(queue.ping(), timeout=3)
+        redis = ServiceHealth(ok=True)
+    except Exception as exc:  # timeouts, refused connections, auth errors
+        redis = ServiceHealth(ok=False, error=type(exc).__name__)
+    freshest = workers[0].heartbeat_age_s if workers else None
+    worker_ok = any(w.alive for w in workers)
+    if not (database.ok and redis.ok):
+        state = "down"
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    else:
+        state = "ok" if worker_ok else "degraded"
+    return HealthOut(
+        status=state, database=database, redis=redis, worker_ok=worker_ok,
+        worker_heartbeat_age_s=freshest, workers=workers,
+    )

@@ -1,0 +1,97 @@
+"""Jobs: submit, read, list, events, cancel. The API records and enqueues; workers transfer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from mvp_core.app.deps import JobId, QueueDep, SessionDep, SettingsDep
+from mvp_core.app.schemas import EventOut, JobCreate, JobOut
+from mvp_core.app.services import submit_job
+from mvp_core.db import repository as repo
+from mvp_core.db.models import EventLevel, EventType, JobStatus
+from mvp_core.worker.queue import enqueue
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def _store(session: SessionDep, body: JobCreate) -> int:
+    job = submit_job(session, request=body)
+    session.commit()
+    return job.id
+
+
+def _note_not_queued(session: SessionDep, job_id: int, reason: str) -> None:
+    repo.add_event(
+        session, job_id=job_id, event_type=EventType.QUEUED, level=EventLevel.WARNING,
+        message=f"not handed to Redis ({reason}); a worker's reconciler will queue it",
+    )
+    session.commit()
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_job(
+    body: JobCreate, session: SessionDep, settings: SettingsDep, queue: QueueDep
+) -> JobOut:
+    """Store the job PENDING, then hand it to arq (named after the job, so it runs once).
+
+    If Redis is unreachable the job is still stored: Postgres is the truth, and
+    every worker's reconciler queues PENDING jobs Redis does not hold.
+    """
+    job_id = await run_in_threadpool(_store, session, body)
+    try:
+        await enqueue(queue, job_id=job_id, queue_name=settings.queue_name)
+    except (RedisError, OSError) as exc:
+        log.warning("job %s stored but not queued: %s", job_id, exc)
+        await run_in_threadpool(_note_not_queued, session, job_id, type(exc).__name__)
+    return await run_in_threadpool(_read, session, job_id)
+
+
+def _read(session: SessionDep, job_id: int) -> JobOut:
+    session.expire_all()
+    return JobOut.from_job(repo.get_job(session, job_id=job_id))
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> list[JobOut]:
+    """Newest first."""
+    jobs = repo.list_jobs(session, status=status_, limit=limit, offset=offset)
+    return [JobOut.from_job(j) for j in jobs]
+
+
+@router.get("/{job_id}")
+def get_job(job_id: JobId, session: SessionDep) -> JobOut:
+    return JobOut.from_job(repo.get_job(session, job_id=job_id))
+
+
+@router.get("/{job_id}/events")
+def list_events(
+    job_id: JobId,
+    session: SessionDep,
+    event_type: Annotated[EventType | None, Query()] = None,
+    after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> list[EventOut]:
+    """Oldest first; page with ``after_id`` (the last id you saw)."""
+    events = repo.list_events(
+        session, job_id=job_id, event_type=event_type, after_id=after_id, limit=limit
+    )
+    return [EventOut.model_validate(e) for e in events]
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
+    """A PENDING job ends CANCELLED now; a RUNNING one is stopped by its worker shortly."""
+    job = repo.request_cancel(session, job_id=job_id)
+    session.commit()
+    return JobOut.from_job(job)

@@ -1,0 +1,35 @@
+"""Portals: where files live. Deleting one that jobs refer to is refused (409)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from mvp_core.app.deps import PortalId, SessionDep
+from mvp_core.app.schemas import PortalCreate, PortalOut
+from mvp_core.db import repository as repo
+
+router = APIRouter(prefix="/portals", tags=["portals"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_portal(body: PortalCreate, session: SessionDep) -> PortalOut:
+    portal = repo.create_portal(session, **body.model_dump())
+    session.commit()
+    return PortalOut.model_validate(portal)
+
+
+@router.get("")
+def list_portals(session: SessionDep) -> list[PortalOut]:
+    return [PortalOut.model_validate(p) for p in repo.list_portals(session)]
+
+
+@router.get("/{portal_id}")
+def get_portal(portal_id: PortalId, session: SessionDep) -> PortalOut:
+    return PortalOut.model_validate(repo.get_portal(session, portal_id=portal_id))
+
+
+@router.delete("/{portal_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_portal(portal_id: PortalId, session: SessionDep) -> Response:
+    repo.delete_portal(session, portal_id=portal_id)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

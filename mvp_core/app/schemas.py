@@ -1,0 +1,240 @@
+"""Request and response bodies. Requests refuse unknown fields; responses hold no secrets.
+
+A portal's ``identity_file`` is a path on the worker host (a reference), shown
+as such; the key itself is never read by the API.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mvp_core.db.models import (
+    EventLevel,
+    EventType,
+    Job,
+    JobMode,
+    JobStatus,
+    PortalKind,
+    RequestedStrategy,
+)
+from mvp_core.transfer_engine.endpoints import validate_ssh_name
+from mvp_core.transfer_engine.errors import InvalidEndpointError
+
+MAX_ID = 2**31 - 1
+PATH_MAX = 4096
+
+
+def _no_control(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL byte")
+    return value
+
+
+def _absolute_clean(value: str, what: str) -> str:
+    _no_control(value, what)
+    if not value.startswith("/"):
+        raise ValueError(f"{what} must be an absolute path")
+    if ".." in value.split("/"):
+        raise ValueError(f"{what} must not contain '..'")
+    return "/" + "/".join(p for p in value.split("/") if p not in ("", "."))
+
+
+class PortalCreate(BaseModel):
+    """A local base path, or an SSH host + base path + key file reference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    kind: PortalKind
+    base_path: str = Field(min_length=1, max_length=PATH_MAX)
+    host: str | None = Field(default=None, min_length=1, max_length=255)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str | None = Field(default=None, min_length=1, max_length=64)
+    identity_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+    known_hosts_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("name must not contain control characters")
+        if not value.strip():
+            raise ValueError("name must not be blank")
+        return value
+
+    @field_validator("base_path")
+    @classmethod
+    def _base_path(cls, value: str) -> str:
+        return _absolute_clean(value, "base_path")
+
+    @field_validator("identity_file", "known_hosts_file")
+    @classmethod
+    def _key_paths(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute_clean(value, "key file path")
+
+    @field_validator("host", "username")
+    @classmethod
+    def _ssh_names(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        try:
+            validate_ssh_name("user" if info.field_name == "username" else "host", value)
+        except InvalidEndpointError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> PortalCreate:
+        if self.kind is PortalKind.SSH and not self.host:
+            raise ValueError("an ssh portal needs a host")
+        if self.kind is PortalKind.LOCAL and any(
+            v is not None
+            for v in (self.host, self.port, self.username, self.identity_file,
+                      self.known_hosts_file)
+        ):
+            raise ValueError("a local portal takes only name, kind and base_path")
+        return self
+
+
+class PortalOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    kind: PortalKind
+    base_path: str
+    host: str | None
+    port: int | None
+    username: str | None
+    identity_file: str | None
+    known_hosts_file: str | None
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    """Copy or move ``source_path`` (relative to its portal) into ``target_path``.
+
+    The result is ``<target portal>/<target_path>/<basename of source_path>``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_portal_id: int = Field(ge=1, le=MAX_ID)
+    source_path: str = Field(min_length=1, max_length=PATH_MAX)
+    target_portal_id: int = Field(ge=1, le=MAX_ID)
+    target_path: str = Field(default="", max_length=PATH_MAX)
+    mode: JobMode = JobMode.COPY
+    strategy: RequestedStrategy = RequestedStrategy.AUTO
+
+
+class JobOut(BaseModel):
+    """What is true about a job right now."""
+
+    id: int
+    status: JobStatus
+    mode: JobMode
+    source_portal_id: int
+    source_path: str
+    target_portal_id: int
+    target_path: str
+    requested_strategy: RequestedStrategy
+    strategy: str | None
+    n_files: int
+    total_bytes: int
+    files_copied: int
+    bytes_copied: int
+    progress_bytes: int
+    progress_percent: float | None
+    attempts: int
+    cancel_requested: bool
+    worker_id: str | None
+    error_type: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    throughput_bytes_per_s: float | None
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobOut:
+        if job.status is JobStatus.DONE:
+            percent: float | None = 100.0
+        elif job.total_bytes > 0:
+            percent = round(min(100.0, job.progress_bytes * 100.0 / job.total_bytes), 1)
+        elif job.status is JobStatus.RUNNING and job.strategy is not None:
+            percent = 0.0
+        else:
+            percent = None
+        throughput = (
+            job.bytes_copied / job.duration_s
+            if job.status is JobStatus.DONE and job.duration_s else None
+        )
+        return cls(
+            id=job.id,
+            status=job.status,
+            mode=job.mode,
+            source_portal_id=job.source_portal_id,
+            source_path=job.source_path,
+            target_portal_id=job.target_portal_id,
+            target_path=job.target_path,
+            requested_strategy=job.requested_strategy,
+            strategy=job.strategy.value if job.strategy else None,
+            n_files=job.n_files,
+            total_bytes=job.total_bytes,
+            files_copied=job.files_copied,
+            bytes_copied=job.bytes_copied,
+            progress_bytes=job.progress_bytes,
+            progress_percent=percent,
+            attempts=job.attempts,
+            cancel_requested=job.cancel_requested,
+            worker_id=job.worker_id,
+            error_type=job.error_type,
+            error_message=job.error_message,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            duration_s=job.duration_s,
+            throughput_bytes_per_s=throughput,
+        )
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int
+    created_at: datetime
+    level: EventLevel
+    event_type: EventType
+    message: str
+    payload: dict[str, Any]
+
+
+class WorkerHealth(BaseModel):
+    id: str
+    hostname: str
+    pid: int
+    heartbeat_age_s: float
+    alive: bool
+
+
+class ServiceHealth(BaseModel):
+    ok: bool
+    error: str | None = None
+
+
+class HealthOut(BaseModel):
+    """``status``: ok (all up), degraded (no live worker), down (DB or Redis unreachable)."""
+
+    status: str
+    database: ServiceHealth
+    redis: ServiceHealth
+    worker_ok: bool
+    worker_heartbeat_age_s: float | None
+    workers: list[WorkerHealth]

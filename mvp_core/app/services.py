@@ -1,0 +1,53 @@
+"""Submission rules for jobs: what the API checks before a job is stored.
+
+Everything a user can get wrong is refused here with ``InvalidRequestError``
+(a 422), so the worker only meets problems that appear later (a disk changed,
+a host went away).
+"""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.orm import Session
+
+from mvp_core.app.schemas import JobCreate
+from mvp_core.db.models import Job, Portal, PortalKind
+from mvp_core.db.repository import InvalidRequestError, NotFoundError, create_job, get_portal
+from mvp_core.worker.job_mapping import check_overlap, clean_relative, confined_local_path
+
+
+def _portal(session: Session, portal_id: int, role: str) -> Portal:
+    try:
+        return get_portal(session, portal_id=portal_id)
+    except NotFoundError:
+        raise InvalidRequestError(f"unknown {role} portal {portal_id}") from None
+
+
+def submit_job(session: Session, *, request: JobCreate) -> Job:
+    """Validate a job request against its portals and store it PENDING (caller commits)."""
+    source_portal = _portal(session, request.source_portal_id, "source")
+    target_portal = _portal(session, request.target_portal_id, "target")
+    source_rel = clean_relative(request.source_path, what="source_path")
+    target_rel = clean_relative(request.target_path, what="target_path", allow_empty=True)
+    if source_portal.kind is PortalKind.LOCAL:
+        source = confined_local_path(source_portal, source_rel, what="source_path")
+        if not os.path.lexists(source):
+            raise InvalidRequestError(
+                f"source_path {source_rel!r} does not exist on portal {source_portal.name!r}"
+            )
+    if target_portal.kind is PortalKind.LOCAL:
+        confined_local_path(target_portal, target_rel, what="target_path")
+    check_overlap(
+        source_portal=source_portal, source_rel=source_rel,
+        target_portal=target_portal, target_rel=target_rel,
+    )
+    return create_job(
+        session,
+        mode=request.mode,
+        source_portal_id=source_portal.id,
+        source_path=source_rel,
+        target_portal_id=target_portal.id,
+        target_path=target_rel,
+        requested_strategy=request.strategy,
+    )

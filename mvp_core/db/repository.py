@@ -1,0 +1,578 @@
+"""Data access shared by the API and the worker: one function per thing a caller needs.
+
+Every function takes the session first and keyword-only arguments after it, and
+never commits: the caller owns the unit of work (a request, or one worker step).
+State changes that can race (claim, cancel, recovery) are single conditional
+UPDATEs, so Postgres, not Python, decides who wins.
+
+Errors a caller may show to a user are the three below; the API maps them to
+404, 409 and 422 in one exception handler.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from mvp_core.db.models import (
+    FINAL_STATUSES,
+    ChosenStrategy,
+    EventLevel,
+    EventType,
+    Job,
+    JobEvent,
+    JobMode,
+    JobStatus,
+    Portal,
+    PortalKind,
+    RequestedStrategy,
+    Worker,
+)
+
+
+class NotFoundError(LookupError):
+    """The portal or job does not exist (HTTP 404)."""
+
+
+class ConflictError(Exception):
+    """The request clashes with the current state, e.g. deleting a used portal (HTTP 409)."""
+
+
+class InvalidRequestError(ValueError):
+    """The request is well-formed but refers to something unusable (HTTP 422)."""
+
+
+# --------------------------------------------------------------------------- portals
+
+
+def create_portal(
+    session: Session,
+    *,
+    name: str,
+    kind: PortalKind,
+    base_path: str,
+    host: str | None = None,
+    port: int | None = None,
+    username: str | None = None,
+    identity_file: str | None = None,
+    known_hosts_file: str | None = None,
+) -> Portal:
+    """Insert a portal (validated by the caller); a duplicate name is a conflict."""
+    if session.scalar(select(exists().where(Portal.name == name))):
+        raise ConflictError(f"a portal named {name!r} already exists")
+    portal = Portal(
+        name=name,
+        kind=kind,
+        base_path=base_path,
+        host=host,
+        port=port,
+        username=username,
+        identity_file=identity_file,
+        known_hosts_file=known_hosts_file,
+    )
+    session.add(portal)
+    session.flush()
+    return portal
+
+
+def get_portal(session: Session, *, portal_id: int) -> Portal:
+    portal = session.get(Portal, portal_id)
+    if portal is None:
+        raise NotFoundError(f"portal {portal_id} not found")
+    return portal
+
+
+def list_portals(session: Session) -> Sequence[Portal]:
+    return session.scalars(select(Portal).order_by(Portal.id)).all()
+
+
+def delete_portal(session: Session, *, portal_id: int) -> None:
+    """Delete a portal no job refers to (jobs keep their history, so they pin portals)."""
+    portal = session.get(Portal, portal_id, with_for_update=True)
+    if portal is None:
+        raise NotFoundError(f"portal {portal_id} not found")
+    used = session.scalar(
+        select(func.count(Job.id)).where(
+            or_(Job.source_portal_id == portal_id, Job.target_portal_id == portal_id)
+        )
+    )
+    if used:
+        raise ConflictError(f"portal {portal_id} is used by {used} job(s)")
+    session.delete(portal)
+    session.flush()
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def create_job(
+    session: Session,
+    *,
+    mode: JobMode,
+    source_portal_id: int,
+    source_path: str,
+    target_portal_id: int,
+    target_path: str,
+    requested_strategy: RequestedStrategy,
+) -> Job:
+    """Insert a PENDING job with its ``created`` and ``queued`` events."""
+    job = Job(
+        mode=mode,
+        source_portal_id=source_portal_id,
+        source_path=source_path,
+        target_portal_id=target_portal_id,
+        target_path=target_path,
+        requested_strategy=requested_strategy,
+        status=JobStatus.PENDING,
+    )
+    session.add(job)
+    session.flush()
+    add_event(
+        session,
+        job_id=job.id,
+        event_type=EventType.CREATED,
+        message=f"{mode.value} {source_path!r} -> {target_path!r}",
+        payload={
+            "mode": mode.value,
+            "source_portal_id": source_portal_id,
+            "source_path": source_path,
+            "target_portal_id": target_portal_id,
+            "target_path": target_path,
+            "requested_strategy": requested_strategy.value,
+        },
+    )
+    add_event(session, job_id=job.id, event_type=EventType.QUEUED, message="handed to the queue")
+    return job
+
+
+def get_job(session: Session, *, job_id: int, for_update: bool = False) -> Job:
+    job = session.get(Job, job_id, with_for_update=for_update, populate_existing=for_update)
+    if job is None:
+        raise NotFoundError(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: JobStatus | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> Sequence[Job]:
+    """Newest first."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    if status is not None:
+        query = query.where(Job.status == status)
+    return session.scalars(query).all()
+
+
+def list_job_ids(session: Session, *, status: JobStatus) -> list[int]:
+    return list(session.scalars(select(Job.id).where(Job.status == status).order_by(Job.id)))
+
+
+def add_event(
+    session: Session,
+    *,
+    job_id: int,
+    event_type: EventType,
+    message: str = "",
+    payload: dict[str, Any] | None = None,
+    level: EventLevel = EventLevel.INFO,
+) -> JobEvent:
+    event = JobEvent(
+        job_id=job_id, event_type=event_type, message=message, payload=payload or {}, level=level
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(
+    session: Session,
+    *,
+    job_id: int,
+    event_type: EventType | None = None,
+    after_id: int = 0,
+    limit: int = 1000,
+) -> Sequence[JobEvent]:
+    get_job(session, job_id=job_id)
+    query = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+        .order_by(JobEvent.id)
+        .limit(limit)
+    )
+    if event_type is not None:
+        query = query.where(JobEvent.event_type == event_type)
+    return session.scalars(query).all()
+
+
+def last_event(session: Session, *, job_id: int) -> JobEvent | None:
+    return session.scalar(
+        select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc()).limit(1)
+    )
+
+
+def request_cancel(session: Session, *, job_id: int) -> Job:
+    """Cancel a job: a PENDING one ends CANCELLED at once; a RUNNING one is flagged for its worker.
+
+    The row lock orders this against the worker's claim, so a PENDING job
+    cancelled here can never start.
+    """
+    job = get_job(session, job_id=job_id, for_update=True)
+    if job.status is JobStatus.CANCELLED:
+        return job
+    if job.status in FINAL_STATUSES:
+        raise ConflictError(f"job {job_id} already ended {job.status.value}")
+    job.cancel_requested = True
+    if job.status is JobStatus.PENDING:
+        job.status = JobStatus.CANCELLED
+        job.finished_at = func.now()
+        add_event(
+            session,
+            job_id=job_id,
+            event_type=EventType.CANCELLED,
+            message="cancelled before it started" if job.attempts == 0
+            else "cancelled while waiting for its next attempt",
+            payload={"attempts": job.attempts},
+        )
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _live_worker(worker_id_column: Any, grace_s: float) -> Any:
+    """SQL: the given worker heart-beat within the last ``grace_s`` seconds."""
+    return exists().where(
+        Worker.id == worker_id_column,
+        Worker.last_heartbeat_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, grace_s),
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a successful claim tells the worker."""
+
+    attempts: int
+    previous_worker_id: str | None
+
+
+def claim_job(session: Session, *, job_id: int, worker_id: str, grace_s: float) -> Claim | None:
+    """Atomically make a job RUNNING on this worker, or return None if it is not ours to run.
+
+    Claimable: PENDING, or RUNNING on a worker whose heartbeat is older than
+    ``grace_s`` (it died). Never a job whose cancel was requested.
+    """
+    previous = session.execute(
+        select(Job.worker_id, Job.status).where(Job.id == job_id).with_for_update()
+    ).first()
+    if previous is None:
+        return None
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.cancel_requested.is_(False),
+            or_(
+                Job.status == JobStatus.PENDING,
+                and_(
+                    Job.status == JobStatus.RUNNING,
+                    or_(Job.worker_id.is_(None), ~_live_worker(Job.worker_id, grace_s)),
+                ),
+            ),
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            worker_id=worker_id,
+            started_at=func.coalesce(Job.started_at, func.now()),
+            attempts=Job.attempts + 1,
+            error_type=None,
+            error_message=None,
+            updated_at=func.now(),
+        )
+        .returning(Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return None
+    taken_from = previous.worker_id if previous.status == JobStatus.RUNNING else None
+    return Claim(attempts=row.attempts, previous_worker_id=taken_from)
+
+
+def record_plan(
+    session: Session,
+    *,
+    job_id: int,
+    strategy: ChosenStrategy,
+    n_files: int | None,
+    total_bytes: int | None,
+    summary: dict[str, Any],
+) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            strategy=strategy,
+            n_files=n_files or 0,
+            total_bytes=total_bytes or 0,
+            progress_bytes=0,
+            updated_at=func.now(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    add_event(
+        session,
+        job_id=job_id,
+        event_type=EventType.PLAN,
+        message=f"strategy={strategy.value}: {summary.get('reason', '')}",
+        payload=summary,
+    )
+
+
+def record_progress(session: Session, *, job_id: int, progress_bytes: int) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        .values(progress_bytes=max(progress_bytes, 0), updated_at=func.now())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def cancel_requested(session: Session, *, job_id: int) -> bool:
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish_job(
+    session: Session,
+    *,
+    job_id: int,
+    worker_id: str,
+    status: JobStatus,
+    event_type: EventType,
+    message: str,
+    payload: dict[str, Any] | None = None,
+    level: EventLevel = EventLevel.INFO,
+    files_copied: int | None = None,
+    bytes_copied: int | None = None,
+    duration_s: float | None = None,
+    error_type: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """End a RUNNING job this worker owns; False if it was taken away (recovered elsewhere)."""
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": func.greatest(func.now(), Job.started_at),
+        "updated_at": func.now(),
+        "error_type": error_type,
+        "error_message": error_message,
+    }
+    if files_copied is not None:
+        values["files_copied"] = files_copied
+    if bytes_copied is not None:
+        values["bytes_copied"] = bytes_copied
+        values["progress_bytes"] = func.greatest(Job.total_bytes, bytes_copied)
+    if duration_s is not None:
+        values["duration_s"] = duration_s
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker_id == worker_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    add_event(
+        session, job_id=job_id, event_type=event_type, message=message, payload=payload,
+        level=level,
+    )
+    return True
+
+
+def release_for_retry(
+    session: Session,
+    *,
+    job_id: int,
+    worker_id: str,
+    message: str,
+    payload: dict[str, Any],
+    error_type: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """Put a RUNNING job back to PENDING between attempts, with a ``retry`` event."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker_id == worker_id)
+        .values(
+            status=JobStatus.PENDING,
+            worker_id=None,
+            updated_at=func.now(),
+            error_type=error_type,
+            error_message=error_message,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    add_event(
+        session, job_id=job_id, event_type=EventType.RETRY, message=message, payload=payload,
+        level=EventLevel.WARNING,
+    )
+    return True
+
+
+def cancel_unclaimed(session: Session, *, job_id: int, message: str) -> bool:
+    """End a job whose cancel was requested but that no live worker is running."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.cancel_requested.is_(True),
+            Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING]),
+        )
+        .values(
+            status=JobStatus.CANCELLED,
+            finished_at=func.greatest(func.now(), Job.started_at),
+            updated_at=func.now(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    add_event(session, job_id=job_id, event_type=EventType.CANCELLED, message=message)
+    return True
+
+
+def recover_dead_jobs(
+    session: Session, *, grace_s: float, max_attempts: int
+) -> list[tuple[int, str | None, bool]]:
+    """RUNNING jobs whose worker stopped heart-beating go back to PENDING (``recovered``).
+
+    A job that already used ``max_attempts`` attempts with its worker dying each
+    time is FAILED instead, so a job that kills its worker cannot loop forever.
+    Returns ``(job_id, dead_worker_id, requeued)`` for each job touched.
+    """
+    rows = session.execute(
+        select(Job.id, Job.worker_id, Job.attempts, Job.cancel_requested)
+        .where(
+            Job.status == JobStatus.RUNNING,
+            or_(Job.worker_id.is_(None), ~_live_worker(Job.worker_id, grace_s)),
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    touched: list[tuple[int, str | None, bool]] = []
+    for job_id, dead_worker, attempts, cancel in rows:
+        if cancel:
+            cancel_unclaimed(
+                session, job_id=job_id,
+                message=f"cancelled; its worker {dead_worker} stopped heart-beating",
+            )
+            touched.append((job_id, dead_worker, False))
+            continue
+        give_up = attempts >= max_attempts
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.FAILED if give_up else JobStatus.PENDING,
+                worker_id=None,
+                updated_at=func.now(),
+                finished_at=func.greatest(func.now(), Job.started_at) if give_up else None,
+                error_type="WorkerLostError" if give_up else None,
+                error_message=(
+                    f"worker {dead_worker} died during attempt {attempts} of {max_attempts}"
+                    if give_up else None
+                ),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        add_event(
+            session,
+            job_id=job_id,
+            event_type=EventType.ERROR if give_up else EventType.RECOVERED,
+            level=EventLevel.ERROR if give_up else EventLevel.WARNING,
+            message=(
+                f"worker {dead_worker} stopped heart-beating during attempt {attempts}; "
+                + ("no attempts left" if give_up else "job requeued")
+            ),
+            payload={
+                "dead_worker_id": dead_worker,
+                "attempts": attempts,
+                "max_attempts": max_attempts,
+                "error_type": "WorkerLostError",
+            },
+        )
+        touched.append((job_id, dead_worker, not give_up))
+    return touched
+
+
+def stale_pending_job_ids(session: Session, *, older_than_s: float) -> list[int]:
+    """PENDING jobs untouched for a while: the reconciler checks Redis still holds them."""
+    return list(
+        session.scalars(
+            select(Job.id).where(
+                Job.status == JobStatus.PENDING,
+                Job.updated_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+            )
+        )
+    )
+
+
+def heartbeat(session: Session, *, worker_id: str, pid: int, hostname: str | None = None) -> None:
+    """Upsert this worker's row with ``last_heartbeat_at = now()``."""
+    stmt = insert(Worker).values(
+        id=worker_id, hostname=hostname or socket.gethostname(), pid=pid
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Worker.id], set_={"last_heartbeat_at": func.now()}
+        )
+    )
+
+
+def remove_worker(session: Session, *, worker_id: str) -> None:
+    session.execute(delete(Worker).where(Worker.id == worker_id))
+
+
+def prune_workers(session: Session, *, older_than_s: float) -> int:
+    """Forget workers silent for long, unless a RUNNING job still names them."""
+    result = session.execute(
+        delete(Worker).where(
+            Worker.last_heartbeat_at
+            < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+            ~exists().where(Job.worker_id == Worker.id, Job.status == JobStatus.RUNNING),
+        )
+    )
+    return result.rowcount or 0
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    worker_id: str
+    hostname: str
+    pid: int
+    age_s: float
+
+
+def worker_heartbeats(session: Session) -> list[WorkerBeat]:
+    """Every known worker with the age of its last heartbeat, freshest first."""
+    age = func.extract("epoch", func.now() - Worker.last_heartbeat_at)
+    rows = session.execute(
+        select(Worker.id, Worker.hostname, Worker.pid, age.label("age"))
+        .order_by(Worker.last_heartbeat_at.desc())
+    ).all()
+    return [WorkerBeat(r.id, r.hostname, r.pid, max(float(r.age), 0.0)) for r in rows]
+
+
+def ping(session: Session) -> datetime:
+    """Round-trip to the database (health check); returns the server clock."""
+    return session.execute(text("SELECT now()")).scalar_one()

@@ -1,0 +1,1 @@
+"""Ketter's arq worker: runs transfers recorded in Postgres, heart-beats, reconciles."""
