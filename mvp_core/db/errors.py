@@ -222,11 +222,16 @@ def _index_constraints() -> tuple[
                 foreign[str(constraint.name)] = _ForeignKey(
                     table.name, element.parent.name, element.column.table.name
                 )
-            elif isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint) and constraint.name:
+            elif (
+                isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint) and constraint.name
+            ):
                 uniques[str(constraint.name)] = (table.name, tuple(constraint.columns.keys()))
         for column in table.columns:
             if isinstance(column.type, Enum) and column.type.name:
-                name = NAMING["ck"] % {"table_name": table.name, "constraint_name": column.type.name}
+                name = NAMING["ck"] % {
+                    "table_name": table.name,
+                    "constraint_name": column.type.name,
+                }
                 enums[name] = _EnumCheck(table.name, column.name, tuple(column.type.enums))
     return foreign, enums, uniques
 
@@ -245,7 +250,7 @@ def translate_db_error(exc: BaseException) -> KetterDbError:
     Never raises; anything it does not recognise becomes a plain ``KetterDbError``
     that still carries Postgres' message and SQLSTATE.
     """
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    orig: BaseException = (exc.orig or exc) if isinstance(exc, DBAPIError) else exc
     statement = exc.statement if isinstance(exc, DBAPIError) else None
     pgcode: str | None = getattr(orig, "pgcode", None)
     diag = getattr(orig, "diag", None)

@@ -102,7 +102,9 @@ def create_database_if_missing(database_url: str) -> bool:
     url = make_url(database_url)
     if url.database is None:
         raise ValueError("the database URL names no database")
-    engine = create_engine(_maintenance_url(url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    engine = create_engine(
+        _maintenance_url(url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT"
+    )
     try:
         with engine.connect() as conn:
             exists = conn.execute(

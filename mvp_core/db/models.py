@@ -187,10 +187,18 @@ class Job(Base):
         server_default=JobStatus.PENDING.value,
     )
     n_files: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
-    total_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
-    files_copied: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
-    bytes_copied: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
-    progress_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    total_bytes: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    files_copied: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    bytes_copied: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    progress_bytes: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()

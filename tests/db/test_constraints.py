@@ -22,7 +22,6 @@ from mvp_core.db.errors import (
     KetterDbError,
     NegativeCounterError,
     NotNullViolationError,
-    PortalInUseError,
     UnknownJobError,
     UnknownPortalError,
     translate_db_error,
@@ -82,7 +81,8 @@ def test_unknown_job_on_an_event(db_session: Session) -> None:
 
 
 @pytest.mark.parametrize(
-    "counter", ["n_files", "total_bytes", "files_copied", "bytes_copied", "progress_bytes", "attempts"]
+    "counter",
+    ["n_files", "total_bytes", "files_copied", "bytes_copied", "progress_bytes", "attempts"],
 )
 def test_negative_counters_refused(db_session: Session, make_job: MakeJob, counter: str) -> None:
     job = make_job()
@@ -153,7 +153,9 @@ def test_ssh_portal_without_host(db_session: Session) -> None:
      ({"name": ""}, "ck_portals_name_not_empty"),
      ({"port": 70000}, "ck_portals_port_range")],
 )  # fmt: skip
-def test_other_portal_checks(db_session: Session, fields: dict[str, object], constraint: str) -> None:
+def test_other_portal_checks(
+    db_session: Session, fields: dict[str, object], constraint: str
+) -> None:
     db_session.add(Portal(**{"name": "p", "kind": PortalKind.LOCAL, "base_path": "/x", **fields}))
     error = _refused(db_session, ConstraintViolationError)
     assert error.constraint == constraint
@@ -203,7 +205,9 @@ def test_duplicate_primary_key_is_a_generic_duplicate(db_session: Session) -> No
     assert "workers.id" in str(error)
 
 
-def test_server_defaults_fill_a_minimal_raw_insert(db_session: Session, make_portal: MakePortal) -> None:
+def test_server_defaults_fill_a_minimal_raw_insert(
+    db_session: Session, make_portal: MakePortal
+) -> None:
     portal = make_portal("lab")
     row = db_session.execute(
         text(

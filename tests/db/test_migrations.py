@@ -131,13 +131,13 @@ def test_migrate_cli_creates_the_missing_database_and_reaches_head(
 
     check = subprocess.run(
         [sys.executable, "-m", "mvp_core.db.migrate", "--check"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert check.returncode == 2, check.stderr  # database does not exist yet
 
     first = subprocess.run(
         [sys.executable, "-m", "mvp_core.db.migrate"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
     assert "created" in first.stdout
@@ -145,14 +145,14 @@ def test_migrate_cli_creates_the_missing_database_and_reaches_head(
 
     again = subprocess.run(
         [sys.executable, "-m", "mvp_core.db.migrate"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "created" not in again.stdout
 
     check = subprocess.run(
         [sys.executable, "-m", "mvp_core.db.migrate", "--check"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert check.returncode == 0, check.stdout
     assert head_revision() in check.stdout
@@ -164,7 +164,8 @@ def test_migrate_cli_check_reports_an_unmigrated_database(
     url = fresh_database_url()
     check = subprocess.run(
         [sys.executable, "-m", "mvp_core.db.migrate", "--check"],
-        env={**os.environ, "KETTER_DATABASE_URL": url}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KETTER_DATABASE_URL": url},
+        capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert check.returncode == 1
     assert "base (empty)" in check.stdout
@@ -175,7 +176,8 @@ def test_password_never_printed(fresh_database_url: Callable[..., str]) -> None:
     url = fresh_database_url(create=False).replace("postgres@", "postgres:s3cr3t-pw@", 1)
     out = subprocess.run(
         [sys.executable, "-m", "mvp_core.db.migrate", "--check"],
-        env={**os.environ, "KETTER_DATABASE_URL": url}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KETTER_DATABASE_URL": url},
+        capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert "s3cr3t-pw" not in out.stdout + out.stderr
     assert "***" in out.stdout + out.stderr

@@ -92,10 +92,13 @@ def test_an_unused_portal_can_be_deleted(db_session: Session, make_portal: MakeP
 def test_deleting_a_job_deletes_its_events(db_session: Session, make_job: MakeJob) -> None:
     doomed, kept = make_job(), make_job()
     for job in (doomed, kept):
-        db_session.add_all(JobEvent(job_id=job.id, event_type=t) for t in (EventType.CREATED, EventType.DONE))
+        db_session.add_all(
+            JobEvent(job_id=job.id, event_type=t) for t in (EventType.CREATED, EventType.DONE)
+        )
     db_session.commit()
 
-    db_session.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": doomed.id})  # the DB cascades
+    # Raw SQL: the database itself cascades, no ORM help.
+    db_session.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": doomed.id})
     db_session.commit()
     remaining = db_session.execute(text("SELECT DISTINCT job_id FROM job_events")).scalars().all()
     assert remaining == [kept.id]

@@ -56,7 +56,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_portals")),
         sa.UniqueConstraint("name", name=op.f("uq_portals_name")),
         _one_of("kind", ("local", "ssh"), "ck_portals_portal_kind"),
-        sa.CheckConstraint("kind <> 'ssh' OR host IS NOT NULL", name=op.f("ck_portals_ssh_needs_host")),
+        sa.CheckConstraint(
+            "kind <> 'ssh' OR host IS NOT NULL", name=op.f("ck_portals_ssh_needs_host")
+        ),
         sa.CheckConstraint(
             "port IS NULL OR (port > 0 AND port < 65536)", name=op.f("ck_portals_port_range")
         ),
@@ -82,7 +84,9 @@ def upgrade() -> None:
         sa.Column("source_path", sa.Text(), nullable=False),
         sa.Column("target_portal_id", sa.Integer(), nullable=False),
         sa.Column("target_path", sa.Text(), nullable=False),
-        sa.Column("requested_strategy", sa.String(length=16), server_default="auto", nullable=False),
+        sa.Column(
+            "requested_strategy", sa.String(length=16), server_default="auto", nullable=False
+        ),
         sa.Column("strategy", sa.String(length=16), nullable=True),
         sa.Column("status", sa.String(length=16), server_default="PENDING", nullable=False),
         sa.Column("n_files", sa.Integer(), server_default="0", nullable=False),
@@ -91,7 +95,9 @@ def upgrade() -> None:
         sa.Column("bytes_copied", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("progress_bytes", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("cancel_requested", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+        sa.Column(
+            "cancel_requested", sa.Boolean(), server_default=sa.text("false"), nullable=False
+        ),
         sa.Column("worker_id", sa.String(length=200), nullable=True),
         sa.Column("error_type", sa.String(length=100), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
@@ -114,7 +120,9 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         _one_of("mode", ("copy", "move"), "ck_jobs_job_mode"),
-        _one_of("requested_strategy", ("auto", "direct", "zip_first"), "ck_jobs_requested_strategy"),
+        _one_of(
+            "requested_strategy", ("auto", "direct", "zip_first"), "ck_jobs_requested_strategy"
+        ),
         _one_of("strategy", ("DIRECT", "ZIP_FIRST"), "ck_jobs_strategy"),
         _one_of(
             "status", ("PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED"), "ck_jobs_job_status"
