@@ -1,0 +1,187 @@
+"""Checks for every registered portal, as the worker would reach it.
+
+An ssh portal must answer in BatchMode with its host key already known (the engine's own
+ssh argv: strict host-key checking, no prompt), have ``rsync`` and ``unzip``, and have free
+space on its base path. Key files a portal references must exist and must not be readable
+by others (ssh itself refuses such keys; the DKU warns before a job fails on it).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import create_engine, pool, select
+from sqlalchemy.orm import Session
+
+from mvp_core.db.models import Portal, PortalKind
+from mvp_core.dku.options import DkuOptions
+from mvp_core.dku.result import (
+    CheckFailed,
+    CheckResult,
+    Outcome,
+    Status,
+    describe_exception,
+    one_line,
+    run_check,
+)
+from mvp_core.transfer_engine.endpoints import SshEndpoint
+from mvp_core.transfer_engine.ssh import classify_ssh_failure, remote_command_argv
+
+REMOTE_TOOLS = ("rsync", "unzip")
+_SSH_MARGIN_S = 20.0
+
+# Runs under ``sh -c`` on the portal's host; the base path arrives as $1, never parsed.
+_PROBE = (
+    'for t in ' + " ".join(REMOTE_TOOLS) + '; do '
+    'if p=$(command -v "$t"); then echo "tool $t $p"; else echo "tool $t MISSING"; fi; done; '
+    'if out=$(df -Pk -- "$1" 2>&1); then echo "$out" | tail -n 1 | sed "s/^/df /"; '
+    'else echo "dferr $out"; fi'
+)
+
+
+def load_portals(database_url: str) -> list[dict[str, Any]]:
+    """Every portal as plain values (the session closes before any ssh runs)."""
+    engine = create_engine(database_url, poolclass=pool.NullPool,
+                           connect_args={"connect_timeout": 5})
+    try:
+        with Session(engine) as session:
+            rows = session.scalars(select(Portal).order_by(Portal.id)).all()
+            return [
+                {"id": p.id, "name": p.name, "kind": PortalKind(p.kind), "host": p.host,
+                 "port": p.port, "username": p.username, "base_path": p.base_path,
+                 "identity_file": p.identity_file, "known_hosts_file": p.known_hosts_file}
+                for p in rows
+            ]
+    finally:
+        engine.dispose()
+
+
+def check_key_files(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
+    """The identity and known_hosts files exist; the key is readable by its owner only."""
+    notes: list[str] = []
+    warn = False
+    identity = portal["identity_file"]
+    if identity:
+        path = Path(identity)
+        if not path.is_file():
+            raise CheckFailed(f"identity file {identity} does not exist on this host")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            warn = True
+            who = "everyone" if mode & 0o004 else "its group"
+            notes.append(f"identity file {identity} mode {mode:04o} is readable by {who}"
+                         f" (ssh refuses it; chmod 600)")
+        elif not os.access(path, os.R_OK):
+            raise CheckFailed(f"identity file {identity} is not readable by this user")
+        else:
+            notes.append(f"identity file {identity} mode {mode:04o}")
+    else:
+        notes.append("no identity file (ssh agent or default keys)")
+    known = portal["known_hosts_file"] or (
+        str(opts.default_known_hosts) if opts.default_known_hosts else None)
+    if known:
+        if not Path(known).is_file():
+            raise CheckFailed(f"known_hosts file {known} does not exist on this host")
+        notes.append(f"known_hosts {known}")
+    return Outcome("; ".join(notes), Status.WARN if warn else Status.OK)
+
+
+def _endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
+    known = portal["known_hosts_file"] or opts.default_known_hosts
+    return SshEndpoint(
+        host=portal["host"], path=PurePosixPath(portal["base_path"]), user=portal["username"],
+        port=portal["port"] or 22,
+        identity_file=Path(portal["identity_file"]) if portal["identity_file"] else None,
+        known_hosts_file=Path(known) if known else None,
+    )
+
+
+def check_ssh_portal(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
+    """One ssh round trip: reachable, host key known, tools present, free space."""
+    endpoint = _endpoint(portal, opts)
+    argv = remote_command_argv(endpoint, ("sh", "-c", _PROBE, "ketter-dku",
+                                          str(endpoint.path)), opts.engine)
+    timeout = opts.engine.ssh_connect_timeout_s + _SSH_MARGIN_S
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise CheckFailed(f"ssh {endpoint.destination}:{endpoint.port} did not finish in"
+                          f" {timeout:.0f}s") from exc
+    if proc.returncode != 0 and not proc.stdout.strip():
+        cls_msg = classify_ssh_failure(proc.returncode, proc.stderr)
+        reason = cls_msg[1] if cls_msg else f"exit {proc.returncode}"
+        raise CheckFailed(f"{endpoint.destination} port {endpoint.port}: {reason}:"
+                          f" {one_line(proc.stderr, 200)}", exit_code=proc.returncode)
+    return _judge_probe(proc.stdout, endpoint, opts)
+
+
+def _judge_probe(stdout: str, endpoint: SshEndpoint, opts: DkuOptions) -> Outcome:
+    tools: dict[str, str | None] = {}
+    free_bytes: int | None = None
+    for line in stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "tool":
+            name, _, where = rest.partition(" ")
+            tools[name] = None if where == "MISSING" else where
+        elif kind == "df":
+            fields = rest.split()
+            if len(fields) >= 4 and fields[3].isdigit():
+                free_bytes = int(fields[3]) * 1024
+        elif kind == "dferr":
+            raise CheckFailed(f"base path {shlex.quote(str(endpoint.path))} on {endpoint.host}:"
+                              f" {one_line(rest, 200)}")
+    missing = [t for t in REMOTE_TOOLS if not tools.get(t)]
+    data = {"tools": tools, "free_bytes": free_bytes}
+    if missing:
+        raise CheckFailed(f"{endpoint.host}: {', '.join(missing)} not installed"
+                          f" (needed for DIRECT/ZIP_FIRST)", **data)
+    if free_bytes is None:
+        raise CheckFailed(f"{endpoint.host}: could not read free space of {endpoint.path}", **data)
+    free_gib = free_bytes / 1024**3
+    detail = (f"{endpoint.destination}:{endpoint.port} reachable, host key known,"
+              f" rsync+unzip present, {free_gib:.1f} GiB free on {endpoint.path}")
+    if free_bytes < opts.min_free_bytes:
+        return Outcome(detail + f" (below {opts.min_free_bytes / 1024**3:.1f} GiB)",
+                       Status.WARN, data)
+    return Outcome(detail, data=data)
+
+
+def check_local_portal(portal: dict[str, Any]) -> Outcome:
+    """A local portal's base path exists here (this host should be the worker's)."""
+    base = Path(portal["base_path"])
+    if not base.is_dir():
+        return Outcome(f"base path {base} is not a directory on this host", Status.WARN)
+    usage = os.statvfs(base)
+    free = usage.f_bavail * usage.f_frsize
+    return Outcome(f"base path {base}, {free / 1024**3:.1f} GiB free", data={"free_bytes": free})
+
+
+def portal_checks(opts: DkuOptions, *, skip_prefix: str) -> list[CheckResult]:
+    """One result per portal (two per ssh portal); portals named ``skip_prefix*`` are the DKU's."""
+    started = time.monotonic()
+    try:
+        portals = [p for p in load_portals(opts.database_url)
+                   if not p["name"].startswith(skip_prefix)]
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check
+        return [CheckResult("portals", Status.FAIL, time.monotonic() - started,
+                            f"cannot list portals: {describe_exception(exc)}")]
+    ssh = [p for p in portals if p["kind"] is PortalKind.SSH]
+    results = [CheckResult("portals", Status.OK, time.monotonic() - started,
+                           f"{len(portals)} portal(s) registered, {len(ssh)} over ssh",
+                           {"count": len(portals), "ssh": len(ssh)})]
+    for portal in portals:
+        name = portal["name"]
+        if portal["kind"] is PortalKind.SSH:
+            results.append(run_check(f"portal_keys:{name}",
+                                     lambda p=portal: check_key_files(p, opts)))
+            results.append(run_check(f"portal:{name}", lambda p=portal: check_ssh_portal(p, opts)))
+        else:
+            results.append(run_check(f"portal:{name}", lambda p=portal: check_local_portal(p)))
+    return results
