@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import Engine, create_engine, make_url, pool, text
 
 from mvp_core.dku.options import DkuOptions
-from mvp_core.dku.result import CheckFailed, Outcome, one_line
+from mvp_core.dku.result import CheckFailed, Outcome, Status, one_line
 
 MIN_PYTHON = (3, 11)
 _VERSION_TIMEOUT_S = 10.0
@@ -129,6 +129,10 @@ def check_api(opts: DkuOptions) -> Outcome:
     if response.status_code != 200:
         raise CheckFailed(f"GET /health answered {response.status_code}: {summary}",
                           status_code=response.status_code, body=body)
+    if isinstance(body, dict) and body.get("status") not in (None, "ok"):
+        # 200 but degraded: Postgres and Redis answer, no worker is alive (see "worker").
+        return Outcome(f"{opts.api_url}/health 200 but {body.get('status')}: {summary}",
+                       Status.WARN, data={"body": body})
     return Outcome(f"{opts.api_url}/health 200: {summary}", data={"body": body})
 
 

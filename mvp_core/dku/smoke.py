@@ -152,6 +152,11 @@ def wait_final(client: httpx.Client, job_id: int, timeout_s: float) -> dict[str,
             return job
         if time.monotonic() >= deadline:
             last = _last_event(client, job_id)
+            # Do not leave a job writing into a directory the DKU is about to remove.
+            try:
+                client.post(f"/jobs/{job_id}/cancel")
+            except httpx.HTTPError:
+                pass
             raise CheckFailed(f"job {job_id} still {job.get('status')} after {timeout_s:.0f}s"
                               f"{'; last event: ' + last if last else ''}", job_id=job_id)
         time.sleep(_POLL_S)
