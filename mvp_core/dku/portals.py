@@ -37,11 +37,12 @@ REMOTE_TOOLS = ("rsync", "unzip")
 _SSH_MARGIN_S = 20.0
 
 # Runs under ``sh -c`` on the portal's host; the base path arrives as $1, never parsed.
+# Shell builtins and df only: a minimal remote PATH must not break the probe itself.
 _PROBE = (
-    'for t in ' + " ".join(REMOTE_TOOLS) + '; do '
+    "for t in " + " ".join(REMOTE_TOOLS) + "; do "
     'if p=$(command -v "$t"); then echo "tool $t $p"; else echo "tool $t MISSING"; fi; done; '
-    'if out=$(df -Pk -- "$1" 2>&1); then echo "$out" | tail -n 1 | sed "s/^/df /"; '
-    'else echo "dferr $out"; fi'
+    'if out=$(df -Pk -- "$1" 2>&1); then echo df-ok; else echo df-error; fi; '
+    "printf '%s\\n' \"$out\""
 )
 
 
@@ -124,19 +125,24 @@ def check_ssh_portal(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
 
 def _judge_probe(stdout: str, endpoint: SshEndpoint, opts: DkuOptions) -> Outcome:
     tools: dict[str, str | None] = {}
-    free_bytes: int | None = None
+    df_state: str | None = None
+    df_lines: list[str] = []
     for line in stdout.splitlines():
         kind, _, rest = line.partition(" ")
-        if kind == "tool":
+        if df_state is not None:
+            df_lines.append(line)
+        elif kind == "tool":
             name, _, where = rest.partition(" ")
             tools[name] = None if where == "MISSING" else where
-        elif kind == "df":
-            fields = rest.split()
-            if len(fields) >= 4 and fields[3].isdigit():
-                free_bytes = int(fields[3]) * 1024
-        elif kind == "dferr":
-            raise CheckFailed(f"base path {shlex.quote(str(endpoint.path))} on {endpoint.host}:"
-                              f" {one_line(rest, 200)}")
+        elif line in ("df-ok", "df-error"):
+            df_state = line
+    if df_state == "df-error":
+        raise CheckFailed(f"base path {shlex.quote(str(endpoint.path))} on {endpoint.host}:"
+                          f" {one_line(' '.join(df_lines), 200)}")
+    free_bytes: int | None = None
+    fields = df_lines[-1].split() if df_lines else []
+    if len(fields) >= 4 and fields[3].isdigit():
+        free_bytes = int(fields[3]) * 1024
     missing = [t for t in REMOTE_TOOLS if not tools.get(t)]
     data = {"tools": tools, "free_bytes": free_bytes}
     if missing:
