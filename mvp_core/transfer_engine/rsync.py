@@ -1,7 +1,9 @@
 """rsync: argv construction, ``--info=progress2`` parsing, exit-code interpretation.
 
 Flags and why:
-- ``-a``: recursion, permissions (exec bits), mtimes, symlinks, owner/group as root;
+- ``-a``: recursion, permissions (exec bits), mtimes, symlinks;
+- ``--no-owner --no-group``: files belong to the receiving account, as with ZIP_FIRST
+  (unzip does not restore owners either) and as users on two hosts differ anyway;
 - ``-s`` (``--protect-args``): names travel inside rsync's protocol, not through
   the remote shell, so spaces, quotes, ``$``, ``;`` and backticks survive. Remote
   paths are therefore NOT shell-quoted (quotes would become part of the name);
@@ -153,7 +155,8 @@ def build_argv(
     remote = source if isinstance(source, SshEndpoint) else target
     rsh = rsync_rsh(remote, options) if isinstance(remote, SshEndpoint) else None
     return (
-        ("rsync", "-a", "-s", "--info=progress2", "--no-inc-recursive")
+        ("rsync", "-a", "--no-owner", "--no-group", "-s", "--info=progress2",
+         "--no-inc-recursive")
         + ((f"--partial-dir={partial_dir}",) if partial_dir else ())
         + ((f"--timeout={options.rsync_io_timeout_s}",) if options.rsync_io_timeout_s else ())
         + ((f"--bwlimit={options.bwlimit_kib_s}",) if options.bwlimit_kib_s else ())

@@ -1,0 +1,46 @@
+"""Run a plan with the strategy it names; clean a job's temp files after a crash.
+
+The one dispatch point, so the worker, the CLI and the DKU never repeat
+``if strategy == ZIP_FIRST`` themselves.
+"""
+
+from __future__ import annotations
+
+from mvp_core.transfer_engine.direct import run_transfer
+from mvp_core.transfer_engine.job import TransferJob
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy
+from mvp_core.transfer_engine.results import (
+    CancelToken,
+    PhaseCallback,
+    ProgressCallback,
+    TransferResult,
+)
+from mvp_core.transfer_engine.zip_first import cleanup_temp, run_transfer_zip_first
+
+_DEFAULT_OPTIONS = EngineOptions()
+
+
+def execute_plan(
+    plan: TransferPlan,
+    *,
+    options: EngineOptions = _DEFAULT_OPTIONS,
+    progress: ProgressCallback | None = None,
+    on_phase: PhaseCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> TransferResult:
+    """DIRECT → ``run_transfer``; ZIP_FIRST → ``run_transfer_zip_first``."""
+    if plan.strategy is TransferStrategy.ZIP_FIRST:
+        return run_transfer_zip_first(plan, options=options, progress=progress,
+                                      on_phase=on_phase, cancel=cancel)
+    return run_transfer(plan.job, options=options, progress=progress, on_phase=on_phase,
+                        cancel=cancel, manifest=plan.manifest)
+
+
+def cleanup_job_temp(job: TransferJob, options: EngineOptions) -> None:
+    """Remove this job's temp zips on both sides (e.g. after a worker died mid-job).
+
+    Idempotent; raises ``SshAuthError``/``SshConnectionError`` if the target host
+    cannot be reached, so the caller can record that the remote zip may remain.
+    """
+    cleanup_temp(job, options)

@@ -1,0 +1,88 @@
+"""unzip (Info-ZIP): argv, where it runs (here or over ssh), exit-code interpretation.
+
+``env LC_ALL=C.UTF-8`` so names flagged UTF-8 in the archive are written as UTF-8
+(under the C locale unzip would escape accents); ``-o`` overwrites what a previous
+attempt left; ``-q`` keeps output small; ``-^`` keeps control characters (tab,
+newline) in names instead of silently dropping them; ``-K`` keeps setuid/setgid/sticky
+bits as rsync -a does. The same argv runs locally or as one shlex-joined remote command.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mvp_core.transfer_engine.endpoints import SshEndpoint
+from mvp_core.transfer_engine.errors import (
+    CommandFailedError,
+    NoSpaceError,
+    RemoteCommandMissingError,
+    TargetNotWritableError,
+)
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.results import CancelToken
+from mvp_core.transfer_engine.runner import CommandResult, run_command
+from mvp_core.transfer_engine.ssh import SSH_FAILED, missing_command, raise_for_remote, run_remote
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+
+# Info-ZIP unzip's documented exit codes: (meaning, outcome, transient).
+UNZIP_EXIT_CODES: dict[int, tuple[str, str, bool]] = {
+    0: ("success", OK, False),
+    1: ("warnings (processing completed)", WARNING, False),
+    2: ("generic error in the zip file format", ERROR, False),
+    3: ("severe error in the zip file format", ERROR, False),
+    4: ("unable to allocate memory", ERROR, True),
+    5: ("unable to allocate memory or obtain a tty", ERROR, True),
+    6: ("unable to allocate memory during decompression to disk", ERROR, True),
+    7: ("unable to allocate memory during in-memory decompression", ERROR, True),
+    9: ("the zip file was not found", ERROR, True),
+    10: ("invalid options on the command line", ERROR, False),
+    11: ("no matching files were found", ERROR, False),
+    50: ("the disk is (or was) full during extraction", ERROR, False),
+    51: ("the end of the zip archive was encountered prematurely", ERROR, True),
+    80: ("interrupted by the user", ERROR, True),
+    81: ("unsupported compression method or decryption", ERROR, False),
+    82: ("no files found due to bad decryption password", ERROR, False),
+}
+_NO_SPACE = re.compile(r"No space left on device|disk full|write error", re.I)
+_REFUSED = re.compile(r"Permission denied|Read-only file system|checkdir error", re.I)
+
+
+def unzip_argv(zip_path: str, dest_dir: str) -> tuple[str, ...]:
+    return ("env", "LC_ALL=C.UTF-8", "unzip", "-^", "-K", "-q", "-o", zip_path, "-d", dest_dir)
+
+
+def raise_for_unzip(result: CommandResult, where: str) -> tuple[str, ...]:
+    """Typed error for a failed unzip; warnings for exit 1 (verification follows anyway)."""
+    meaning, outcome, transient = UNZIP_EXIT_CODES.get(
+        result.exit_code, ("unknown unzip exit code", ERROR, False))
+    if outcome == OK:
+        return ()
+    if outcome == WARNING:
+        return (f"unzip on {where} exit {result.exit_code}: {meaning}",)
+    evidence = dict(argv=result.argv, exit_code=result.exit_code, stderr_tail=result.stderr_tail)
+    output = f"{result.stderr_tail}\n{result.stdout_tail}"
+    if result.exit_code == 50 or _NO_SPACE.search(output):
+        raise NoSpaceError(f"no space left on {where} while unzipping", **evidence)
+    cmd = missing_command(result.exit_code, result.stderr_tail)
+    if cmd:
+        raise RemoteCommandMissingError(f"{cmd} is not installed on {where}", **evidence)
+    if _REFUSED.search(output):
+        raise TargetNotWritableError(f"unzip cannot write the target on {where}", **evidence)
+    raise CommandFailedError(f"unzip on {where}: {meaning}", transient=transient, **evidence)
+
+
+def run_unzip_local(zip_path: str, dest_dir: str, *, cancel: CancelToken | None = None
+                    ) -> tuple[str, ...]:
+    result = run_command(unzip_argv(zip_path, dest_dir), cancel=cancel, what="unzip")
+    return raise_for_unzip(result, "this machine")
+
+
+def run_unzip_remote(endpoint: SshEndpoint, zip_path: str, dest_dir: str,
+                     options: EngineOptions, *, cancel: CancelToken | None = None
+                     ) -> tuple[str, ...]:
+    result = run_remote(endpoint, unzip_argv(zip_path, dest_dir), options, what="unzip",
+                        cancel=cancel, check=False)
+    if result.exit_code == SSH_FAILED:
+        raise_for_remote(result, endpoint, "unzip")
+    return raise_for_unzip(result, endpoint.host)
