@@ -12,6 +12,7 @@
 #   infra/lab/netlab.sh exec CMD run CMD inside LAB (as the worker would be)
 #
 # Env: LAB_RTT_MS (20), LAB_RATE (1gbit, any tc rate), LAB_DIR (/var/tmp/ketter-lab),
+#      LAB_NAME (ketter: namespaces ketter-lab and ketter-remote),
 #      LAB_CHECK_MIB (256; 0 skips the bulk checks), KETTER_PG_PORT, KETTER_REDIS_PORT.
 # Addresses: 10.203.0.1/30 (LAB) <-> 10.203.0.2/30 (REMOTE). Nothing is routed
 # anywhere else: neither namespace has a default route.
@@ -23,10 +24,11 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-LAB_NS=ketter-lab
-REMOTE_NS=ketter-remote
-LAB_IF=kt-lab0
-REMOTE_IF=kt-rem0
+LAB_NAME="${LAB_NAME:-ketter}"   # a second lab (the test) uses another name and LAB_DIR
+LAB_NS="$LAB_NAME-lab"
+REMOTE_NS="$LAB_NAME-remote"
+LAB_IF="${LAB_NAME:0:10}-l0"
+REMOTE_IF="${LAB_NAME:0:10}-r0"
 LAB_ADDR=10.203.0.1
 REMOTE_ADDR=10.203.0.2
 RELAY_PORT=2222
@@ -53,7 +55,7 @@ need_tools() {
   [ -d /run/sshd ] || mkdir -p /run/sshd
 }
 
-ns_exists() { ip netns list | grep -qw "^$1"; }
+ns_exists() { ip netns list | cut -d' ' -f1 | grep -qx -- "$1"; }
 
 # kill_pidfile FILE PATTERN: stop the process in FILE if its command line still matches.
 kill_pidfile() {
