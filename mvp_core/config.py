@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     remote_temp_dir: str = "/tmp/ketter_tmp"
     ssh_connect_timeout_s: int = Field(default=10, ge=1)
     rsync_io_timeout_s: int = Field(default=120, ge=0)
+    # rsync --bwlimit in KiB/s, 0 = unlimited (shared links; tests that interrupt a transfer).
+    rsync_bwlimit_kib_s: int = Field(default=0, ge=0)
     default_known_hosts: Path | None = None
 
     # Worker.
@@ -49,6 +51,9 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15.0, gt=0)
     progress_interval_s: float = Field(default=1.0, gt=0)
     queue_name: str = "ketter:queue"
+    worker_max_jobs: int = Field(default=2, ge=1)
+    # A job whose target another job is writing waits this long before trying again.
+    target_busy_retry_s: float = Field(default=2.0, gt=0)
 
     @field_validator("api_token")
     @classmethod
@@ -69,6 +74,7 @@ class Settings(BaseSettings):
             remote_temp_dir=self.remote_temp_dir,
             ssh_connect_timeout_s=self.ssh_connect_timeout_s,
             rsync_io_timeout_s=self.rsync_io_timeout_s,
+            bwlimit_kib_s=self.rsync_bwlimit_kib_s,
         )
 
 

@@ -259,6 +259,13 @@ def _live_worker(worker_id_column: Any, grace_s: float) -> Any:
     )
 
 
+def worker_alive(session: Session, *, worker_id: str | None, grace_s: float) -> bool:
+    """True when ``worker_id`` heart-beat within the last ``grace_s`` seconds."""
+    if worker_id is None:
+        return False
+    return bool(session.scalar(select(_live_worker(worker_id, grace_s))))
+
+
 @dataclass(frozen=True)
 class Claim:
     """What a successful claim tells the worker."""

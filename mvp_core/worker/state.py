@@ -1,0 +1,68 @@
+"""The worker's resources, opened in arq's ``on_startup`` and kept in ``ctx["ketter"]``.
+
+Database work runs in threads (``db``) so a slow query never blocks the event
+loop that heart-beats; each call is one unit of work that commits on success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from arq.connections import ArqRedis
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mvp_core.config import Settings
+from mvp_core.db.session import session_scope
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def new_worker_id() -> str:
+    """Unique per process start: a restarted worker never inherits a dead one's jobs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class WorkerState:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: ArqRedis
+    worker_id: str = field(default_factory=new_worker_id)
+    hostname: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def unit(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in one transaction, in the calling thread."""
+        with session_scope(self.sessions) as session:
+            return fn(session)
+
+    async def db(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in one transaction, in a thread."""
+        return await asyncio.to_thread(self.unit, fn)
+
+    async def db_persistent(self, fn: Callable[[Session], T], *, what: str) -> T:
+        """Like ``db`` but rides out a Postgres restart (~2 min): for writes that must land,
+        such as a job's final state."""
+        delay = 0.5
+        for attempt in range(1, 40):
+            try:
+                return await self.db(fn)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated and "connect" not in str(exc.orig).lower():
+                    raise
+                log.warning("%s: database unreachable (try %d): %s", what, attempt, exc.orig)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 5.0)
+        return await self.db(fn)
