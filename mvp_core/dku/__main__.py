@@ -26,19 +26,33 @@ SMOKE_NEEDS = ("postgres", "migrations", "redis", "api", "worker")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mvp_core.dku", description=__doc__)
-    parser.add_argument("--report-dir", type=Path, default=Path("docs/dku_reports"),
-                        help="where dku_<UTC>.txt/.json go (default: docs/dku_reports)")
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=Path("docs/dku_reports"),
+        help="where dku_<UTC>.txt/.json go (default: docs/dku_reports)",
+    )
     parser.add_argument("--api-url", help="API base URL (default: KETTER_API_URL)")
-    parser.add_argument("--work-dir", type=Path,
-                        default=Path(os.environ["KETTER_DKU_WORK_DIR"])
-                        if os.environ.get("KETTER_DKU_WORK_DIR") else None,
-                        help="where the smoke tree is made; the worker must see it"
-                             " (default: KETTER_DKU_WORK_DIR or the system temp dir)")
-    parser.add_argument("--smoke-timeout", type=float, default=90.0,
-                        help="seconds to wait for each smoke job (default 90)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(os.environ["KETTER_DKU_WORK_DIR"])
+        if os.environ.get("KETTER_DKU_WORK_DIR")
+        else None,
+        help="where the smoke tree is made; the worker must see it"
+        " (default: KETTER_DKU_WORK_DIR or the system temp dir)",
+    )
+    parser.add_argument(
+        "--smoke-timeout",
+        type=float,
+        default=90.0,
+        help="seconds to wait for each smoke job (default 90)",
+    )
     parser.add_argument("--skip-smoke", action="store_true", help="checks only, no transfers")
-    parser.add_argument("--only", help="comma-separated check names, e.g. worker or redis,api"
-                                       f" (groups: {', '.join(GROUPS)})")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated check names, e.g. worker or redis,api (groups: {', '.join(GROUPS)})",
+    )
     parser.add_argument("--no-report", action="store_true", help="print only, write no files")
     parser.add_argument("--quiet", action="store_true", help="print the summary line only")
     return parser.parse_args(argv)
@@ -61,10 +75,11 @@ def build_options(args: argparse.Namespace) -> DkuOptions:
     )
 
 
-def run_all(opts: DkuOptions, *, only: set[str] | None,
-            skip_smoke: bool) -> tuple[list[CheckResult], list[SmokeRun]]:
+def run_all(
+    opts: DkuOptions, *, only: set[str] | None, skip_smoke: bool
+) -> tuple[list[CheckResult], list[SmokeRun]]:
     """Every selected check in report order; the smoke jobs last."""
-    wanted = (lambda name: only is None or name in only)
+    wanted = lambda name: only is None or name in only
     results = [run_check(name, check) for name, check in host_checks(opts) if wanted(name)]
     if wanted("portals"):
         results += portal_checks(opts, skip_prefix=PORTAL_PREFIX)
@@ -90,16 +105,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = build_options(args)
     except Exception as exc:  # noqa: BLE001 - bad settings are a failed check, not a crash
-        results = [CheckResult("settings", Status.FAIL, 0.0,
-                               f"invalid KETTER_* settings: {describe_exception(exc)}")]
+        results = [
+            CheckResult(
+                "settings",
+                Status.FAIL,
+                0.0,
+                f"invalid KETTER_* settings: {describe_exception(exc)}",
+            )
+        ]
         runs: list[SmokeRun] = []
         api_url, database = args.api_url or "?", "?"
     else:
         secrets = opts.secrets()
         results, runs = run_all(opts, only=only, skip_smoke=args.skip_smoke)
         api_url, database = opts.api_url, shown_url(opts.database_url)
-    report = Report(started_at=started, finished_at=utc_now(), api_url=api_url,
-                    database=database, checks=results, smoke=runs)
+    report = Report(
+        started_at=started,
+        finished_at=utc_now(),
+        api_url=api_url,
+        database=database,
+        checks=results,
+        smoke=runs,
+    )
     text, _ = render(report, secrets)
     if args.quiet:
         print(text.splitlines()[-1])

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import httpx
 import redis
@@ -35,8 +37,9 @@ BINARIES: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] = {
 def check_python() -> Outcome:
     version = ".".join(map(str, sys.version_info[:3]))
     if sys.version_info[:2] < MIN_PYTHON:
-        raise CheckFailed(f"Python {version} < required {'.'.join(map(str, MIN_PYTHON))}",
-                          version=version)
+        raise CheckFailed(
+            f"Python {version} < required {'.'.join(map(str, MIN_PYTHON))}", version=version
+        )
     return Outcome(f"Python {version} ({sys.executable})", data={"version": version})
 
 
@@ -46,19 +49,31 @@ def check_binary(name: str) -> Outcome:
     path = shutil.which(argv[0])
     if path is None:
         raise CheckFailed(f"{name} not found on PATH (scripts/bootstrap.sh tools installs it)")
-    proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                          timeout=_VERSION_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=_VERSION_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     match = pattern.search(proc.stdout + "\n" + proc.stderr)
     if match is None:
-        raise CheckFailed(f"{name} at {path} printed no version (exit {proc.returncode})",
-                          path=path)
-    return Outcome(f"{name} {match.group(1)} at {path}", data={"version": match.group(1),
-                                                               "path": path})
+        raise CheckFailed(
+            f"{name} at {path} printed no version (exit {proc.returncode})", path=path
+        )
+    return Outcome(
+        f"{name} {match.group(1)} at {path}", data={"version": match.group(1), "path": path}
+    )
 
 
 def _engine(database_url: str) -> Engine:
-    return create_engine(database_url, poolclass=pool.NullPool,
-                         connect_args={"connect_timeout": _DB_CONNECT_TIMEOUT_S})
+    return create_engine(
+        database_url,
+        poolclass=pool.NullPool,
+        connect_args={"connect_timeout": _DB_CONNECT_TIMEOUT_S},
+    )
 
 
 def shown_url(database_url: str) -> str:
@@ -73,8 +88,9 @@ def check_postgres(opts: DkuOptions) -> Outcome:
             version = conn.execute(text("SHOW server_version")).scalar_one()
     finally:
         engine.dispose()
-    return Outcome(f"PostgreSQL {version} at {shown_url(opts.database_url)}",
-                   data={"version": str(version)})
+    return Outcome(
+        f"PostgreSQL {version} at {shown_url(opts.database_url)}", data={"version": str(version)}
+    )
 
 
 def check_migrations(opts: DkuOptions) -> Outcome:
@@ -85,7 +101,9 @@ def check_migrations(opts: DkuOptions) -> Outcome:
     if current != head:
         raise CheckFailed(
             f"database at {current or 'base (empty)'}, code expects {head}: run make migrate",
-            current=current, head=head)
+            current=current,
+            head=head,
+        )
     return Outcome(f"at head {head}", data={"current": current, "head": head})
 
 
@@ -102,7 +120,8 @@ def check_redis(opts: DkuOptions) -> Outcome:
     try:
         if not client.ping():
             raise CheckFailed("redis did not answer PING")
-        version = client.info("server").get("redis_version", "?")
+        info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
+        version = info.get("redis_version", "?")
     finally:
         client.close()
     return Outcome(f"Redis {version} answers PING", data={"version": str(version)})
@@ -119,20 +138,28 @@ def check_api(opts: DkuOptions) -> Outcome:
         with api_client(opts) as client:
             response = client.get("/health")
     except httpx.HTTPError as exc:
-        raise CheckFailed(f"API at {opts.api_url} unreachable: {type(exc).__name__}: {exc}"
-                          f" (is uvicorn running? make up)") from exc
+        raise CheckFailed(
+            f"API at {opts.api_url} unreachable: {type(exc).__name__}: {exc}"
+            f" (is uvicorn running? make up)"
+        ) from exc
     try:
         body = response.json()
     except ValueError:
         body = response.text
     summary = one_line(body if isinstance(body, str) else _compact(body), 200)
     if response.status_code != 200:
-        raise CheckFailed(f"GET /health answered {response.status_code}: {summary}",
-                          status_code=response.status_code, body=body)
+        raise CheckFailed(
+            f"GET /health answered {response.status_code}: {summary}",
+            status_code=response.status_code,
+            body=body,
+        )
     if isinstance(body, dict) and body.get("status") not in (None, "ok"):
         # 200 but degraded: Postgres and Redis answer, no worker is alive (see "worker").
-        return Outcome(f"{opts.api_url}/health 200 but {body.get('status')}: {summary}",
-                       Status.WARN, data={"body": body})
+        return Outcome(
+            f"{opts.api_url}/health 200 but {body.get('status')}: {summary}",
+            Status.WARN,
+            data={"body": body},
+        )
     return Outcome(f"{opts.api_url}/health 200: {summary}", data={"body": body})
 
 
@@ -147,9 +174,12 @@ def check_worker(opts: DkuOptions) -> Outcome:
     engine = _engine(opts.database_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT id, EXTRACT(EPOCH FROM (now() - last_heartbeat_at)) AS age"
-                " FROM workers ORDER BY last_heartbeat_at DESC")).all()
+            rows = conn.execute(
+                text(
+                    "SELECT id, EXTRACT(EPOCH FROM (now() - last_heartbeat_at)) AS age"
+                    " FROM workers ORDER BY last_heartbeat_at DESC"
+                )
+            ).all()
     finally:
         engine.dispose()
     if not rows:
@@ -160,17 +190,20 @@ def check_worker(opts: DkuOptions) -> Outcome:
         newest_id, newest_age = rows[0][0], float(rows[0][1])
         raise CheckFailed(
             f"no live worker: newest heartbeat {newest_age:.0f}s ago from {newest_id}"
-            f" (limit {limit:.0f}s)", newest_age_s=round(newest_age, 1))
+            f" (limit {limit:.0f}s)",
+            newest_age_s=round(newest_age, 1),
+        )
     worker_id, age = alive[0]
-    return Outcome(f"{len(alive)} live worker(s); {worker_id} beat {age:.1f}s ago"
-                   f" (limit {limit:.0f}s)",
-                   data={"live_workers": [w for w, _ in alive], "newest_age_s": round(age, 1)})
+    return Outcome(
+        f"{len(alive)} live worker(s); {worker_id} beat {age:.1f}s ago (limit {limit:.0f}s)",
+        data={"live_workers": [w for w, _ in alive], "newest_age_s": round(age, 1)},
+    )
 
 
 def host_checks(opts: DkuOptions) -> list[tuple[str, Callable[[], Outcome]]]:
     """Every check but portals and the smoke test, by name, in report order."""
     checks: list[tuple[str, Callable[[], Outcome]]] = [("python", check_python)]
-    checks += [(name, lambda n=name: check_binary(n)) for name in BINARIES]
+    checks += [(name, partial(check_binary, name)) for name in BINARIES]
     checks += [
         ("postgres", lambda: check_postgres(opts)),
         ("migrations", lambda: check_migrations(opts)),

@@ -13,6 +13,7 @@ import shlex
 import stat
 import subprocess
 import time
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -48,15 +49,24 @@ _PROBE = (
 
 def load_portals(database_url: str) -> list[dict[str, Any]]:
     """Every portal as plain values (the session closes before any ssh runs)."""
-    engine = create_engine(database_url, poolclass=pool.NullPool,
-                           connect_args={"connect_timeout": 5})
+    engine = create_engine(
+        database_url, poolclass=pool.NullPool, connect_args={"connect_timeout": 5}
+    )
     try:
         with Session(engine) as session:
             rows = session.scalars(select(Portal).order_by(Portal.id)).all()
             return [
-                {"id": p.id, "name": p.name, "kind": PortalKind(p.kind), "host": p.host,
-                 "port": p.port, "username": p.username, "base_path": p.base_path,
-                 "identity_file": p.identity_file, "known_hosts_file": p.known_hosts_file}
+                {
+                    "id": p.id,
+                    "name": p.name,
+                    "kind": PortalKind(p.kind),
+                    "host": p.host,
+                    "port": p.port,
+                    "username": p.username,
+                    "base_path": p.base_path,
+                    "identity_file": p.identity_file,
+                    "known_hosts_file": p.known_hosts_file,
+                }
                 for p in rows
             ]
     finally:
@@ -76,8 +86,10 @@ def check_key_files(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
         if mode & 0o077:
             warn = True
             who = "everyone" if mode & 0o004 else "its group"
-            notes.append(f"identity file {identity} mode {mode:04o} is readable by {who}"
-                         f" (ssh refuses it; chmod 600)")
+            notes.append(
+                f"identity file {identity} mode {mode:04o} is readable by {who}"
+                f" (ssh refuses it; chmod 600)"
+            )
         elif not os.access(path, os.R_OK):
             raise CheckFailed(f"identity file {identity} is not readable by this user")
         else:
@@ -85,7 +97,8 @@ def check_key_files(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
     else:
         notes.append("no identity file (ssh agent or default keys)")
     known = portal["known_hosts_file"] or (
-        str(opts.default_known_hosts) if opts.default_known_hosts else None)
+        str(opts.default_known_hosts) if opts.default_known_hosts else None
+    )
     if known:
         if not Path(known).is_file():
             raise CheckFailed(f"known_hosts file {known} does not exist on this host")
@@ -96,7 +109,9 @@ def check_key_files(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
 def _endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
     known = portal["known_hosts_file"] or opts.default_known_hosts
     return SshEndpoint(
-        host=portal["host"], path=PurePosixPath(portal["base_path"]), user=portal["username"],
+        host=portal["host"],
+        path=PurePosixPath(portal["base_path"]),
+        user=portal["username"],
         port=portal["port"] or 22,
         identity_file=Path(portal["identity_file"]) if portal["identity_file"] else None,
         known_hosts_file=Path(known) if known else None,
@@ -106,20 +121,31 @@ def _endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
 def check_ssh_portal(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
     """One ssh round trip: reachable, host key known, tools present, free space."""
     endpoint = _endpoint(portal, opts)
-    argv = remote_command_argv(endpoint, ("sh", "-c", _PROBE, "ketter-dku",
-                                          str(endpoint.path)), opts.engine)
+    argv = remote_command_argv(
+        endpoint, ("sh", "-c", _PROBE, "ketter-dku", str(endpoint.path)), opts.engine
+    )
     timeout = opts.engine.ssh_connect_timeout_s + _SSH_MARGIN_S
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
-        raise CheckFailed(f"ssh {endpoint.destination}:{endpoint.port} did not finish in"
-                          f" {timeout:.0f}s") from exc
+        raise CheckFailed(
+            f"ssh {endpoint.destination}:{endpoint.port} did not finish in {timeout:.0f}s"
+        ) from exc
     if proc.returncode != 0 and not proc.stdout.strip():
         cls_msg = classify_ssh_failure(proc.returncode, proc.stderr)
         reason = cls_msg[1] if cls_msg else f"exit {proc.returncode}"
-        raise CheckFailed(f"{endpoint.destination} port {endpoint.port}: {reason}:"
-                          f" {one_line(proc.stderr, 200)}", exit_code=proc.returncode)
+        raise CheckFailed(
+            f"{endpoint.destination} port {endpoint.port}: {reason}: {one_line(proc.stderr, 200)}",
+            exit_code=proc.returncode,
+        )
     return _judge_probe(proc.stdout, endpoint, opts)
 
 
@@ -137,8 +163,10 @@ def _judge_probe(stdout: str, endpoint: SshEndpoint, opts: DkuOptions) -> Outcom
         elif line in ("df-ok", "df-error"):
             df_state = line
     if df_state == "df-error":
-        raise CheckFailed(f"base path {shlex.quote(str(endpoint.path))} on {endpoint.host}:"
-                          f" {one_line(' '.join(df_lines), 200)}")
+        raise CheckFailed(
+            f"base path {shlex.quote(str(endpoint.path))} on {endpoint.host}:"
+            f" {one_line(' '.join(df_lines), 200)}"
+        )
     free_bytes: int | None = None
     fields = df_lines[-1].split() if df_lines else []
     if len(fields) >= 4 and fields[3].isdigit():
@@ -146,16 +174,21 @@ def _judge_probe(stdout: str, endpoint: SshEndpoint, opts: DkuOptions) -> Outcom
     missing = [t for t in REMOTE_TOOLS if not tools.get(t)]
     data = {"tools": tools, "free_bytes": free_bytes}
     if missing:
-        raise CheckFailed(f"{endpoint.host}: {', '.join(missing)} not installed"
-                          f" (needed for DIRECT/ZIP_FIRST)", **data)
+        raise CheckFailed(
+            f"{endpoint.host}: {', '.join(missing)} not installed (needed for DIRECT/ZIP_FIRST)",
+            **data,
+        )
     if free_bytes is None:
         raise CheckFailed(f"{endpoint.host}: could not read free space of {endpoint.path}", **data)
     free_gib = free_bytes / 1024**3
-    detail = (f"{endpoint.destination}:{endpoint.port} reachable, host key known,"
-              f" rsync+unzip present, {free_gib:.1f} GiB free on {endpoint.path}")
+    detail = (
+        f"{endpoint.destination}:{endpoint.port} reachable, host key known,"
+        f" rsync+unzip present, {free_gib:.1f} GiB free on {endpoint.path}"
+    )
     if free_bytes < opts.min_free_bytes:
-        return Outcome(detail + f" (below {opts.min_free_bytes / 1024**3:.1f} GiB)",
-                       Status.WARN, data)
+        return Outcome(
+            detail + f" (below {opts.min_free_bytes / 1024**3:.1f} GiB)", Status.WARN, data
+        )
     return Outcome(detail, data=data)
 
 
@@ -173,21 +206,33 @@ def portal_checks(opts: DkuOptions, *, skip_prefix: str) -> list[CheckResult]:
     """One result per portal (two per ssh portal); portals named ``skip_prefix*`` are the DKU's."""
     started = time.monotonic()
     try:
-        portals = [p for p in load_portals(opts.database_url)
-                   if not p["name"].startswith(skip_prefix)]
+        portals = [
+            p for p in load_portals(opts.database_url) if not p["name"].startswith(skip_prefix)
+        ]
     except Exception as exc:  # noqa: BLE001 - reported as a failed check
-        return [CheckResult("portals", Status.FAIL, time.monotonic() - started,
-                            f"cannot list portals: {describe_exception(exc)}")]
+        return [
+            CheckResult(
+                "portals",
+                Status.FAIL,
+                time.monotonic() - started,
+                f"cannot list portals: {describe_exception(exc)}",
+            )
+        ]
     ssh = [p for p in portals if p["kind"] is PortalKind.SSH]
-    results = [CheckResult("portals", Status.OK, time.monotonic() - started,
-                           f"{len(portals)} portal(s) registered, {len(ssh)} over ssh",
-                           {"count": len(portals), "ssh": len(ssh)})]
+    results = [
+        CheckResult(
+            "portals",
+            Status.OK,
+            time.monotonic() - started,
+            f"{len(portals)} portal(s) registered, {len(ssh)} over ssh",
+            {"count": len(portals), "ssh": len(ssh)},
+        )
+    ]
     for portal in portals:
         name = portal["name"]
         if portal["kind"] is PortalKind.SSH:
-            results.append(run_check(f"portal_keys:{name}",
-                                     lambda p=portal: check_key_files(p, opts)))
-            results.append(run_check(f"portal:{name}", lambda p=portal: check_ssh_portal(p, opts)))
+            results.append(run_check(f"portal_keys:{name}", partial(check_key_files, portal, opts)))
+            results.append(run_check(f"portal:{name}", partial(check_ssh_portal, portal, opts)))
         else:
-            results.append(run_check(f"portal:{name}", lambda p=portal: check_local_portal(p)))
+            results.append(run_check(f"portal:{name}", partial(check_local_portal, portal)))
     return results

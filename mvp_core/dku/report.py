@@ -50,8 +50,10 @@ class Report:
     def summary_line(self) -> str:
         c = self.counts
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"SUMMARY {verdict}: {c['ok']} ok, {c['warn']} warn, {c['fail']} fail"
-                f" in {(self.finished_at - self.started_at).total_seconds():.1f}s")
+        return (
+            f"SUMMARY {verdict}: {c['ok']} ok, {c['warn']} warn, {c['fail']} fail"
+            f" in {(self.finished_at - self.started_at).total_seconds():.1f}s"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,8 +61,12 @@ class Report:
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat(),
             "duration_s": round((self.finished_at - self.started_at).total_seconds(), 3),
-            "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
-                     "python": platform.python_version(), "pid": os.getpid()},
+            "host": {
+                "hostname": socket.gethostname(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "pid": os.getpid(),
+            },
             "api_url": self.api_url,
             "database": self.database,
             "versions": self.versions(),
@@ -71,12 +77,16 @@ class Report:
         }
 
     def text_lines(self) -> list[str]:
-        header = (f"Ketter DKU on {socket.gethostname()} at {self.started_at.isoformat()}"
-                  f" (API {self.api_url}, database {self.database})")
+        header = (
+            f"Ketter DKU on {socket.gethostname()} at {self.started_at.isoformat()}"
+            f" (API {self.api_url}, database {self.database})"
+        )
         lines = [header]
         for c in self.checks:
-            lines.append(f"{c.status.value.upper():<4} {c.name:<{_NAME_WIDTH}} "
-                         f"{c.duration_s:7.2f}s  {c.detail}")
+            lines.append(
+                f"{c.status.value.upper():<4} {c.name:<{_NAME_WIDTH}} "
+                f"{c.duration_s:7.2f}s  {c.detail}"
+            )
         lines.append(self.summary_line())
         return lines
 
@@ -99,8 +109,16 @@ def redact(value: Any, secrets: tuple[str, ...]) -> Any:
 def render(report: Report, secrets: tuple[str, ...]) -> tuple[str, str]:
     """(text, json) of the report, secrets removed."""
     text = "\n".join(redact(line, secrets) for line in report.text_lines()) + "\n"
-    body = json.dumps(redact(report.as_dict(), secrets), indent=2, sort_keys=False,
-                      ensure_ascii=False, default=str) + "\n"
+    body = (
+        json.dumps(
+            redact(report.as_dict(), secrets),
+            indent=2,
+            sort_keys=False,
+            ensure_ascii=False,
+            default=str,
+        )
+        + "\n"
+    )
     return text, body
 
 

@@ -71,9 +71,11 @@ def run_check(name: str, check: Callable[[], Outcome]) -> CheckResult:
     try:
         outcome = check()
     except CheckFailed as exc:
-        return CheckResult(name, Status.FAIL, time.monotonic() - start, one_line(exc.detail),
-                           dict(exc.data))
+        return CheckResult(
+            name, Status.FAIL, time.monotonic() - start, one_line(exc.detail), dict(exc.data)
+        )
     except Exception as exc:  # noqa: BLE001 - the DKU reports, it never crashes
         return CheckResult(name, Status.FAIL, time.monotonic() - start, describe_exception(exc))
-    return CheckResult(name, outcome.status, time.monotonic() - start, one_line(outcome.detail),
-                       outcome.data)
+    return CheckResult(
+        name, outcome.status, time.monotonic() - start, one_line(outcome.detail), outcome.data
+    )

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,9 @@ def read_tree(root: Path) -> dict[str, tuple[int, str]]:
     return found
 
 
-def compare_trees(expected: dict[str, tuple[int, str]], got: dict[str, tuple[int, str]]) -> str | None:
+def compare_trees(
+    expected: dict[str, tuple[int, str]], got: dict[str, tuple[int, str]]
+) -> str | None:
     """None when identical, else a one-line description of the first differences."""
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
@@ -112,8 +115,9 @@ def _body(response: httpx.Response) -> Any:
 
 def _expect(response: httpx.Response, what: str, *codes: int) -> Any:
     if response.status_code not in codes:
-        raise CheckFailed(f"{what}: HTTP {response.status_code}: "
-                          f"{one_line(str(_body(response)), 200)}")
+        raise CheckFailed(
+            f"{what}: HTTP {response.status_code}: {one_line(str(_body(response)), 200)}"
+        )
     return _body(response)
 
 
@@ -126,8 +130,7 @@ def portal_name(role: str, base: Path) -> str:
 def ensure_local_portal(client: httpx.Client, role: str, base: Path) -> int:
     """The id of the DKU's local portal on ``base``, created on first use."""
     name = portal_name(role, base)
-    response = client.post("/portals", json={"name": name, "kind": "local",
-                                             "base_path": str(base)})
+    response = client.post("/portals", json={"name": name, "kind": "local", "base_path": str(base)})
     if response.status_code in (200, 201):
         return int(response.json()["id"])
     if response.status_code != 409:
@@ -157,8 +160,11 @@ def wait_final(client: httpx.Client, job_id: int, timeout_s: float) -> dict[str,
                 client.post(f"/jobs/{job_id}/cancel")
             except httpx.HTTPError:
                 pass
-            raise CheckFailed(f"job {job_id} still {job.get('status')} after {timeout_s:.0f}s"
-                              f"{'; last event: ' + last if last else ''}", job_id=job_id)
+            raise CheckFailed(
+                f"job {job_id} still {job.get('status')} after {timeout_s:.0f}s"
+                f"{'; last event: ' + last if last else ''}",
+                job_id=job_id,
+            )
         time.sleep(_POLL_S)
 
 
@@ -170,24 +176,46 @@ def _last_event(client: httpx.Client, job_id: int) -> str | None:
             events = events.get("items", events.get("events", []))
         if response.status_code == 200 and events:
             last = events[-1]
-            return one_line(f"{last.get('event_type', last.get('type', ''))}: "
-                            f"{last.get('message', '')}", 160)
+            return one_line(
+                f"{last.get('event_type', last.get('type', ''))}: {last.get('message', '')}", 160
+            )
     except (httpx.HTTPError, ValueError, AttributeError):
         return None
     return None
 
 
-def smoke_one(client: httpx.Client, run: SmokeRun, *, src_id: int, dst_id: int,
-              run_name: str, dst_root: Path, expected: dict[str, tuple[int, str]],
-              timeout_s: float) -> Outcome:
+def smoke_one(
+    client: httpx.Client,
+    run: SmokeRun,
+    *,
+    src_id: int,
+    dst_id: int,
+    run_name: str,
+    dst_root: Path,
+    expected: dict[str, tuple[int, str]],
+    timeout_s: float,
+) -> Outcome:
     """Submit one copy job, wait for it, verify what it wrote."""
     target_rel = f"{run_name}/{run.strategy}"
     (dst_root / target_rel).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    job = _expect(client.post("/jobs", json={
-        "mode": "copy", "source_portal_id": src_id, "source_path": run_name,
-        "target_portal_id": dst_id, "target_path": target_rel, "strategy": run.strategy,
-    }), f"POST /jobs (strategy={run.strategy})", 200, 201, 202)
+    job = _expect(
+        client.post(
+            "/jobs",
+            json={
+                "mode": "copy",
+                "source_portal_id": src_id,
+                "source_path": run_name,
+                "target_portal_id": dst_id,
+                "target_path": target_rel,
+                "strategy": run.strategy,
+            },
+        ),
+        f"POST /jobs (strategy={run.strategy})",
+        200,
+        201,
+        202,
+    )
     run.job_id = int(job["id"])
     run.timings["submit_s"] = round(time.monotonic() - started, 3)
     final = wait_final(client, run.job_id, timeout_s)
@@ -202,14 +230,17 @@ def smoke_one(client: httpx.Client, run: SmokeRun, *, src_id: int, dst_id: int,
     problem = compare_trees(expected, got)
     if problem:
         run.error = problem
-        raise CheckFailed(f"job {run.job_id} DONE but the copy differs: {problem}",
-                          job_id=run.job_id)
+        raise CheckFailed(
+            f"job {run.job_id} DONE but the copy differs: {problem}", job_id=run.job_id
+        )
     run.files_verified = len(got)
     run.bytes_verified = sum(size for size, _ in got.values())
     return Outcome(
         f"job {run.job_id} {run.chosen_strategy or run.strategy} DONE in"
         f" {run.submit_to_final_s:.1f}s, {run.files_verified} files"
-        f" ({run.bytes_verified} bytes) identical", data={"job_id": run.job_id})
+        f" ({run.bytes_verified} bytes) identical",
+        data={"job_id": run.job_id},
+    )
 
 
 def run_smoke(opts: DkuOptions) -> tuple[list[CheckResult], list[SmokeRun]]:
@@ -229,8 +260,10 @@ def run_smoke(opts: DkuOptions) -> tuple[list[CheckResult], list[SmokeRun]]:
             prepared["expected"] = make_tree(src_root / run_name)
             prepared["src"] = ensure_local_portal(client, "src", src_root)
             prepared["dst"] = ensure_local_portal(client, "dst", dst_root)
-            return Outcome(f"tree of {len(SMOKE_FILES)} files in {src_root / run_name};"
-                           f" portals {prepared['src']} -> {prepared['dst']}")
+            return Outcome(
+                f"tree of {len(SMOKE_FILES)} files in {src_root / run_name};"
+                f" portals {prepared['src']} -> {prepared['dst']}"
+            )
 
         setup = run_check("smoke_setup", prepare)
         results.append(setup)
@@ -239,9 +272,22 @@ def run_smoke(opts: DkuOptions) -> tuple[list[CheckResult], list[SmokeRun]]:
                 run.error = "not run: smoke setup failed"
                 results.append(CheckResult(f"smoke_{run.strategy}", Status.FAIL, 0.0, run.error))
                 continue
-            results.append(run_check(f"smoke_{run.strategy}", lambda r=run: smoke_one(
-                client, r, src_id=prepared["src"], dst_id=prepared["dst"], run_name=run_name,
-                dst_root=dst_root, expected=prepared["expected"], timeout_s=opts.smoke_timeout_s)))
+            results.append(
+                run_check(
+                    f"smoke_{run.strategy}",
+                    partial(
+                        smoke_one,
+                        client,
+                        run,
+                        src_id=prepared["src"],
+                        dst_id=prepared["dst"],
+                        run_name=run_name,
+                        dst_root=dst_root,
+                        expected=prepared["expected"],
+                        timeout_s=opts.smoke_timeout_s,
+                    ),
+                )
+            )
     finally:
         client.close()
         shutil.rmtree(src_root / run_name, ignore_errors=True)

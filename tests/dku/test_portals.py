@@ -17,18 +17,28 @@ from tests.fixtures.sshd import SshServer
 
 
 def _opts(database_url: str, **overrides: object) -> DkuOptions:
-    base = {"database_url": database_url, "redis_url": "redis://127.0.0.1:1/0",
-                "api_url": "http://127.0.0.1:1", "api_token": None,
-                "engine": EngineOptions(ssh_connect_timeout_s=5)}
+    base = {
+        "database_url": database_url,
+        "redis_url": "redis://127.0.0.1:1/0",
+        "api_url": "http://127.0.0.1:1",
+        "api_token": None,
+        "engine": EngineOptions(ssh_connect_timeout_s=5),
+    }
     base.update(overrides)
     return DkuOptions(**base)  # type: ignore[arg-type]
 
 
 def _ssh_portal(name: str, server: SshServer, base: Path, **overrides: object) -> Portal:
     values: dict[str, object] = {
-        "name": name, "kind": PortalKind.SSH, "host": server.host, "port": server.port,
-        "username": server.user, "base_path": str(base), "identity_file": str(server.identity_file),
-        "known_hosts_file": str(server.known_hosts_file)}
+        "name": name,
+        "kind": PortalKind.SSH,
+        "host": server.host,
+        "port": server.port,
+        "username": server.user,
+        "base_path": str(base),
+        "identity_file": str(server.identity_file),
+        "known_hosts_file": str(server.known_hosts_file),
+    }
     values.update(overrides)
     return Portal(**values)
 
@@ -40,11 +50,13 @@ def _by_name(results: list[CheckResult]) -> dict[str, CheckResult]:
 def test_healthy_ssh_portal_and_local_portal(
     db_session: Session, clean_database_url: str, sshd: SshServer, tmp_path: Path
 ) -> None:
-    db_session.add_all([
-        _ssh_portal("srvtrf", sshd, tmp_path),
-        Portal(name="lab", kind=PortalKind.LOCAL, base_path=str(tmp_path)),
-        Portal(name=f"{PORTAL_PREFIX}src-x", kind=PortalKind.LOCAL, base_path="/gone"),
-    ])
+    db_session.add_all(
+        [
+            _ssh_portal("srvtrf", sshd, tmp_path),
+            Portal(name="lab", kind=PortalKind.LOCAL, base_path=str(tmp_path)),
+            Portal(name=f"{PORTAL_PREFIX}src-x", kind=PortalKind.LOCAL, base_path="/gone"),
+        ]
+    )
     db_session.commit()
     results = _by_name(portal_checks(_opts(clean_database_url), skip_prefix=PORTAL_PREFIX))
     assert set(results) == {"portals", "portal_keys:srvtrf", "portal:srvtrf", "portal:lab"}
@@ -70,13 +82,18 @@ def test_remote_without_unzip_fails(
 
 
 def test_unknown_host_key_and_missing_base_path_fail(
-    db_session: Session, clean_database_url: str, sshd: SshServer, tmp_path: Path,
+    db_session: Session,
+    clean_database_url: str,
+    sshd: SshServer,
+    tmp_path: Path,
     wrong_known_hosts: Path,
 ) -> None:
-    db_session.add_all([
-        _ssh_portal("badkey", sshd, tmp_path, known_hosts_file=str(wrong_known_hosts)),
-        _ssh_portal("nobase", sshd, tmp_path / "does not exist"),
-    ])
+    db_session.add_all(
+        [
+            _ssh_portal("badkey", sshd, tmp_path, known_hosts_file=str(wrong_known_hosts)),
+            _ssh_portal("nobase", sshd, tmp_path / "does not exist"),
+        ]
+    )
     db_session.commit()
     results = _by_name(portal_checks(_opts(clean_database_url), skip_prefix=PORTAL_PREFIX))
     assert results["portal:badkey"].status is Status.FAIL
@@ -91,11 +108,13 @@ def test_key_files_missing_or_readable_by_others(
     loose = tmp_path / "loose_key"
     shutil.copy(sshd.identity_file, loose)
     loose.chmod(0o644)
-    db_session.add_all([
-        _ssh_portal("loose", sshd, tmp_path, identity_file=str(loose)),
-        _ssh_portal("nokey", sshd, tmp_path, identity_file=str(tmp_path / "absent")),
-        _ssh_portal("noknown", sshd, tmp_path, known_hosts_file=str(tmp_path / "absent_kh")),
-    ])
+    db_session.add_all(
+        [
+            _ssh_portal("loose", sshd, tmp_path, identity_file=str(loose)),
+            _ssh_portal("nokey", sshd, tmp_path, identity_file=str(tmp_path / "absent")),
+            _ssh_portal("noknown", sshd, tmp_path, known_hosts_file=str(tmp_path / "absent_kh")),
+        ]
+    )
     db_session.commit()
     results = _by_name(portal_checks(_opts(clean_database_url), skip_prefix=PORTAL_PREFIX))
     assert results["portal_keys:loose"].status is Status.WARN
@@ -109,7 +128,8 @@ def test_key_files_missing_or_readable_by_others(
 
 
 def test_unreachable_database_is_one_failed_check() -> None:
-    results = portal_checks(_opts("postgresql+psycopg2://postgres@127.0.0.1:1/x"),
-                            skip_prefix=PORTAL_PREFIX)
+    results = portal_checks(
+        _opts("postgresql+psycopg2://postgres@127.0.0.1:1/x"), skip_prefix=PORTAL_PREFIX
+    )
     assert [(r.name, r.status) for r in results] == [("portals", Status.FAIL)]
     assert "cannot list portals" in results[0].detail

@@ -23,16 +23,26 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 # Variables .env.example documents that only the stack scripts read (not Settings).
 STACK_ONLY = {
-    "KETTER_API_PORT", "KETTER_API_BIND", "KETTER_SSH_KEY_FILE", "KETTER_SSH_KNOWN_HOSTS_FILE",
-    "KETTER_APP_UID", "KETTER_IMAGE_TAG", "KETTER_RUN_DIR", "KETTER_DKU_WORK_DIR",
+    "KETTER_API_PORT",
+    "KETTER_API_BIND",
+    "KETTER_SSH_KEY_FILE",
+    "KETTER_SSH_KNOWN_HOSTS_FILE",
+    "KETTER_APP_UID",
+    "KETTER_IMAGE_TAG",
+    "KETTER_RUN_DIR",
+    "KETTER_DKU_WORK_DIR",
     "POSTGRES_PASSWORD",
 }
 
 
 def compose_argv() -> list[str]:
-    if shutil.which("docker") and subprocess.run(
-        ["docker", "compose", "version"], capture_output=True, check=False
-    ).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
         return ["docker", "compose"]
     path = shutil.which("docker-compose")
     assert path, "no compose client: run `bash scripts/bootstrap.sh services` (make test does)"
@@ -43,9 +53,21 @@ def run_config(env_extra: dict[str, str], *args: str) -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if not k.startswith("KETTER_")}
     env.update(KETTER_ENV_FILE=".env.example", **env_extra)
     return subprocess.run(
-        [*compose_argv(), "-f", str(INFRA / "docker-compose.yml"),
-         "--env-file", str(INFRA / ".env.example"), "config", *args],
-        capture_output=True, text=True, env=env, timeout=60, check=False, cwd=ROOT,
+        [
+            *compose_argv(),
+            "-f",
+            str(INFRA / "docker-compose.yml"),
+            "--env-file",
+            str(INFRA / ".env.example"),
+            "config",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
     )
 
 
@@ -138,7 +160,7 @@ def test_env_example_defaults_match_settings() -> None:
     defaults = Settings.model_construct()
     checked = 0
     for key, value in values.items():
-        field = key[len("KETTER_"):].lower()
+        field = key[len("KETTER_") :].lower()
         if key in STACK_ONLY or value == "" or field not in Settings.model_fields:
             continue
         parsed = Settings.model_validate({field: value})
@@ -151,7 +173,8 @@ def test_dockerfile_has_the_tools_and_drops_root() -> None:
     text = (INFRA / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim-bookworm$", text, flags=re.MULTILINE)
     install = re.search(r"apt-get install[^\n]*\n?[^\n]*", text)
-    assert install and all(t in install.group(0)
-                           for t in ("rsync", "openssh-client", "zip", "unzip"))
+    assert install and all(
+        t in install.group(0) for t in ("rsync", "openssh-client", "zip", "unzip")
+    )
     users = re.findall(r"^USER (\S+)$", text, flags=re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
