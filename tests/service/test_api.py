@@ -1,0 +1,266 @@
+"""The API as a real uvicorn process on the real test Postgres and private Redis.
+
+No worker runs here: these tests are about what the API accepts, refuses and says.
+One API process serves the whole module; each test starts from emptied tables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.stack import ApiProcess, start_api_process
+from tests.service.conftest import Portals, create_portals
+
+TOKEN = "s3cret-token-for-tests-only"
+
+
+def _env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    return {"KETTER_DATABASE_URL": database_url, "KETTER_REDIS_URL": redis_url,
+            "KETTER_QUEUE_NAME": "ketter:test", **extra}
+
+
+@pytest.fixture(scope="module")
+def api(database_url: str, redis_server: Any,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    log = tmp_path_factory.mktemp("api") / "api.log"
+    proc = start_api_process(_env(database_url, redis_server.url), log)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def client(api: ApiProcess, clean_database_url: str, redis_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, timeout=15) as c:
+        yield c
+
+
+@pytest.fixture
+def portals(client: httpx.Client, tmp_path: Path, sshd: Any) -> Portals:
+    p = create_portals(client, tmp_path, sshd)
+    (p.local_src_base / "Session A" / "Audio Files").mkdir(parents=True)
+    (p.local_src_base / "Session A" / "Audio Files" / "kick.wav").write_bytes(b"x" * 100)
+    return p
+
+
+def _job(p: Portals, source: str = "Session A", target: str = "", **extra: Any) -> dict[str, Any]:
+    return {"source_portal_id": p.local_src, "source_path": source,
+            "target_portal_id": p.ssh_dst, "target_path": target, **extra}
+
+
+# --------------------------------------------------------------------------- portals
+
+
+def test_portals_crud_and_no_secrets(client: httpx.Client, portals: Portals, sshd: Any) -> None:
+    listed = client.get("/portals").json()
+    assert [p["name"] for p in listed] == ["lab", "local-dst", "srvtrf"]
+    ssh = client.get(f"/portals/{portals.ssh_dst}").json()
+    assert ssh["kind"] == "ssh" and ssh["host"] == sshd.host and ssh["port"] == sshd.port
+    assert ssh["identity_file"] == str(sshd.identity_file)  # a reference, shown as such
+    key_text = Path(sshd.identity_file).read_text()
+    secret_line = key_text.strip().splitlines()[1]
+    assert secret_line not in client.get("/portals").text
+    assert secret_line not in client.get(f"/portals/{portals.ssh_dst}").text
+
+    spare = client.post("/portals", json={"name": "spare", "kind": "local", "base_path": "/tmp"})
+    assert spare.status_code == 201
+    assert client.delete(f"/portals/{spare.json()['id']}").status_code == 204
+    assert client.get(f"/portals/{spare.json()['id']}").status_code == 404
+    assert client.post("/portals", json={"name": "lab", "kind": "local",
+                                         "base_path": "/tmp"}).status_code == 409
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"name": "x", "kind": "ftp", "base_path": "/d"}, "kind"),
+    ({"name": "x", "kind": "ssh", "base_path": "/d"}, "needs a host"),
+    ({"name": "x", "kind": "ssh", "host": "-oProxyCommand=touch /tmp/p", "base_path": "/d"},
+     "invalid ssh host"),
+    ({"name": "x", "kind": "ssh", "host": "h", "username": "-lroot", "base_path": "/d"},
+     "invalid ssh user"),
+    ({"name": "x", "kind": "ssh", "host": "bad host;id", "base_path": "/d"}, "invalid ssh host"),
+    ({"name": "x", "kind": "ssh", "host": "h", "port": 70000, "base_path": "/d"}, "port"),
+    ({"name": "x", "kind": "local", "base_path": "relative/dir"}, "absolute"),
+    ({"name": "x", "kind": "local", "base_path": "/srv/../etc"}, ".."),
+    ({"name": "x", "kind": "local", "base_path": "/srv/\x00bad"}, "NUL"),
+    ({"name": "x\x00", "kind": "local", "base_path": "/srv"}, "control"),
+    ({"name": "x", "kind": "local", "host": "h", "base_path": "/srv"}, "local portal"),
+    ({"name": "x", "kind": "local", "base_path": "/srv", "password": "p"}, "extra"),
+])
+def test_portal_bad_input_is_422(client: httpx.Client, body: dict[str, Any], needle: str) -> None:
+    response = client.post("/portals", json=body)
+    assert response.status_code == 422, response.text
+    assert needle.lower() in response.text.lower()
+    assert client.get("/portals").json() == []
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def test_submit_job_pending_with_events(client: httpx.Client, portals: Portals,
+                                        redis_server: Any) -> None:
+    response = client.post("/jobs", json=_job(portals, "./Session A/", "deliveries//today"))
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "PENDING" and job["attempts"] == 0
+    assert job["source_path"] == "Session A" and job["target_path"] == "deliveries/today"
+    assert job["requested_strategy"] == "auto" and job["strategy"] is None
+    events = client.get(f"/jobs/{job['id']}/events").json()
+    assert [e["event_type"] for e in events] == ["created", "queued"]
+    with redis_server.client() as r:  # handed to arq under the job's own name
+        assert r.exists("arq:job:ketter-job-%d" % job["id"]) == 1
+        assert r.zscore("ketter:test", "ketter-job-%d" % job["id"]) is not None
+    # Enqueueing the same job again is a no-op: one arq job per Ketter job.
+    assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"source_portal_id": 9999}, "unknown source portal"),
+    ({"target_portal_id": 9999}, "unknown target portal"),
+    ({"source_path": "/etc"}, "not absolute"),
+    ({"source_path": "../outside"}, ".."),
+    ({"source_path": "Session A/../../x"}, ".."),
+    ({"target_path": "a/../../b"}, ".."),
+    ({"target_path": "/abs"}, "not absolute"),
+    ({"source_path": "Session\x00A"}, "NUL"),
+    ({"source_path": "."}, "must name something"),
+    ({"source_path": "No Such Session"}, "does not exist"),
+    ({"mode": "teleport"}, "mode"),
+    ({"strategy": "carrier-pigeon"}, "strategy"),
+    ({"source_portal_id": 2**40}, "less than or equal"),
+    ({"surprise": 1}, "extra"),
+])
+def test_job_bad_input_is_422(client: httpx.Client, portals: Portals, change: dict[str, Any],
+                              needle: str) -> None:
+    response = client.post("/jobs", json={**_job(portals), **change})
+    assert response.status_code == 422, response.text
+    assert needle.lower() in response.text.lower()
+    assert client.get("/jobs").json() == []
+
+
+def test_job_overlapping_paths_are_422(client: httpx.Client, portals: Portals,
+                                       tmp_path: Path) -> None:
+    same = {"source_portal_id": portals.local_src, "target_portal_id": portals.local_src}
+    cases = [
+        ("Session A", "", "same place"),                 # output would be the source itself
+        ("Session A", "Session A", "inside"),            # target is the source
+        ("Session A", "Session A/Audio Files", "inside"),  # target inside the source
+    ]
+    for source, target, needle in cases:
+        response = client.post("/jobs", json={**same, "source_path": source,
+                                              "target_path": target})
+        assert response.status_code == 422, (source, target, response.text)
+        assert needle in response.text
+    # Another portal on the same disk is the same place too.
+    alias = client.post("/portals", json={"name": "alias", "kind": "local",
+                                          "base_path": str(portals.local_src_base)}).json()
+    response = client.post("/jobs", json={**same, "target_portal_id": alias["id"],
+                                          "source_path": "Session A", "target_path": "Session A"})
+    assert response.status_code == 422, response.text
+    # A symlink inside the base that leads outside it is refused.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, portals.local_src_base / "escape")
+    response = client.post("/jobs", json=_job(portals, "escape"))
+    assert response.status_code == 422 and "outside the portal base" in response.text
+
+
+def test_not_found_and_out_of_range_ids(client: httpx.Client) -> None:
+    assert client.get("/jobs/12345").status_code == 404
+    assert client.get("/jobs/12345/events").status_code == 404
+    assert client.post("/jobs/12345/cancel").status_code == 404
+    assert client.get("/portals/12345").status_code == 404
+    assert client.get(f"/jobs/{2**40}").status_code == 422
+    assert client.get("/jobs/abc").status_code == 422
+    assert client.get("/jobs", params={"status": "SLEEPING"}).status_code == 422
+    assert client.get("/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_used_portal_cannot_be_deleted(client: httpx.Client, portals: Portals) -> None:
+    assert client.post("/jobs", json=_job(portals)).status_code == 201
+    response = client.delete(f"/portals/{portals.local_src}")
+    assert response.status_code == 409 and "used by 1 job" in response.text
+    assert client.get(f"/portals/{portals.local_src}").status_code == 200
+
+
+def test_cancel_pending_job_ends_it_at_once(client: httpx.Client, portals: Portals) -> None:
+    job = client.post("/jobs", json=_job(portals)).json()
+    cancelled = client.post(f"/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200
+    body = cancelled.json()
+    assert body["status"] == "CANCELLED" and body["finished_at"] and body["started_at"] is None
+    events = client.get(f"/jobs/{job['id']}/events").json()
+    assert [e["event_type"] for e in events] == ["created", "queued", "cancelled"]
+    # Cancelling again is harmless; the state does not change.
+    assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "CANCELLED"
+
+
+def test_list_jobs_newest_first_filter_and_pages(client: httpx.Client, portals: Portals) -> None:
+    ids = [client.post("/jobs", json=_job(portals, target=f"t{i}")).json()["id"]
+           for i in range(4)]
+    client.post(f"/jobs/{ids[1]}/cancel")
+    assert [j["id"] for j in client.get("/jobs").json()] == ids[::-1]
+    assert [j["id"] for j in client.get("/jobs", params={"status": "CANCELLED"}).json()] == [ids[1]]
+    page = client.get("/jobs", params={"limit": 2, "offset": 1}).json()
+    assert [j["id"] for j in page] == [ids[2], ids[1]]
+
+
+def test_job_stored_even_when_redis_is_down(client: httpx.Client, portals: Portals,
+                                            redis_server: Any) -> None:
+    redis_server.stop()
+    try:
+        response = client.post("/jobs", json=_job(portals))
+        assert response.status_code == 201, response.text
+        events = client.get(f"/jobs/{response.json()['id']}/events").json()
+        assert events[-1]["level"] == "warning" and "reconciler" in events[-1]["message"]
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["redis"]["ok"] is False and health.json()["database"]["ok"] is True
+    finally:
+        redis_server.start()
+
+
+def test_health_without_worker_is_degraded(client: httpx.Client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded" and body["worker_ok"] is False
+    assert body["database"]["ok"] and body["redis"]["ok"]
+
+
+# --------------------------------------------------------------------------- token
+
+
+def test_api_token_required_except_health(database_url: str, clean_database_url: str,
+                                          redis_url: str, tmp_path: Path) -> None:
+    proc = start_api_process(_env(database_url, redis_url, KETTER_API_TOKEN=TOKEN),
+                             tmp_path / "api-token.log")
+    try:
+        with httpx.Client(base_url=proc.url, timeout=15) as c:
+            for method, path in [("GET", "/portals"), ("GET", "/jobs"), ("GET", "/jobs/1"),
+                                 ("POST", "/jobs"), ("POST", "/portals"),
+                                 ("DELETE", "/portals/1"), ("GET", "/jobs/1/events"),
+                                 ("POST", "/jobs/1/cancel")]:
+                response = c.request(method, path, json={})
+                assert response.status_code == 401, (method, path, response.text)
+                assert response.headers["www-authenticate"] == "Bearer"
+                wrong = c.request(method, path, json={},
+                                  headers={"Authorization": "Bearer " + TOKEN[:-1] + "X"})
+                assert wrong.status_code == 401
+                basic = c.request(method, path, json={},
+                                  headers={"Authorization": f"Basic {TOKEN}"})
+                assert basic.status_code == 401
+            ok = c.get("/portals", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert ok.status_code == 200 and ok.json() == []
+            assert c.get("/health").status_code == 200
+            for response in (ok, c.get("/health"), c.get("/portals")):
+                assert TOKEN not in response.text
+        assert TOKEN not in proc.log_text()
+    finally:
+        proc.stop()
