@@ -3,6 +3,8 @@
 # running (make up runs scripts/bootstrap.sh services first); this creates the database,
 # migrates, starts uvicorn and the arq worker in the background (pid files and logs in
 # .run/) and waits until /health answers. Idempotent: running services are left alone.
+# Each process runs under native_supervise.sh, which restarts it when it exits (as
+# compose's `restart: unless-stopped` does). If start-up fails, everything is stopped.
 #
 # Settings come from the environment (KETTER_*; see infra/.env.example). For a second,
 # isolated stack (tests) set KETTER_API_PORT, KETTER_DATABASE_URL, KETTER_REDIS_URL and
@@ -20,59 +22,72 @@ timeout_s="${KETTER_UP_TIMEOUT_S:-60}"
 export KETTER_API_URL="${KETTER_API_URL:-http://$host:$port}"
 mkdir -p "$run_dir"
 
-# alive NAME: true when NAME's pid file names a live process that is really ours.
-alive() {
+declare -A match=([api]="mvp_core.app.main:app" [worker]="mvp_core.worker.run.WorkerSettings")
+command_of() { # command_of NAME: sets cmd to NAME's argv
+  case "$1" in
+    api) cmd=("$py" -m uvicorn mvp_core.app.main:app --host "$host" --port "$port") ;;
+    worker) cmd=("$py" -m arq mvp_core.worker.run.WorkerSettings) ;;
+  esac
+}
+
+alive() { # alive NAME: its pid file names a live process that is really ours
   local pid_file="$run_dir/$1.pid" pid
   [ -f "$pid_file" ] || return 1
   pid=$(cat "$pid_file")
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "${match[$1]}"
 }
 
-echo "up: migrating $("$py" -c 'import sys; from sqlalchemy import make_url; print(make_url(sys.argv[1]).render_as_string(hide_password=True))' "${KETTER_DATABASE_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/ketter}")"
+crashes() { # crashes NAME: how many exits the supervisor has logged so far
+  grep -c "^supervise: $1 exited" "$run_dir/$1.log" 2>/dev/null || true
+}
+
+fail() {
+  echo "up: $*" >&2
+  bash "$root/infra/native_down.sh" >&2 || true
+  exit 1
+}
+
+shown_db=$("$py" -c 'import sys; from sqlalchemy import make_url
+print(make_url(sys.argv[1]).render_as_string(hide_password=True))' \
+  "${KETTER_DATABASE_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/ketter}")
+echo "up: migrating $shown_db"
 "$py" -m mvp_core.db.migrate
 
-start() { # start NAME MATCH ARGV...: background, own session, pid file, appended log
-  local name="$1" match="$2"; shift 2
-  if alive "$name" "$match"; then
+declare -A crashes_before
+for name in api worker; do
+  crashes_before[$name]=$(crashes "$name"); crashes_before[$name]=${crashes_before[$name]:-0}
+  if alive "$name"; then
     echo "up: $name already running (pid $(cat "$run_dir/$name.pid"))"
-    return 0
+    continue
   fi
   rm -f "$run_dir/$name.pid"
-  # setsid: own process group, so `make down` can stop the worker's rsync/ssh children too
-  # and a Ctrl-C in this terminal does not.
-  setsid "$@" >>"$run_dir/$name.log" 2>&1 < /dev/null &
+  # setsid: own process group, so `make down` also stops the worker's rsync/ssh children,
+  # and a Ctrl-C in this terminal does not reach them.
+  command_of "$name"
+  setsid bash "$root/infra/native_supervise.sh" "$name" "${cmd[@]}" \
+    >>"$run_dir/$name.log" 2>&1 < /dev/null &
   echo $! > "$run_dir/$name.pid"
   echo "up: $name started (pid $!, log $run_dir/$name.log)"
-}
-
-start api "mvp_core.app.main:app" \
-  "$py" -m uvicorn mvp_core.app.main:app --host "$host" --port "$port"
-start worker "mvp_core.worker.run.WorkerSettings" \
-  "$py" -m arq mvp_core.worker.run.WorkerSettings
+done
 
 echo "up: waiting up to ${timeout_s}s for $KETTER_API_URL/health"
 deadline=$((SECONDS + timeout_s))
-while :; do
-  for name in api worker; do
-    if ! alive "$name" "$([ "$name" = api ] && echo mvp_core.app.main:app || echo mvp_core.worker.run.WorkerSettings)"; then
-      echo "up: $name exited; last lines of $run_dir/$name.log:" >&2
-      tail -n 30 "$run_dir/$name.log" >&2 || true
-      exit 1
-    fi
-  done
-  if "$py" - "$KETTER_API_URL/health" <<'PY' 2>/dev/null
+until "$py" - "$KETTER_API_URL/health" 2>/dev/null <<'PY'
 import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
     sys.exit(0 if r.status == 200 else 1)
 PY
-  then
-    break
-  fi
+do
+  for name in api worker; do
+    if [ "$(crashes "$name")" -gt "${crashes_before[$name]}" ]; then
+      tail -n 30 "$run_dir/$name.log" >&2 || true
+      fail "$name exited during start-up (log above: $run_dir/$name.log)"
+    fi
+  done
   if [ "$SECONDS" -ge "$deadline" ]; then
-    echo "up: $KETTER_API_URL/health did not answer 200 within ${timeout_s}s" >&2
     tail -n 30 "$run_dir/api.log" >&2 || true
-    exit 1
+    fail "$KETTER_API_URL/health did not answer 200 within ${timeout_s}s"
   fi
   sleep 0.5
 done
