@@ -108,8 +108,8 @@ def build_zip(
         if cancel is not None and cancel.cancelled:
             raise TransferCancelledError("cancelled while building the zip")
 
-    root_st = os.stat(manifest.root)
     try:
+        root_st = os.stat(manifest.root)
         with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED,
                              allowZip64=True) as zf:
             zf.mkdir(member_info(root_name, root_st.st_mode, int(root_st.st_mtime),
@@ -143,6 +143,7 @@ def build_zip(
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpaceError(f"no space left for the temp zip in {zip_path.parent}") from exc
             if exc.errno == errno.ENOENT:
-                raise SourceMissingError(f"source changed while zipping: {exc.filename}") from exc
+                raise SourceMissingError(
+                    f"source vanished while zipping: {exc.filename}") from exc
             raise CommandFailedError(f"cannot build the temp zip: {exc}") from exc
         raise
