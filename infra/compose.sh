@@ -3,6 +3,8 @@
 # this machine has (`docker compose` v2 or Debian's `docker-compose`).
 #   bash infra/compose.sh config -q     validate (no engine needed)
 # Sourced by dev_up.sh / dev_down.sh for ketter_compose and ketter_need_engine.
+# KETTER_COMPOSE_ENV: the file for variable substitution (default infra/.env, else the
+# documented defaults in infra/.env.example).
 set -euo pipefail
 
 KETTER_INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +26,7 @@ ketter_compose_client() {
 ketter_compose() {
   local client env_file
   client=$(ketter_compose_client) || return 2
-  env_file="$KETTER_INFRA_DIR/.env"
+  env_file="${KETTER_COMPOSE_ENV:-$KETTER_INFRA_DIR/.env}"
   if [ ! -f "$env_file" ]; then
     # No local settings yet: validate against the documented defaults.
     env_file="$KETTER_INFRA_DIR/.env.example"
