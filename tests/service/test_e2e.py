@@ -7,6 +7,7 @@ Slow transfers (to cancel or kill them mid-way) use the worker setting
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -92,9 +93,9 @@ def test_direct_and_zip_first_to_ssh_portal(ketter_stack: Stack, api_client: htt
 
     direct = _submit(client, portals, "Mix A", strategy="direct")
     zipped = _submit(client, portals, "Mix B", strategy="zip_first")
-    one = _submit(client, portals, "notes.txt")
-    done = {j["id"]: stack.wait_job(client, j["id"], FINAL, timeout=60)
-            for j in (direct, zipped, one)}
+    done = {j["id"]: stack.wait_job(client, j["id"], FINAL, timeout=60) for j in (direct, zipped)}
+    one = _submit(client, portals, "notes.txt")  # on an idle worker: measures our overhead
+    done[one["id"]] = stack.wait_job(client, one["id"], FINAL, timeout=30)
     assert {j["status"] for j in done.values()} == {"DONE"}, done
 
     assert_trees_identical(a, portals.ssh_dst_base / "Mix A")
@@ -219,6 +220,24 @@ def test_worker_kill9_mid_transfer_new_worker_finishes(
     assert "recovered" in types and types.count("started") == 2 and types[-1] == "done"
 
 
+def test_worker_sigterm_gives_job_back_new_worker_finishes(
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals) -> None:
+    stack, client = ketter_stack, api_client
+    first = stack.start_worker(rsync_bwlimit_kib_s=SLOW_KIB_S)
+    source = _big_tree(portals.local_src_base, "Stop Mix", n_files=6, size=1024 * 1024)
+    job = _submit(client, portals, "Stop Mix", strategy="direct")
+    _wait_progress(stack, client, job["id"], "send")
+    first.proc.terminate()
+    first.proc.wait(timeout=40)
+    back = client.get(f"/jobs/{job['id']}").json()
+    assert back["status"] == "PENDING" and back["worker_id"] is None, back
+    assert "shutting down" in stack.events(client, job["id"])[-1]["message"]
+    stack.start_worker()
+    final = stack.wait_job(client, job["id"], FINAL, timeout=30)
+    assert final["status"] == "DONE" and final["attempts"] == 2, final
+    assert_trees_identical(source, portals.ssh_dst_base / "Stop Mix")
+
+
 def test_redis_flushed_after_submit_job_still_runs(
         ketter_stack: Stack, api_client: httpx.Client, portals: Portals) -> None:
     stack, client = ketter_stack, api_client
@@ -232,6 +251,21 @@ def test_redis_flushed_after_submit_job_still_runs(
     final = stack.wait_job(client, job["id"], FINAL, timeout=30)
     assert final["status"] == "DONE", final
     assert_trees_identical(source, portals.ssh_dst_base / "Mix D")
+
+
+def test_source_swapped_for_escaping_symlink_fails_at_run_time(
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals, tmp_path: Path) -> None:
+    stack, client = ketter_stack, api_client
+    make_session_tree(portals.local_src_base, "Mix G", n_audio=2)
+    job = _submit(client, portals, "Mix G")
+    secret = make_session_tree(tmp_path / "elsewhere", "Not Yours", n_audio=1)
+    shutil.rmtree(portals.local_src_base / "Mix G")
+    os.symlink(secret, portals.local_src_base / "Mix G")  # after the API checked it
+    stack.start_worker()
+    final = stack.wait_job(client, job["id"], FINAL, timeout=30)
+    assert final["status"] == "FAILED" and "outside the portal base" in final["error_message"]
+    assert not (portals.ssh_dst_base / "Mix G").exists()
+    assert _types(stack.events(client, job["id"]))[-1] == "error"
 
 
 # --------------------------------------------------------------------------- failures
