@@ -209,5 +209,14 @@ def test_health_degraded_without_worker_is_a_warning(
     lines = {line.split()[1]: line.split()[0] for line in proc.stdout.splitlines()[1:-1]}
     assert lines["api"] == "WARN" and lines["worker"] == "FAIL"
     assert "smoke_direct" not in lines
-    assert set(default_dir.iterdir()) == before  # --no-report wrote nothing
     assert httpx.get(api.url + "/health", timeout=5).json()["status"] == "degraded"
+    assert set(default_dir.iterdir()) == before  # --no-report wrote nothing
+
+    # The compose worker healthcheck: one check, one line, the exit code says it all.
+    probe = ("--only", "worker", "--no-report", "--quiet")
+    dead = run_dku(ketter_env, *probe)
+    assert (dead.returncode, dead.stdout.split(":")[0]) == (1, "SUMMARY FAIL")
+    ketter_stack.start_worker()
+    alive = run_dku(ketter_env, *probe)
+    assert alive.returncode == 0, alive.stdout
+    assert alive.stdout.startswith("SUMMARY PASS: 1 ok, 0 warn, 0 fail")
