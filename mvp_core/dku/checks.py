@@ -183,7 +183,7 @@ def check_worker(opts: DkuOptions) -> Outcome:
     finally:
         engine.dispose()
     if not rows:
-        raise CheckFailed("no worker has ever sent a heartbeat (is the arq worker running?)")
+        raise CheckFailed("no worker heartbeat in the workers table (is an arq worker running?)")
     limit = opts.heartbeat_limit_s
     alive = [(wid, float(age)) for wid, age in rows if float(age) <= limit]
     if not alive:

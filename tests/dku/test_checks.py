@@ -1,0 +1,103 @@
+"""Single DKU checks against real Postgres and Redis, and the report writer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from mvp_core.dku.checks import check_migrations, check_postgres, check_redis, check_worker
+from mvp_core.dku.options import DkuOptions
+from mvp_core.dku.report import Report, redact, write_report
+from mvp_core.dku.result import CheckResult, Status, run_check
+from mvp_core.transfer_engine.options import EngineOptions
+
+
+def opts(database_url: str, redis_url: str = "redis://127.0.0.1:9/0", **kw: object) -> DkuOptions:
+    return DkuOptions(
+        database_url=database_url,
+        redis_url=redis_url,
+        api_url="http://127.0.0.1:9",
+        api_token=kw.pop("api_token", None),
+        engine=EngineOptions(),
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_unmigrated_database_fails_migrations_only(fresh_database_url: Callable[..., str]) -> None:
+    o = opts(fresh_database_url())
+    assert run_check("postgres", lambda: check_postgres(o)).status is Status.OK
+    result = run_check("migrations", lambda: check_migrations(o))
+    assert result.status is Status.FAIL
+    assert "base (empty)" in result.detail and "make migrate" in result.detail
+
+
+def test_worker_liveness_from_heartbeats(clean_database_url: str, db_engine: Engine) -> None:
+    o = opts(clean_database_url, heartbeat_limit_s=30.0)
+    none = run_check("worker", lambda: check_worker(o))
+    assert none.status is Status.FAIL and "no worker heartbeat" in none.detail
+
+    old = datetime.now(UTC) - timedelta(seconds=120)
+    with db_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workers (id, hostname, pid, started_at, last_heartbeat_at)"
+                " VALUES ('w-old', 'h', 1, :t, :t)"
+            ),
+            {"t": old},
+        )
+    stale = run_check("worker", lambda: check_worker(o))
+    assert stale.status is Status.FAIL
+    assert "w-old" in stale.detail and "limit 30s" in stale.detail
+    assert 115 <= stale.data["newest_age_s"] <= 200
+
+    with db_engine.begin() as conn:
+        conn.execute(text("INSERT INTO workers (id, hostname, pid) VALUES ('w-new', 'h', 2)"))
+    live = run_check("worker", lambda: check_worker(o))
+    assert live.status is Status.OK and live.data["live_workers"] == ["w-new"]
+
+
+def test_redis_up_and_down(redis_url: str) -> None:
+    up = run_check("redis", lambda: check_redis(opts("postgresql://x@127.0.0.1:9/x", redis_url)))
+    assert up.status is Status.OK and up.data["version"]
+    down = run_check("redis", lambda: check_redis(opts("postgresql://x@127.0.0.1:9/x")))
+    assert down.status is Status.FAIL and "Connection" in down.detail
+
+
+def test_secrets_are_found_and_redacted() -> None:
+    o = opts("postgresql+psycopg2://u:db-pass-1@h/db", api_token="tok-123")
+    assert set(o.secrets()) == {"tok-123", "db-pass-1"}
+    value = {"a": ["x tok-123 y", ("db-pass-1",)], "tok-123": 5}
+    assert redact(value, o.secrets()) == {"a": ["x *** y", ["***"]], "***": 5}
+
+
+def test_report_files_never_overwrite(tmp_path: Path) -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    checks = [
+        CheckResult("python", Status.OK, 0.01, "Python 3.11 secret-x"),
+        CheckResult("redis", Status.FAIL, 0.2, "refused"),
+    ]
+    report = Report(
+        started_at=now,
+        finished_at=now + timedelta(seconds=1),
+        api_url="u",
+        database="d",
+        checks=checks,
+    )
+    first = write_report(report, tmp_path, ("secret-x",))
+    second = write_report(report, tmp_path, ("secret-x",))
+    assert [p.name for p in first] == ["dku_20260102T030405Z.txt", "dku_20260102T030405Z.json"]
+    assert [p.name for p in second] == ["dku_20260102T030405Z_2.txt", "dku_20260102T030405Z_2.json"]
+    text_ = first[0].read_text()
+    assert text_.splitlines()[-1] == "SUMMARY FAIL: 1 ok, 0 warn, 1 fail in 1.0s"
+    assert "secret-x" not in text_ + first[1].read_text()
+    body = json.loads(first[1].read_text())
+    assert body["exit_code"] == 1 and body["summary"] == {
+        "ok": 1,
+        "warn": 0,
+        "fail": 1,
+        "passed": False,
+    }
