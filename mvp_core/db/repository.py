@@ -37,6 +37,11 @@ from mvp_core.db.models import (
 )
 
 
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE/DELETE touched (``Session.execute`` is typed as a plain Result)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 class NotFoundError(LookupError):
     """The portal or job does not exist (HTTP 404)."""
 
@@ -396,7 +401,7 @@ def finish_job(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if _rowcount(result) != 1:
         return False
     add_event(
         session, job_id=job_id, event_type=event_type, message=message, payload=payload,
@@ -428,7 +433,7 @@ def release_for_retry(
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if _rowcount(result) != 1:
         return False
     add_event(
         session, job_id=job_id, event_type=EventType.RETRY, message=message, payload=payload,
@@ -453,7 +458,7 @@ def cancel_unclaimed(session: Session, *, job_id: int, message: str) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if _rowcount(result) != 1:
         return False
     add_event(session, job_id=job_id, event_type=EventType.CANCELLED, message=message)
     return True
@@ -559,7 +564,7 @@ def prune_workers(session: Session, *, older_than_s: float) -> int:
             ~exists().where(Job.worker_id == Worker.id, Job.status == JobStatus.RUNNING),
         )
     )
-    return result.rowcount or 0
+    return _rowcount(result)
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,7 @@ class JobRun:
             try:
                 if await self.state.db(lambda s: repo.cancel_requested(s, job_id=self.job_id)):
                     token.cancel()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep watching once the DB is back
                 log.warning("job %s: cancel check failed: %s", self.job_id, exc)
 
     # ------------------------------------------------------------------ endings
@@ -334,7 +334,7 @@ class JobRun:
                 s, job_id=self.job_id, worker_id=self.state.worker_id, message=message,
                 payload={"reason": "worker_shutdown"},
             ))
-        except Exception as exc:  # the reconciler will find it through the heartbeat
+        except Exception as exc:  # noqa: BLE001 - the reconciler finds it via the heartbeat
             log.warning("job %s: could not give back: %s", self.job_id, exc)
 
     # ------------------------------------------------------------------ temp files
@@ -350,16 +350,17 @@ class JobRun:
                 default_known_hosts=self.settings.default_known_hosts,
             )
             await self._cleanup(transfer_job)
-        except Exception as exc:
-            log.warning("job %s: temp cleanup failed: %s", self.job_id, exc)
+        except Exception as exc:  # noqa: BLE001 - cleanup must never hide the job's outcome
+            message = f"temp cleanup failed: {exc}"
+            log.warning("job %s: %s", self.job_id, message)
             try:
                 await self.state.db(lambda s: repo.add_event(
                     s, job_id=self.job_id, event_type=EventType.PHASE,
-                    level=EventLevel.WARNING, message=f"temp cleanup failed: {exc}",
+                    level=EventLevel.WARNING, message=message,
                     payload={"phase": "cleanup", "status": "failed"},
                 ))
-            except Exception:
-                pass
+            except Exception as db_exc:  # noqa: BLE001 - the log line above still tells
+                log.warning("job %s: cleanup event not recorded: %s", self.job_id, db_exc)
 
 
 async def run_job(ctx: dict[str, Any], job_id: int) -> str:

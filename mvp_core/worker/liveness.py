@@ -38,7 +38,7 @@ async def heartbeat_loop(state: WorkerState) -> None:
     while True:
         try:
             await beat(state)
-        except Exception as exc:  # keep beating once the database is back
+        except Exception as exc:  # noqa: BLE001 - keep beating once the DB is back
             log.warning("heartbeat failed: %s", exc)
         await asyncio.sleep(state.settings.heartbeat_interval_s)
 
@@ -88,6 +88,6 @@ async def reconcile_loop(state: WorkerState) -> None:
     while True:
         try:
             await reconcile_once(state)
-        except Exception as exc:  # Postgres or Redis away: try again next round
+        except Exception as exc:  # noqa: BLE001 - Postgres or Redis away: next round
             log.warning("reconcile failed: %s", exc)
         await asyncio.sleep(state.settings.reconcile_interval_s)

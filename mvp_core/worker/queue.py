@@ -41,7 +41,7 @@ async def enqueue(
     return arq_job is not None
 
 
-async def force_requeue(redis: ArqRedis, *, job_id: int, queue_name: str) -> bool:  # noqa: D401
+async def force_requeue(redis: ArqRedis, *, job_id: int, queue_name: str) -> bool:
     """Make a job whose worker died runnable now.
 
     arq marks a started job "in progress" for the whole job timeout (hours for a

@@ -61,7 +61,7 @@ class ProgressWriter:
             self._last_event = now
         try:
             self.state.unit(lambda s: self._write(s, progress, done, with_event))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - progress is never worth failing a transfer
             log.warning("job %s: progress not recorded: %s", self.job_id, exc)
 
     def _write(self, session: Any, progress: Progress, done: int, with_event: bool) -> None:
@@ -106,7 +106,7 @@ class PhaseWriter:
                     message=f"{event.phase} {event.status}{duration}", payload=payload,
                 )
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an event is never worth failing a transfer
             log.warning("job %s: phase event not recorded: %s", self.job_id, exc)
 
 

@@ -65,7 +65,7 @@ def _settings_class(settings: Settings) -> type:
     class WorkerSettings:
         """arq reads these attributes; values come from Settings (KETTER_* env vars)."""
 
-        functions = [run_job]
+        functions = (run_job,)
         on_startup = startup
         on_shutdown = shutdown
         redis_settings = RedisSettings.from_dsn(settings.redis_url)

@@ -46,7 +46,7 @@ class TargetLock:
         try:
             conn.execute(select(func.pg_advisory_unlock(self.key)))
             conn.commit()
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever failed, end the session
             conn.invalidate()  # end the Postgres session: that drops the lock for sure
         finally:
             conn.close()

@@ -114,8 +114,8 @@ def test_submit_job_pending_with_events(client: httpx.Client, portals: Portals,
     events = client.get(f"/jobs/{job['id']}/events").json()
     assert [e["event_type"] for e in events] == ["created", "queued"]
     with redis_server.client() as r:  # handed to arq under the job's own name
-        assert r.exists("arq:job:ketter-job-%d" % job["id"]) == 1
-        assert r.zscore("ketter:test", "ketter-job-%d" % job["id"]) is not None
+        assert r.exists(f"arq:job:ketter-job-{job['id']}") == 1
+        assert r.zscore("ketter:test", f"ketter-job-{job['id']}") is not None
     # Enqueueing the same job again is a no-op: one arq job per Ketter job.
     assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
 

@@ -18,7 +18,7 @@ def _database(session: SessionDep, grace_s: float) -> tuple[ServiceHealth, list[
     try:
         repo.ping(session)
         beats = repo.worker_heartbeats(session)
-    except Exception as exc:  # any failure means "not reachable"; say which
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"; say which
         return ServiceHealth(ok=False, error=f"{type(exc).__name__}"), []
     finally:
         session.rollback()
@@ -39,7 +39,7 @@ async def health(
     try:
         await asyncio.wait_for(queue.ping(), timeout=3)
         redis = ServiceHealth(ok=True)
-    except Exception as exc:  # timeouts, refused connections, auth errors
+    except Exception as exc:  # noqa: BLE001 - timeouts, refused, auth errors
         redis = ServiceHealth(ok=False, error=type(exc).__name__)
     freshest = workers[0].heartbeat_age_s if workers else None
     worker_ok = any(w.alive for w in workers)
