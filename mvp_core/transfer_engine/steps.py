@@ -92,17 +92,25 @@ def list_source(job: TransferJob, options: EngineOptions,
 
 
 _PREPARE_REMOTE = (
-    'mkdir -p -- "$1" || exit 3; '
-    'test -d "$1" || { echo "not a directory: $1" >&2; exit 3; }; '
-    'test -w "$1" || { echo "not writable: $1" >&2; exit 3; }'
+    'for d in "$@"; do '
+    'mkdir -p -- "$d" || exit 3; '
+    'test -d "$d" || { echo "not a directory: $d" >&2; exit 3; }; '
+    'test -w "$d" || { echo "not writable: $d" >&2; exit 3; }; '
+    'done'
 )
 
 
 def prepare_target(target: Endpoint, options: EngineOptions,
-                   cancel: CancelToken | None = None) -> None:
-    """Create the target directory if missing and check it can be written."""
+                   cancel: CancelToken | None = None, *,
+                   also: tuple[PurePosixPath, ...] = ()) -> None:
+    """Create the target directory if missing and check it can be written.
+
+    ``also``: more directories on the same remote host (the remote temp dir), prepared
+    over the same ssh connection: each connection costs round trips on a real link.
+    """
     if isinstance(target, SshEndpoint):
-        result = run_remote(target, ("sh", "-c", _PREPARE_REMOTE, "sh", str(target.path)),
+        dirs = (str(target.path), *(str(d) for d in also))
+        result = run_remote(target, ("sh", "-c", _PREPARE_REMOTE, "sh", *dirs),
                             options, what="prepare the target", cancel=cancel, check=False)
         if result.exit_code == 3:
             if "No space left" in result.stderr_tail:

@@ -109,7 +109,9 @@ def run_transfer_zip_first(
 
     clock = PhaseClock(on_phase)
     warnings: list[str] = []
-    prepare_target(job.target, options, cancel)
+    remote_zip = remote_zip_path(job, options)
+    prepare_target(job.target, options, cancel,
+                   also=(remote_zip.parent,) if job.target.is_remote else ())
     zip_path = local_zip_path(job, options)
     try:
         with clock.phase("zip", files=manifest.n_files, bytes=manifest.total_bytes) as info:
@@ -124,10 +126,8 @@ def run_transfer_zip_first(
                               progress=progress, cancel=cancel)
             info.update(zip_bytes=stats.archive_bytes, entries=stats.entries)
         if isinstance(job.target, SshEndpoint):
-            remote_zip = remote_zip_path(job, options)
             remote_tmp = dataclasses.replace(job.target, path=remote_zip.parent)
             with clock.phase("send", bytes=stats.archive_bytes):
-                prepare_target(remote_tmp, options, cancel)
                 _result, sent_warnings = run_rsync(
                     LocalEndpoint(zip_path), remote_tmp, options,
                     bytes_total=stats.archive_bytes, files_total=1,
