@@ -62,6 +62,10 @@ for name in api worker; do
     continue
   fi
   rm -f "$run_dir/$name.pid"
+  # Someone else's server on our port would answer /health for us: refuse, say who to ask.
+  if [ "$name" = api ] && (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+    fail "port $port on $host is already in use by another process (set KETTER_API_PORT)"
+  fi
   # setsid: own process group, so `make down` also stops the worker's rsync/ssh children,
   # and a Ctrl-C in this terminal does not reach them.
   command_of "$name"

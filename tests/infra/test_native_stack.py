@@ -34,6 +34,27 @@ def make(
     )
 
 
+def isolated_env(
+    database_url: str, redis_server: RedisServer, port: int, run_dir: Path
+) -> dict[str, str]:
+    """This machine's environment minus KETTER_* and make's, plus a stack of our own."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KETTER_") and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    }
+    env.update(
+        {
+            "KETTER_API_PORT": str(port),
+            "KETTER_DATABASE_URL": database_url,
+            "KETTER_REDIS_URL": redis_server.url,
+            "KETTER_REDIS_PORT": str(redis_server.port),  # bootstrap checks this one, not 6379
+            "KETTER_RUN_DIR": str(run_dir),
+        }
+    )
+    return env
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -50,7 +71,7 @@ def port_open(port: int) -> bool:
 
 def test_make_up_dku_down(
     fresh_database_url: Callable[..., str],
-    redis_url: str,
+    redis_url: str,  # flushed and running: the stack's Redis
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
@@ -58,18 +79,9 @@ def test_make_up_dku_down(
     run_dir = tmp_path / "run"
     report_dir = tmp_path / "reports"
     token = f"native-{secrets.token_hex(12)}"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("KETTER_") and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
-    }
+    env = isolated_env(fresh_database_url(create=False), redis_server, port, run_dir)
     env.update(
         {
-            "KETTER_API_PORT": str(port),
-            "KETTER_DATABASE_URL": fresh_database_url(create=False),
-            "KETTER_REDIS_URL": redis_url,
-            "KETTER_REDIS_PORT": str(redis_server.port),  # bootstrap checks this one, not 6379
-            "KETTER_RUN_DIR": str(run_dir),
             "KETTER_API_TOKEN": token,
             "KETTER_DKU_WORK_DIR": str(tmp_path / "work"),
             "KETTER_TEMP_DIR": str(tmp_path / "ketter_tmp"),
@@ -107,3 +119,24 @@ def test_make_up_dku_down(
     assert not list(run_dir.glob("*.pid"))
     again = make("down", env, timeout=30)  # idempotent
     assert again.returncode == 0 and "not running" in again.stdout
+
+
+def test_make_up_refuses_a_port_someone_else_serves(
+    fresh_database_url: Callable[..., str],
+    redis_url: str,  # flushed and running: the stack's Redis
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """Another server on our port would answer /health for us: `make up` must say so."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(8)
+        port = other.getsockname()[1]
+        env = isolated_env(fresh_database_url(create=False), redis_server, port, tmp_path / "run")
+        try:
+            up = make("up", env)
+        finally:
+            make("down", env, timeout=90)
+    assert up.returncode != 0
+    assert f"port {port} on 127.0.0.1 is already in use" in up.stderr
+    assert not list((tmp_path / "run").glob("*.pid"))
