@@ -83,8 +83,8 @@ def describe_result(result: TransferResult) -> str:
     rate = result.throughput_bytes_per_s / 1e6
     phases = ", ".join(f"{name} {secs:.2f}s" for name, secs in result.phase_timings.items())
     lines = [
-        f"done: {result.files_transferred} files, {human_bytes(result.bytes_transferred)} "
-        f"in {result.duration_s:.2f} s ({rate:.1f} MB/s), strategy {result.strategy.value}",
+        (f"done: {result.files_transferred} files, {human_bytes(result.bytes_transferred)} "
+         f"in {result.duration_s:.2f} s ({rate:.1f} MB/s), strategy {result.strategy.value}"),
         f"  phases: {phases}",
     ]
     lines += [f"  warning: {w}" for w in result.warnings]
@@ -102,7 +102,8 @@ class ProgressLine:
         self.shown: tuple[str, int, int | None] | None = None
         self.dirty = False
 
-    def progress(self, p: Progress) -> None:
+    def progress(self, progress: Progress) -> None:
+        p = progress
         now = time.monotonic()
         key = (p.phase, p.bytes_done, p.files_done)
         finished = p.bytes_done >= p.bytes_total
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
         line.end_line()
         print(f"ketter: error: {exc}", file=err)
         return EXIT_TRANSIENT if exc.transient else EXIT_FAILED
-    except Exception as exc:  # the promise is one line, never a traceback
+    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
         line.end_line()
         print(f"ketter: error: internal error: {type(exc).__name__}: {exc}", file=err)
         return EXIT_FAILED
@@ -186,7 +187,7 @@ def _execute_interruptibly(plan: TransferPlan, options: EngineOptions,
                 plan, options=options, cancel=cancel,
                 progress=line.progress if line else None,
                 on_phase=line.phase if line else None)
-        except BaseException as exc:  # handed to the main thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             outcome["error"] = exc
 
     worker = threading.Thread(target=work, name="ketter-transfer")
@@ -208,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
-    except Exception as exc:  # pydantic ValidationError on a bad KETTER_* value
+    except Exception as exc:  # noqa: BLE001 - pydantic ValidationError on a bad KETTER_* value
         first = str(exc).strip().splitlines()
         print(f"ketter: error: invalid settings: {' '.join(first[:3])}", file=sys.stderr)
         return EXIT_USAGE

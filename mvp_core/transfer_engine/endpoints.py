@@ -94,7 +94,7 @@ def parse_endpoint(
     """Parse ``/local/path`` or ``[user@]host[:port]:/path`` into an endpoint."""
     if not spec:
         raise InvalidEndpointError("empty endpoint")
-    if spec.startswith("/") or spec.startswith(".") or ":" not in spec.split("/", 1)[0]:
+    if spec.startswith(("/", ".")) or ":" not in spec.split("/", 1)[0]:
         return LocalEndpoint(Path(spec).expanduser())
     match = _SSH_SPEC.match(spec)
     if not match:

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from mvp_core.transfer_engine.endpoints import LocalEndpoint
 from mvp_core.transfer_engine.job import TransferJob
-from mvp_core.transfer_engine.manifest import FILE, DIR, Manifest, build_manifest
+from mvp_core.transfer_engine.manifest import DIR, FILE, Manifest, build_manifest
 
 
 class TransferStrategy(str, Enum):
@@ -75,7 +76,8 @@ def decide_strategy(
             reason = "source is remote: zips are built locally only"
         return TransferPlan(job, TransferStrategy.DIRECT, None, None, None, reason)
 
-    manifest = build_manifest(job.source.path)  # type: ignore[union-attr]
+    assert isinstance(job.source, LocalEndpoint)
+    manifest = build_manifest(job.source.path)
     n_files, total = manifest.n_files, manifest.total_bytes
     avg = total // n_files if n_files else 0
 

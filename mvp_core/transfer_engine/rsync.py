@@ -21,7 +21,7 @@ and stderr patterns refine it (disk full, missing source, unwritable target).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +82,12 @@ RSYNC_EXIT_CODES: dict[int, ExitMeaning] = {
 }
 _UNKNOWN = ExitMeaning("unknown rsync exit code", ERROR, False)
 
-_NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|ENOSPC", re.I)
+_NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|ENOSPC", re.IGNORECASE)
 _SOURCE_MISSING = re.compile(
-    r"(link_stat|change_dir) .*failed: No such file or directory", re.I)
+    r"(link_stat|change_dir) .*failed: No such file or directory", re.IGNORECASE)
 _TARGET_REFUSED = re.compile(
     r"(\[receiver\]|\[generator\]|mkdir|mkstemp|rename|recv_files|chdir).*"
-    r"(Permission denied|Read-only file system)", re.I)
+    r"(Permission denied|Read-only file system)", re.IGNORECASE)
 # Exit codes where ssh (the transport) is the likely culprit.
 _TRANSPORT_CODES = {5, 10, 12, 14, 255}
 
@@ -126,7 +126,7 @@ def raise_for_result(result: CommandResult) -> tuple[str, ...]:
     if meaning.outcome == WARNING:
         return (f"rsync exit {result.exit_code}: {meaning.meaning}",)
     cls, message, transient = classify_failure(result.exit_code, result.stderr_tail)
-    evidence = dict(argv=result.argv, exit_code=result.exit_code, stderr_tail=result.stderr_tail)
+    evidence = result.evidence()
     if cls is CommandFailedError:
         raise CommandFailedError(message, transient=transient, **evidence)
     raise cls(message, **evidence)

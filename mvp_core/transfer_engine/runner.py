@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -54,6 +55,16 @@ class CommandResult:
     stderr_tail: str
     duration_s: float
     stdout: bytes = b""  # whole stdout, only when run with ``capture_stdout``
+
+    def evidence(self) -> Evidence:
+        """The keyword arguments every ``TransferError`` takes, from this result."""
+        return {"argv": self.argv, "exit_code": self.exit_code, "stderr_tail": self.stderr_tail}
+
+
+class Evidence(TypedDict):
+    argv: tuple[str, ...]
+    exit_code: int
+    stderr_tail: str
 
 
 def _child_setup(parent_pid: int) -> Callable[[], None]:
@@ -108,7 +119,7 @@ def _emit(raw: bytes, tail: deque[str], on_line: LineCallback | None) -> None:
     if on_line is not None:
         try:
             on_line(line)
-        except Exception:  # a broken progress callback must not wedge the pipe
+        except Exception:  # noqa: BLE001, S110 - a broken callback must not wedge the pipe
             pass
 
 
@@ -161,7 +172,9 @@ def run_command(
             stderr=subprocess.PIPE,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_child_setup(os.getpid()),
+            # Only prctl + getppid run between fork and exec: async-signal-safe enough,
+            # and the one way to tie the child's life to ours (see module docstring).
+            preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509
         )
     except FileNotFoundError as exc:
         raise RemoteCommandMissingError(

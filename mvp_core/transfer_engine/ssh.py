@@ -32,22 +32,22 @@ COMMAND_NOT_FOUND = 127
 # exit code 255 and for tools that run over ssh (rsync exit 12/255).
 _SSH_STDERR_RULES: tuple[tuple[re.Pattern[str], type[TransferError], str], ...] = (
     (re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED"
-                r"|No \S+ host key is known|host key for .* has changed", re.I),
+                r"|No \S+ host key is known|host key for .* has changed", re.IGNORECASE),
      SshAuthError, "ssh host key not trusted (check the known_hosts file)"),
     (re.compile(r"Permission denied \((publickey|password|keyboard|gssapi|hostbased)"
                 r"|Permission denied, please try again"
-                r"|Too many authentication failures|no mutual signature", re.I),
+                r"|Too many authentication failures|no mutual signature", re.IGNORECASE),
      SshAuthError, "ssh authentication refused (check user and identity file)"),
     (re.compile(r"Load key .*: (invalid format|bad permissions|No such file)"
-                r"|identity file .* not accessible|UNPROTECTED PRIVATE KEY", re.I),
+                r"|identity file .* not accessible|UNPROTECTED PRIVATE KEY", re.IGNORECASE),
      SshAuthError, "ssh identity file unusable"),
-    (re.compile(r"Could not resolve hostname|Name or service not known", re.I),
+    (re.compile(r"Could not resolve hostname|Name or service not known", re.IGNORECASE),
      SshConnectionError, "ssh host name does not resolve"),
-    (re.compile(r"Connection refused", re.I), SshConnectionError, "ssh connection refused"),
+    (re.compile(r"Connection refused", re.IGNORECASE), SshConnectionError, "ssh connection refused"),
     (re.compile(r"Connection reset|Broken pipe|Connection closed|closed by remote host"
-                r"|kex_exchange_identification", re.I),
+                r"|kex_exchange_identification", re.IGNORECASE),
      SshConnectionError, "ssh connection lost"),
-    (re.compile(r"timed out|No route to host|Network is unreachable|Timeout", re.I),
+    (re.compile(r"timed out|No route to host|Network is unreachable|Timeout", re.IGNORECASE),
      SshConnectionError, "ssh host unreachable (timeout)"),
 )
 _NOT_FOUND = re.compile(
@@ -114,7 +114,7 @@ def raise_for_remote(result: CommandResult, endpoint: SshEndpoint, what: str) ->
     """Translate a failed remote command into the engine's error tree."""
     if result.exit_code == 0:
         return
-    evidence = dict(argv=result.argv, exit_code=result.exit_code, stderr_tail=result.stderr_tail)
+    evidence = result.evidence()
     if result.exit_code == SSH_FAILED:
         cls, message = classify_ssh_failure(result.exit_code, result.stderr_tail) or (
             SshConnectionError, "ssh failed")

@@ -44,8 +44,8 @@ UNZIP_EXIT_CODES: dict[int, tuple[str, str, bool]] = {
     81: ("unsupported compression method or decryption", ERROR, False),
     82: ("no files found due to bad decryption password", ERROR, False),
 }
-_NO_SPACE = re.compile(r"No space left on device|disk full|write error", re.I)
-_REFUSED = re.compile(r"Permission denied|Read-only file system|checkdir error", re.I)
+_NO_SPACE = re.compile(r"No space left on device|disk full|write error", re.IGNORECASE)
+_REFUSED = re.compile(r"Permission denied|Read-only file system|checkdir error", re.IGNORECASE)
 
 
 def unzip_argv(zip_path: str, dest_dir: str) -> tuple[str, ...]:
@@ -60,7 +60,7 @@ def raise_for_unzip(result: CommandResult, where: str) -> tuple[str, ...]:
         return ()
     if outcome == WARNING:
         return (f"unzip on {where} exit {result.exit_code}: {meaning}",)
-    evidence = dict(argv=result.argv, exit_code=result.exit_code, stderr_tail=result.stderr_tail)
+    evidence = result.evidence()
     output = f"{result.stderr_tail}\n{result.stdout_tail}"
     if result.exit_code == 50 or _NO_SPACE.search(output):
         raise NoSpaceError(f"no space left on {where} while unzipping", **evidence)

@@ -21,7 +21,8 @@ def cli(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[s
     full_env.update(KETTER_TEMP_DIR=str(tmp_path / "ltmp"),
                     KETTER_REMOTE_TEMP_DIR=str(tmp_path / "rtmp"), **env)
     return subprocess.run([sys.executable, "-m", "mvp_core.transfer_engine.cli", *args],
-                          capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=120)
+                          capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=120,
+                          check=False)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
