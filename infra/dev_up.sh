@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and starts the docker-compose stack, waits until the API is healthy and the
 # migrations are at head. Needs a Docker engine; without one use `make up` (native).
-#   infra/dev_up.sh [--dku]    --dku also runs the DKU inside the api container
+#   infra/dev_up.sh [--dku]    --dku also runs the DKU inside the worker container
 set -euo pipefail
 # shellcheck source=infra/compose.sh
 source "$(cd "$(dirname "$0")" && pwd)/compose.sh"
@@ -92,7 +92,7 @@ echo "dev_up: stack healthy, migrations at head"
 echo "dev_up: API on http://${KETTER_API_BIND:-127.0.0.1}:$(env_get KETTER_API_PORT | grep . || echo 8000) (token in infra/.env)"
 
 if [ "$run_dku" -eq 1 ]; then
-  ketter_compose exec -T api python -m mvp_core.dku
+  ketter_compose exec -T worker python -m mvp_core.dku
 else
-  echo "dev_up: health check: bash infra/compose.sh exec api python -m mvp_core.dku"
+  echo "dev_up: health check: bash infra/compose.sh exec worker python -m mvp_core.dku"
 fi
