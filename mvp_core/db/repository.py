@@ -465,7 +465,7 @@ def cancel_unclaimed(session: Session, *, job_id: int, message: str) -> bool:
 
 
 def recover_dead_jobs(
-    session: Session, *, grace_s: float, max_attempts: int
+    session: Session, *, grace_s: float, max_attempts: int, exclude_worker_id: str | None = None
 ) -> list[tuple[int, str | None, bool]]:
     """RUNNING jobs whose worker stopped heart-beating go back to PENDING (``recovered``).
 
@@ -478,6 +478,7 @@ def recover_dead_jobs(
         .where(
             Job.status == JobStatus.RUNNING,
             or_(Job.worker_id.is_(None), ~_live_worker(Job.worker_id, grace_s)),
+            or_(Job.worker_id.is_(None), Job.worker_id != (exclude_worker_id or "")),
         )
         .with_for_update(skip_locked=True)
     ).all()

@@ -108,6 +108,9 @@ class JobRun:
             return "no such job"
         if snap.running_elsewhere:
             return "running on another live worker"
+        if snap.job.status is JobStatus.RUNNING and not self.state.trusts_heartbeats():
+            # Its worker looks dead, but our own view of heartbeats is too fresh to judge.
+            raise Retry(defer=self.settings.heartbeat_grace_s)
         job = snap.job
         if job.status in FINAL_STATUSES:
             if job.status is JobStatus.CANCELLED and job.attempts > 0:

@@ -3,6 +3,8 @@
 - The heartbeat writes ``workers.last_heartbeat_at`` every ``heartbeat_interval_s``.
 - The reconciler (at start-up, then every ``reconcile_interval_s``):
   1. sends RUNNING jobs whose worker missed its heartbeat for ``heartbeat_grace_s``
+     (never its own; and only once its own heartbeats have landed for a whole grace
+     period, so a Postgres outage does not make every worker look dead)
      back to PENDING with a ``recovered`` event (FAILED once ``max_attempts`` are
      spent) and makes them runnable now in arq (arq would otherwise keep a dead
      worker's job "in progress" for the whole job timeout);
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from mvp_core.db import repository as repo
@@ -28,10 +31,16 @@ PRUNE_WORKERS_AFTER_S = 24 * 3600
 
 
 async def beat(state: WorkerState) -> None:
-    await state.db(
-        lambda s: repo.heartbeat(s, worker_id=state.worker_id, pid=state.pid,
-                                 hostname=state.hostname)
-    )
+    try:
+        await state.db(
+            lambda s: repo.heartbeat(s, worker_id=state.worker_id, pid=state.pid,
+                                     hostname=state.hostname)
+        )
+    except BaseException:
+        state.beats_ok_since = None
+        raise
+    if state.beats_ok_since is None:
+        state.beats_ok_since = time.monotonic()
 
 
 async def heartbeat_loop(state: WorkerState) -> None:
@@ -53,11 +62,14 @@ class ReconcileReport:
 async def reconcile_once(state: WorkerState) -> ReconcileReport:
     settings = state.settings
     report = ReconcileReport()
-    touched = await state.db(
-        lambda s: repo.recover_dead_jobs(
-            s, grace_s=settings.heartbeat_grace_s, max_attempts=settings.max_attempts
+    touched: list[tuple[int, str | None, bool]] = []
+    if state.trusts_heartbeats():
+        touched = await state.db(
+            lambda s: repo.recover_dead_jobs(
+                s, grace_s=settings.heartbeat_grace_s, max_attempts=settings.max_attempts,
+                exclude_worker_id=state.worker_id,
+            )
         )
-    )
     for job_id, dead_worker, _requeue in touched:
         log.warning("job %s: worker %s stopped heart-beating", job_id, dead_worker)
         report.recovered.append(job_id)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,14 @@ class WorkerState:
     hostname: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # Since when (monotonic) every heartbeat reached Postgres; None after a failed one.
+    beats_ok_since: float | None = None
+
+    def trusts_heartbeats(self) -> bool:
+        """Can this worker judge others dead? Only after a full grace period of its own
+        heartbeats landing: after a Postgres outage every worker's heartbeat looks stale."""
+        since = self.beats_ok_since
+        return since is not None and time.monotonic() - since >= self.settings.heartbeat_grace_s
 
     def unit(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in one transaction, in the calling thread."""
