@@ -2,17 +2,25 @@
 # Builds and starts the docker-compose stack, waits until the API is healthy and the
 # migrations are at head. Needs a Docker engine; without one use `make up` (native).
 #   infra/dev_up.sh [--dku]    --dku also runs the DKU inside the worker container
+#   infra/dev_up.sh --prepare  only write infra/.env (token) and the worker's key pair
 set -euo pipefail
 # shellcheck source=infra/compose.sh
 source "$(cd "$(dirname "$0")" && pwd)/compose.sh"
 cd "$KETTER_INFRA_DIR"
 
-run_dku=0
-[ "${1:-}" = "--dku" ] && run_dku=1
+run_dku=0 prepare_only=0
+case "${1:-}" in
+  --dku) run_dku=1 ;;
+  --prepare) prepare_only=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--dku|--prepare]" >&2; exit 2 ;;
+esac
 timeout_s="${KETTER_DEV_UP_TIMEOUT_S:-240}"
 
-ketter_compose_client >/dev/null || exit 2
-ketter_need_engine || exit 2
+if [ "$prepare_only" -eq 0 ]; then
+  ketter_compose_client >/dev/null || exit 2
+  ketter_need_engine || exit 2
+fi
 
 env_get() { # env_get NAME: value of NAME in .env (last one wins), empty when absent
   sed -n "s/^$1=//p" .env | tail -n 1
@@ -20,8 +28,7 @@ env_get() { # env_get NAME: value of NAME in .env (last one wins), empty when ab
 
 # Local settings, with a fresh random API token the first time.
 if [ ! -f .env ]; then
-  cp .env.example .env
-  chmod 600 .env
+  install -m 600 .env.example .env  # will hold the token: private from the start
   echo "dev_up: created infra/.env from .env.example"
 fi
 if [ -z "$(env_get KETTER_API_TOKEN)" ]; then
@@ -33,10 +40,11 @@ fi
 
 # The container user must be able to read the mounted ssh key.
 if [ -z "${KETTER_APP_UID:-}" ]; then
-  if [ "$(id -u)" -ne 0 ]; then export KETTER_APP_UID="$(id -u)"; else
-    KETTER_APP_UID="$(env_get KETTER_APP_UID)"; export KETTER_APP_UID="${KETTER_APP_UID:-1000}"
+  if [ "$(id -u)" -ne 0 ]; then KETTER_APP_UID="$(id -u)"; else
+    KETTER_APP_UID="$(env_get KETTER_APP_UID)"; KETTER_APP_UID="${KETTER_APP_UID:-1000}"
   fi
 fi
+export KETTER_APP_UID
 
 # The worker's ssh identity: a dedicated key pair the first time, never the user's own.
 key="$(env_get KETTER_SSH_KEY_FILE)"; key="${KETTER_SSH_KEY_FILE:-${key:-./ssh/id_ed25519}}"
@@ -56,6 +64,11 @@ if [ ! -f "$known" ]; then
 fi
 if [ "$(id -u)" -eq 0 ] && [ "$(stat -c %u "$key")" != "$KETTER_APP_UID" ]; then
   chown "$KETTER_APP_UID" "$key" "$known"
+fi
+
+if [ "$prepare_only" -eq 1 ]; then
+  echo "dev_up: prepared infra/.env and the worker's ssh files"
+  exit 0
 fi
 
 export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -61,3 +62,47 @@ def test_make_compose_config_validates_without_engine() -> None:
     example = {"KETTER_COMPOSE_ENV": str(INFRA / ".env.example"), "KETTER_ENV_FILE": ".env.example"}
     refused = run(["bash", str(INFRA / "compose.sh"), "config", "-q"], env | example)
     assert refused.returncode != 0 and "KETTER_API_TOKEN" in refused.stderr
+
+
+def test_prepare_writes_private_settings_and_a_worker_key(tmp_path: Path) -> None:
+    """`dev_up.sh --prepare` (the first half of dev_up) on a copy of infra/."""
+    infra = tmp_path / "infra"
+    shutil.copytree(INFRA, infra, ignore=shutil.ignore_patterns(".env", "ssh", "lab"))
+    env = base_env()
+    first = run(["bash", str(infra / "dev_up.sh"), "--prepare"], env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    dotenv = infra / ".env"
+    assert dotenv.stat().st_mode & 0o777 == 0o600
+    tokens = [
+        ln.split("=", 1)[1]
+        for ln in dotenv.read_text().splitlines()
+        if ln.startswith("KETTER_API_TOKEN=")
+    ]
+    assert len(tokens) == 1 and len(tokens[0]) >= 40
+    token = tokens[0]
+    assert token not in first.stdout + first.stderr
+    key = infra / "ssh" / "id_ed25519"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert (infra / "ssh" / "id_ed25519.pub").read_text().startswith("ssh-ed25519 ")
+    assert (infra / "ssh" / "known_hosts").is_file()
+
+    again = run(["bash", str(infra / "dev_up.sh"), "--prepare"], env)  # keeps what exists
+    assert again.returncode == 0
+    assert f"KETTER_API_TOKEN={token}\n" in dotenv.read_text()
+
+    # The prepared settings make a valid stack, with the token and the key mounted.
+    config = run(["bash", str(infra / "compose.sh"), "config"], env)
+    assert config.returncode == 0, config.stderr
+    parsed = yaml.safe_load(config.stdout)
+    assert parsed["services"]["api"]["environment"]["KETTER_API_TOKEN"] == token
+    sources = {
+        v["source"]
+        for v in parsed["services"]["worker"]["volumes"]
+        if isinstance(v, dict) and v.get("type") == "bind"
+    }
+    assert str(key) in sources
+
+
+def test_dev_up_rejects_unknown_arguments() -> None:
+    proc = run(["bash", str(INFRA / "dev_up.sh"), "--bogus"], base_env())
+    assert proc.returncode == 2 and "usage" in proc.stderr
