@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from mvp_core.transfer_engine.endpoints import parse_endpoint
+from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, parse_endpoint
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
 from mvp_core.transfer_engine.execute import execute_plan
 from mvp_core.transfer_engine.job import TransferJob, TransferMode
@@ -135,6 +136,13 @@ class ProgressLine:
             self.dirty = False
 
 
+def absolute(endpoint: Endpoint) -> Endpoint:
+    """``.`` or ``../x`` typed by an operator becomes a path with a real basename."""
+    if isinstance(endpoint, LocalEndpoint):
+        return LocalEndpoint(Path(os.path.abspath(endpoint.path)))
+    return endpoint
+
+
 def default_job_id(source: str, target: str) -> str:
     return "cli-" + hashlib.sha256(f"{source}\0{target}".encode()).hexdigest()[:12]
 
@@ -146,10 +154,10 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
     line = ProgressLine(err)
     try:
         job = TransferJob(
-            source=parse_endpoint(args.source, identity_file=args.identity,
-                                  known_hosts_file=known_hosts),
-            target=parse_endpoint(args.target, identity_file=args.identity,
-                                  known_hosts_file=known_hosts),
+            source=absolute(parse_endpoint(args.source, identity_file=args.identity,
+                                           known_hosts_file=known_hosts)),
+            target=absolute(parse_endpoint(args.target, identity_file=args.identity,
+                                           known_hosts_file=known_hosts)),
             mode=TransferMode(args.mode),
             job_id=args.job_id or default_job_id(args.source, args.target),
         )

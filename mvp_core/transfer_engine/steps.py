@@ -67,9 +67,26 @@ class PhaseClock:
 
 
 def check_job(job: TransferJob) -> None:
-    """Refuse what no strategy can do (rsync cannot join two remote hosts)."""
+    """Refuse what no strategy can do safely, before any process starts.
+
+    Two remote hosts cannot be joined by rsync; a source without a basename has no
+    ``target/<basename>``; and a local destination that is the source itself or lies
+    inside it would make a move delete what it just copied (the classic
+    ``--remove-source-files`` disaster).
+    """
     if job.source.is_remote and job.target.is_remote:
         raise InvalidEndpointError("source and target are both remote: run Ketter on one of them")
+    destination = destination_of(job)
+    if isinstance(job.source, LocalEndpoint) and isinstance(destination, LocalEndpoint):
+        src = os.path.realpath(job.source.path)
+        dst = os.path.realpath(destination.path)
+        tgt = os.path.realpath(job.target.path)
+        if dst == src:
+            raise InvalidEndpointError(
+                f"the destination {destination} is the source itself: nothing to do")
+        for inner in (dst, tgt):
+            if os.path.commonpath([src, inner]) == src:
+                raise InvalidEndpointError(f"the target {job.target} is inside the source")
 
 
 def destination_of(job: TransferJob) -> Endpoint:
@@ -149,6 +166,7 @@ def delete_local_source(root: Path, listing: TreeListing) -> None:
             _make_writable_dir(full.parent)
             full.unlink()
         for rel in sorted(dirs, key=lambda r: r.count("/"), reverse=True):
+            _make_writable_dir((root / rel).parent)
             (root / rel).rmdir()
         try:
             root.rmdir()

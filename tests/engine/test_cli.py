@@ -112,3 +112,14 @@ def test_bad_settings_are_one_line(tmp_path: Path) -> None:
                KETTER_ZIP_THRESHOLD_FILES="many")
     assert proc.returncode == 2
     assert_one_line_error(proc, "invalid settings")
+
+
+def test_relative_dot_source_gets_its_real_name(tmp_path: Path) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=2)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("KETTER_")}
+    full_env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "mvp_core.transfer_engine.cli", "--from", ".",
+                           "--to", str(tmp_path / "out")], capture_output=True, text=True,
+                          cwd=src, env=full_env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert_trees_identical(src, tmp_path / "out" / src.name)

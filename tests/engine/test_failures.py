@@ -289,3 +289,19 @@ def test_hostile_tree_survives_a_retry_after_cancel(tmp_path: Path, hostile_tree
         execute_plan(decide_strategy(job, force=ZIP), options=engine_options, cancel=cancel)
     execute_plan(decide_strategy(job, force=ZIP), options=engine_options)
     assert_trees_identical(hostile_tree, tmp_path / "t" / hostile_tree.name)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+def test_overlapping_source_and_target_are_refused(tmp_path: Path, engine_options: EngineOptions,
+                                                   strategy: TransferStrategy) -> None:
+    """Moving a folder into its own parent or into itself must never delete it."""
+    src = make_session_tree(tmp_path / "src", n_audio=2)
+    reference = tree_snapshot(src)
+    for target, why in ((src.parent, "is the source itself"),
+                        (src / "Audio Files", "inside the source"),
+                        (src, "inside the source")):
+        job = TransferJob(LocalEndpoint(src), LocalEndpoint(target), TransferMode.MOVE)
+        with pytest.raises(InvalidEndpointError, match=why):
+            execute_plan(decide_strategy(job, force=strategy), options=engine_options)
+    assert tree_snapshot(src) == reference
+    assert temp_leftovers(engine_options) == []

@@ -125,3 +125,30 @@ def test_retry_over_a_partial_destination_completes(tmp_path: Path, sshd: SshSer
                            dir_mtimes=strategy is TransferStrategy.DIRECT)
     if strategy is TransferStrategy.ZIP_FIRST:
         assert temp_leftovers(engine_options) == []
+
+
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_symlinks_go_direct_and_stay_symlinks(tmp_path: Path, sshd: SshServer,
+                                              engine_options: EngineOptions, where: str) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    (src / "latest.ptx").symlink_to("Test Session.ptx")
+    plan = decide_strategy(TransferJob(LocalEndpoint(src), _target(where, tmp_path / "t", sshd),
+                                       TransferMode.MOVE), force=TransferStrategy.ZIP_FIRST)
+    assert plan.strategy is TransferStrategy.DIRECT and "symlink" in plan.reason
+    reference = tree_snapshot(src)
+    execute_plan(plan, options=engine_options)
+    landed = tmp_path / "t" / src.name
+    assert tree_snapshot(landed) == reference
+    assert (landed / "latest.ptx").is_symlink()
+    assert not src.exists()
+
+
+def test_read_only_folders_are_moved_too(tmp_path: Path, engine_options: EngineOptions) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    (src / "Audio Files").chmod(0o555)
+    (src / "Fade Files").chmod(0o500)
+    reference = tree_snapshot(src)
+    run_transfer(TransferJob(LocalEndpoint(src), LocalEndpoint(tmp_path / "t"), TransferMode.MOVE),
+                 options=engine_options)
+    assert tree_snapshot(tmp_path / "t" / src.name) == reference
+    assert not src.exists()
