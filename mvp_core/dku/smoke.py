@@ -115,8 +115,9 @@ def _body(response: httpx.Response) -> Any:
 
 def _expect(response: httpx.Response, what: str, *codes: int) -> Any:
     if response.status_code not in codes:
+        hint = " (set KETTER_API_TOKEN to the API's token)" if response.status_code == 401 else ""
         raise CheckFailed(
-            f"{what}: HTTP {response.status_code}: {one_line(str(_body(response)), 200)}"
+            f"{what}: HTTP {response.status_code}{hint}: {one_line(str(_body(response)), 200)}"
         )
     return _body(response)
 

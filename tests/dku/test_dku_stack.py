@@ -113,6 +113,11 @@ def test_dku_passes_on_a_healthy_stack(
     for blob in (text, json.dumps(report), proc.stdout, proc.stderr):
         assert token not in blob
 
+    # Without the token the smoke test cannot start, and says why.
+    anonymous = run_dku(ketter_env, "--api-url", api.url, "--only", "smoke", "--no-report")
+    assert anonymous.returncode == 1
+    assert "HTTP 401 (set KETTER_API_TOKEN" in anonymous.stdout
+
     # A second run reuses the DKU's two portals instead of adding more.
     again = run_dku(
         {**ketter_env, "KETTER_API_TOKEN": token},
