@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from tests.fixtures.redis import RedisServer
+from tests.fixtures.sshd import SshServer
 from tests.fixtures.stack import REPO_ROOT, Stack
 
 DKU_TIMEOUT_S = 120
@@ -45,12 +46,29 @@ def statuses(report: dict[str, Any]) -> dict[str, str]:
 
 
 def test_dku_passes_on_a_healthy_stack(
-    ketter_stack: Stack, ketter_env: dict[str, str], tmp_path: Path
+    ketter_stack: Stack, ketter_env: dict[str, str], sshd: SshServer, tmp_path: Path
 ) -> None:
     token = f"dku-token-{secrets.token_hex(12)}"
     api = ketter_stack.start_api(token=token)
     ketter_stack.start_worker(api_token=token)
     report_dir = tmp_path / "reports"
+    # An operator's ssh portal, registered through the API: the DKU must probe it.
+    remote_base = tmp_path / "srvtrf"
+    remote_base.mkdir()
+    created = ketter_stack.client(api, token=token).post(
+        "/portals",
+        json={
+            "name": "srvtrf",
+            "kind": "ssh",
+            "host": sshd.host,
+            "port": sshd.port,
+            "username": sshd.user,
+            "base_path": str(remote_base),
+            "identity_file": str(sshd.identity_file),
+            "known_hosts_file": str(sshd.known_hosts_file),
+        },
+    )
+    assert created.status_code == 201, created.text
 
     proc = run_dku(
         {**ketter_env, "KETTER_API_TOKEN": token},
@@ -81,6 +99,8 @@ def test_dku_passes_on_a_healthy_stack(
         "api",
         "worker",
         "portals",
+        "portal_keys:srvtrf",
+        "portal:srvtrf",
         "smoke_setup",
         "smoke_direct",
         "smoke_zip_first",
@@ -109,9 +129,10 @@ def test_dku_passes_on_a_healthy_stack(
     # The DKU cleaned up its tree and copies.
     assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
 
-    # The token never reaches a report or the console.
+    # The token and the key never reach a report or the console.
+    key_line = sshd.identity_file.read_text().splitlines()[1]
     for blob in (text, json.dumps(report), proc.stdout, proc.stderr):
-        assert token not in blob
+        assert token not in blob and key_line not in blob
 
     # Without the token the smoke test cannot start, and says why.
     anonymous = run_dku(ketter_env, "--api-url", api.url, "--only", "smoke", "--no-report")
@@ -131,7 +152,7 @@ def test_dku_passes_on_a_healthy_stack(
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.startswith("SUMMARY PASS")
-    assert len(client.get("/portals").json()) == 2
+    assert len(client.get("/portals").json()) == 3  # srvtrf + the DKU's two
 
 
 def test_dku_with_redis_stopped_fails_and_still_reports(
