@@ -1,6 +1,6 @@
 """``python -m mvp_core.dku`` / ``make dku``: check this host, run the smoke jobs, report.
 
-Exit 0 when no check failed, 1 otherwise. Settings come from ``KETTER_*`` (read once
+Exit 0 when no check failed, 1 otherwise (2 for a usage error). Settings come from ``KETTER_*`` (read once
 here); ``--api-url`` and ``--report-dir`` override for tests and odd set-ups.
 """
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mvp_core.dku.checks import host_checks, shown_url
+from mvp_core.dku.checks import BINARIES, host_checks, shown_url
 from mvp_core.dku.options import DkuOptions
 from mvp_core.dku.portals import portal_checks
 from mvp_core.dku.report import Report, render, utc_now, write_report
@@ -79,7 +79,10 @@ def run_all(
     opts: DkuOptions, *, only: set[str] | None, skip_smoke: bool
 ) -> tuple[list[CheckResult], list[SmokeRun]]:
     """Every selected check in report order; the smoke jobs last."""
-    wanted = lambda name: only is None or name in only
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     results = [run_check(name, check) for name, check in host_checks(opts) if wanted(name)]
     if wanted("portals"):
         results += portal_checks(opts, skip_prefix=PORTAL_PREFIX)
@@ -100,6 +103,10 @@ def run_all(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
+    known = {"python", *BINARIES, *SMOKE_NEEDS, *GROUPS}
+    if only is not None and (not only or only - known):
+        print(f"dku: --only takes names from: {', '.join(sorted(known))}", file=sys.stderr)
+        return 2
     started = utc_now()
     secrets: tuple[str, ...] = ()
     try:

@@ -246,3 +246,10 @@ def test_health_degraded_without_worker_is_a_warning(
     alive = run_dku(ketter_env, *probe)
     assert alive.returncode == 0, alive.stdout
     assert alive.stdout.startswith("SUMMARY PASS: 1 ok, 0 warn, 0 fail")
+
+
+def test_dku_refuses_unknown_check_names(tmp_path: Path) -> None:
+    proc = run_dku({}, "--only", "wrker", "--report-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert "--only takes names from" in proc.stderr and "worker" in proc.stderr
+    assert not list(tmp_path.iterdir())
