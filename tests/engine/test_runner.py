@@ -107,3 +107,83 @@ def test_child_dies_when_the_python_process_is_killed(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _process_table() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, argv) for every live process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if _alive(int(entry.name)):
+            table[int(entry.name)] = (ppid, [a.decode(errors="replace") for a in argv if a])
+    return table
+
+
+def _descendants(root: int, table: dict[int, tuple[int, list[str]]]) -> set[int]:
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def _is_rsync(argv: list[str]) -> bool:
+    return bool(argv) and Path(argv[0]).name == "rsync"
+
+
+def test_kill_9_of_a_worker_stops_rsync_on_both_sides(tmp_path: Path, sshd) -> None:  # type: ignore[no-untyped-def]
+    """The worker's nightmare: kill -9 mid-transfer must not leave rsync writing."""
+    from tests.fixtures.trees import make_session_tree
+
+    src = make_session_tree(tmp_path / "src", n_audio=20, audio_size=64 * 1024)
+    target = tmp_path / "target"
+    program = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path, PurePosixPath
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from mvp_core.transfer_engine.direct import run_transfer
+        from mvp_core.transfer_engine.endpoints import LocalEndpoint, SshEndpoint
+        from mvp_core.transfer_engine.job import TransferJob
+        from mvp_core.transfer_engine.options import EngineOptions
+        target = SshEndpoint(host={sshd.host!r}, port={sshd.port}, user={sshd.user!r},
+                             path=PurePosixPath({str(target)!r}),
+                             identity_file=Path({str(sshd.identity_file)!r}),
+                             known_hosts_file=Path({str(sshd.known_hosts_file)!r}))
+        run_transfer(TransferJob(LocalEndpoint(Path({str(src)!r})), target),
+                     options=EngineOptions(bwlimit_kib_s=32))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", program])
+    watched: set[int] = set()
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # until bytes flow: local rsync + its ssh, remote rsync server
+            assert time.monotonic() < deadline, "transfer never got going"
+            assert proc.poll() is None, "transfer ended before it could be killed"
+            table = _process_table()
+            local = {p for p in _descendants(proc.pid, table) if _is_rsync(table[p][1])}
+            remote = {p for p in _descendants(sshd.process.pid, table)
+                      if _is_rsync(table[p][1]) and "--server" in table[p][1]}
+            if local and remote and any(target.rglob("*.wav")):
+                watched = _descendants(proc.pid, table) | remote
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while alive := [p for p in watched if _alive(p)]:
+            table = _process_table()
+            assert time.monotonic() < deadline, f"left running: {[table.get(p) for p in alive]}"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in watched:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
