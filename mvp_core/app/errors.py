@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
@@ -22,23 +26,43 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON with ``\\u`` escapes: an error that echoes hostile input (a lone surrogate)
+    must still render, or bad input would become a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return SafeJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     for cls, code in _STATUS:
         if isinstance(exc, cls):
-            return JSONResponse({"detail": str(exc)}, status_code=code)
-    return JSONResponse({"detail": "internal error"}, status_code=500)  # pragma: no cover
+            if code == 422:  # the same shape as FastAPI's own 422s: one shape for clients
+                detail: Any = [{"loc": ["body"], "msg": str(exc), "type": "invalid_request"}]
+            else:
+                detail = str(exc)
+            return SafeJSONResponse({"detail": detail}, status_code=code)
+    return SafeJSONResponse({"detail": "internal error"}, status_code=500)  # pragma: no cover
 
 
 async def _db_error(request: Request, exc: Exception) -> JSONResponse:
     error = exc if isinstance(exc, KetterDbError) else translate_db_error(exc)
     if error.status_code >= 500:
         log.warning("database error on %s %s: %s", request.method, request.url.path, error)
-    return JSONResponse(
-        {"detail": error.message, "code": error.code}, status_code=error.status_code
-    )
+    detail: Any = error.message
+    if error.status_code == 422:
+        detail = [{"loc": ["body"], "msg": error.message, "type": error.code}]
+    return SafeJSONResponse({"detail": detail}, status_code=error.status_code)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
     for cls, _ in _STATUS:
         app.add_exception_handler(cls, _domain_error)
     app.add_exception_handler(KetterDbError, _db_error)

@@ -28,8 +28,13 @@ PATH_MAX = 4096
 
 
 def _no_control(value: str, what: str) -> str:
+    """Refuse what Postgres and the filesystem cannot store: NUL, lone surrogates."""
     if "\x00" in value:
         raise ValueError(f"{what} contains a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode text") from None
     return value
 
 
@@ -61,6 +66,7 @@ class PortalCreate(BaseModel):
     def _name(cls, value: str) -> str:
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ValueError("name must not contain control characters")
+        _no_control(value, "name")
         if not value.strip():
             raise ValueError("name must not be blank")
         return value
@@ -80,6 +86,7 @@ class PortalCreate(BaseModel):
     def _ssh_names(cls, value: str | None, info: Any) -> str | None:
         if value is None:
             return None
+        _no_control(value, info.field_name)
         try:
             validate_ssh_name("user" if info.field_name == "username" else "host", value)
         except InvalidEndpointError as exc:
@@ -214,6 +221,19 @@ class EventOut(BaseModel):
     event_type: EventType
     message: str
     payload: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    """404, 409 and 401 bodies (422s use FastAPI's validation error shape)."""
+
+    detail: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the error codes a route can answer."""
+    text = {400: "Body is not parsable JSON", 401: "Missing or wrong API token", 404: "Not found",
+            409: "Conflicts with the current state", 503: "Database unavailable"}
+    return {code: {"model": ErrorOut, "description": text[code]} for code in codes}
 
 
 class WorkerHealth(BaseModel):

@@ -22,6 +22,10 @@ def clean_relative(path: str, *, what: str, allow_empty: bool = False) -> str:
     """Normalise a portal-relative path (``a//b/./c`` -> ``a/b/c``) or refuse it."""
     if "\x00" in path:
         raise InvalidRequestError(f"{what} contains a NUL byte")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"{what} is not valid Unicode text") from None
     if path.startswith("/"):
         raise InvalidRequestError(f"{what} must be relative to the portal base, not absolute")
     parts = [p for p in path.split("/") if p not in ("", ".")]

@@ -6,6 +6,7 @@ One API process serves the whole module; each test starts from emptied tables.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,12 @@ def portals(client: httpx.Client, tmp_path: Path, sshd: Any) -> Portals:
     return p
 
 
+def _post_ascii_json(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST JSON with \\u escapes, so even lone surrogates reach the server as sent."""
+    return client.post(path, content=json.dumps(body),
+                       headers={"Content-Type": "application/json"})
+
+
 def _job(p: Portals, source: str = "Session A", target: str = "", **extra: Any) -> dict[str, Any]:
     return {"source_portal_id": p.local_src, "source_path": source,
             "target_portal_id": p.ssh_dst, "target_path": target, **extra}
@@ -91,10 +98,12 @@ def test_portals_crud_and_no_secrets(client: httpx.Client, portals: Portals, ssh
     ({"name": "x", "kind": "local", "base_path": "/srv/\x00bad"}, "NUL"),
     ({"name": "x\x00", "kind": "local", "base_path": "/srv"}, "control"),
     ({"name": "x", "kind": "local", "host": "h", "base_path": "/srv"}, "local portal"),
+    ({"name": "lone \ud800 surrogate", "kind": "local", "base_path": "/srv"}, "unicode"),
+    ({"name": "x", "kind": "local", "base_path": "/srv/\udcff"}, "unicode"),
     ({"name": "x", "kind": "local", "base_path": "/srv", "password": "p"}, "extra"),
 ])
 def test_portal_bad_input_is_422(client: httpx.Client, body: dict[str, Any], needle: str) -> None:
-    response = client.post("/portals", json=body)
+    response = _post_ascii_json(client, "/portals", body)
     assert response.status_code == 422, response.text
     assert needle.lower() in response.text.lower()
     assert client.get("/portals").json() == []
@@ -129,6 +138,8 @@ def test_submit_job_pending_with_events(client: httpx.Client, portals: Portals,
     ({"target_path": "a/../../b"}, ".."),
     ({"target_path": "/abs"}, "not absolute"),
     ({"source_path": "Session\x00A"}, "NUL"),
+    ({"source_path": "Session \ud800"}, "unicode"),
+    ({"target_path": "\udcff"}, "unicode"),
     ({"source_path": "."}, "must name something"),
     ({"source_path": "No Such Session"}, "does not exist"),
     ({"mode": "teleport"}, "mode"),
@@ -138,7 +149,7 @@ def test_submit_job_pending_with_events(client: httpx.Client, portals: Portals,
 ])
 def test_job_bad_input_is_422(client: httpx.Client, portals: Portals, change: dict[str, Any],
                               needle: str) -> None:
-    response = client.post("/jobs", json={**_job(portals), **change})
+    response = _post_ascii_json(client, "/jobs", {**_job(portals), **change})
     assert response.status_code == 422, response.text
     assert needle.lower() in response.text.lower()
     assert client.get("/jobs").json() == []

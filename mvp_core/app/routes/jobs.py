@@ -10,14 +10,14 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from mvp_core.app.deps import JobId, QueueDep, SessionDep, SettingsDep
-from mvp_core.app.schemas import EventOut, JobCreate, JobOut
+from mvp_core.app.schemas import EventOut, JobCreate, JobOut, error_responses
 from mvp_core.app.services import submit_job
 from mvp_core.db import repository as repo
 from mvp_core.db.models import EventLevel, EventType, JobStatus
 from mvp_core.worker.queue import enqueue
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401, 503))
 
 
 def _store(session: SessionDep, body: JobCreate) -> int:
@@ -34,7 +34,7 @@ def _note_not_queued(session: SessionDep, job_id: int, reason: str) -> None:
     session.commit()
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(400))
 async def create_job(
     body: JobCreate, session: SessionDep, settings: SettingsDep, queue: QueueDep
 ) -> JobOut:
@@ -69,12 +69,12 @@ def list_jobs(
     return [JobOut.from_job(j) for j in jobs]
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=error_responses(404))
 def get_job(job_id: JobId, session: SessionDep) -> JobOut:
     return JobOut.from_job(repo.get_job(session, job_id=job_id))
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", responses=error_responses(404))
 def list_events(
     job_id: JobId,
     session: SessionDep,
@@ -89,7 +89,7 @@ def list_events(
     return [EventOut.model_validate(e) for e in events]
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", responses=error_responses(404, 409))
 def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """A PENDING job ends CANCELLED now; a RUNNING one is stopped by its worker shortly."""
     job = repo.request_cancel(session, job_id=job_id)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from mvp_core.app.deps import PortalId, SessionDep
-from mvp_core.app.schemas import PortalCreate, PortalOut
+from mvp_core.app.schemas import PortalCreate, PortalOut, error_responses
 from mvp_core.db import repository as repo
 
-router = APIRouter(prefix="/portals", tags=["portals"])
+router = APIRouter(prefix="/portals", tags=["portals"], responses=error_responses(401, 503))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(400, 409))
 def create_portal(body: PortalCreate, session: SessionDep) -> PortalOut:
     portal = repo.create_portal(session, **body.model_dump())
     session.commit()
@@ -23,12 +23,13 @@ def list_portals(session: SessionDep) -> list[PortalOut]:
     return [PortalOut.model_validate(p) for p in repo.list_portals(session)]
 
 
-@router.get("/{portal_id}")
+@router.get("/{portal_id}", responses=error_responses(404))
 def get_portal(portal_id: PortalId, session: SessionDep) -> PortalOut:
     return PortalOut.model_validate(repo.get_portal(session, portal_id=portal_id))
 
 
-@router.delete("/{portal_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{portal_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=error_responses(404, 409))
 def delete_portal(portal_id: PortalId, session: SessionDep) -> Response:
     repo.delete_portal(session, portal_id=portal_id)
     session.commit()
