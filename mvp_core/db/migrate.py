@@ -21,12 +21,15 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, make_url, pool, text
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # Arbitrary, fixed key for pg_advisory_xact_lock: "ketter migrate".
 _MIGRATION_LOCK_KEY = 0x6B6574746572
+
+# duplicate_database, or the unique index on pg_database when two CREATEs overlap.
+_ALREADY_EXISTS = frozenset({"42P04", "23505"})
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,13 @@ def create_database_if_missing(database_url: str) -> bool:
             if exists:
                 return False
             quoted = conn.dialect.identifier_preparer.quote(url.database)
-            conn.execute(text(f"CREATE DATABASE {quoted}"))
+            try:
+                conn.execute(text(f"CREATE DATABASE {quoted}"))
+            except DBAPIError as exc:
+                # Another process (API and worker starting together) created it first.
+                if getattr(exc.orig, "pgcode", None) in _ALREADY_EXISTS:
+                    return False
+                raise
             return True
     finally:
         engine.dispose()
@@ -127,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--downgrade-to-base", action="store_true", help="drop Ketter's tables")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Alembic narrates each step at INFO; a --check only prints its verdict.
+    level = logging.WARNING if args.check else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
     from mvp_core.config import get_settings  # settings are read at the edge only
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, pool, text
+from sqlalchemy import Connection, create_engine, inspect, pool, text
 
 from mvp_core.db.migrate import (
+    _MIGRATION_LOCK_KEY,
+    create_database_if_missing,
     current_revision,
     downgrade_to_base,
     head_revision,
@@ -181,3 +185,78 @@ def test_password_never_printed(fresh_database_url: Callable[..., str]) -> None:
     )  # fmt: skip
     assert "s3cr3t-pw" not in out.stdout + out.stderr
     assert "***" in out.stdout + out.stderr
+
+
+
+def test_concurrent_migrate_processes_do_not_race(fresh_database_url: Callable[..., str]) -> None:
+    """An API and workers starting together all migrate; the advisory lock serialises them.
+
+    The test holds the migration lock until every process is queued on it, so the
+    processes really do start their upgrades at the same moment.
+    """
+    url = fresh_database_url()
+    env = {**os.environ, "KETTER_DATABASE_URL": url}
+    engine = create_engine(url, poolclass=pool.NullPool)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        with engine.connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "mvp_core.db.migrate"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(4)
+            ]
+            deadline = time.monotonic() + 30
+            while _advisory_waiters(holder) < len(procs):
+                assert time.monotonic() < deadline, "migrate processes never queued on the lock"
+                time.sleep(0.05)
+            holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            holder.commit()
+        results = [p.communicate(timeout=60) + (p.returncode,) for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        engine.dispose()
+    assert [rc for _, _, rc in results] == [0, 0, 0, 0], [err for _, err, _ in results]
+    assert is_at_head(url)
+    ran = [err for _, err, _ in results if "Running upgrade" in err]
+    assert len(ran) == 1  # one process migrated, the others found the schema at head
+
+
+def _advisory_waiters(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        ).scalar_one()
+    )
+
+
+def test_concurrent_database_creation_is_tolerated(fresh_database_url: Callable[..., str]) -> None:
+    url = fresh_database_url(create=False)
+    barrier = threading.Barrier(4)
+    outcomes: list[bool | Exception] = []
+
+    def create() -> None:
+        barrier.wait(timeout=10)
+        try:
+            outcomes.append(create_database_if_missing(url))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes, key=str) == [False, False, False, True]  # created exactly once
+    assert current_revision(url) is None  # exists, empty
