@@ -187,7 +187,6 @@ def test_password_never_printed(fresh_database_url: Callable[..., str]) -> None:
     assert "***" in out.stdout + out.stderr
 
 
-
 def test_concurrent_migrate_processes_do_not_race(fresh_database_url: Callable[..., str]) -> None:
     """An API and workers starting together all migrate; the advisory lock serialises them.
 
