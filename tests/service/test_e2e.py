@@ -67,16 +67,18 @@ def _submit(client: httpx.Client, portals: Portals, source: str, **extra: Any) -
     return dict(response.json())
 
 
-def _wait_progress(stack: Stack, client: httpx.Client, job_id: int, phase: str) -> None:
-    """Until the job is RUNNING in ``phase`` with some bytes moved."""
-    def moving() -> bool:
+def _wait_progress(stack: Stack, client: httpx.Client, job_id: int,
+                   phase: str) -> dict[str, Any]:
+    """Until the job is RUNNING in ``phase`` with some bytes moved; returns the job."""
+    def moving() -> dict[str, Any] | None:
         job = client.get(f"/jobs/{job_id}").json()
         assert job["status"] not in FINAL, job
         events = stack.events(client, job_id)
         in_phase = any(e["event_type"] == "phase" and e["payload"]["phase"] == phase
                        and e["payload"]["status"] == "started" for e in events)
-        return in_phase and job["progress_bytes"] > 0
-    wait_until(moving, timeout=30, interval=0.1, what=f"job {job_id} moving bytes in {phase}")
+        return job if in_phase and job["progress_bytes"] > 0 else None
+    return dict(wait_until(moving, timeout=30, interval=0.1,
+                           what=f"job {job_id} moving bytes in {phase}"))
 
 
 # --------------------------------------------------------------------------- happy path
@@ -96,6 +98,12 @@ def test_direct_and_zip_first_to_ssh_portal(ketter_stack: Stack, api_client: htt
     done = {j["id"]: stack.wait_job(client, j["id"], FINAL, timeout=60) for j in (direct, zipped)}
     one = _submit(client, portals, "notes.txt")  # on an idle worker: measures our overhead
     done[one["id"]] = stack.wait_job(client, one["id"], FINAL, timeout=30)
+    moved_tree = make_session_tree(portals.local_src_base, "Mix M", n_audio=4)
+    moved_before = tree_snapshot(moved_tree)
+    moved = _submit(client, portals, "Mix M", mode="move")
+    assert stack.wait_job(client, moved["id"], FINAL, timeout=30)["status"] == "DONE"
+    assert not moved_tree.exists()  # deleted only after the copy was verified
+    assert tree_snapshot(portals.ssh_dst_base / "Mix M") == moved_before
     assert {j["status"] for j in done.values()} == {"DONE"}, done
 
     assert_trees_identical(a, portals.ssh_dst_base / "Mix A")
@@ -164,7 +172,9 @@ def test_cancel_mid_transfer_cleans_temp_and_keeps_source(
     source = _big_tree(portals.local_src_base, "Long Mix", n_files=8, size=1024 * 1024)
     before = tree_snapshot(source)
     job = _submit(client, portals, "Long Mix", strategy="zip_first", mode="move")
-    _wait_progress(stack, client, job["id"], "send")
+    running = _wait_progress(stack, client, job["id"], "send")
+    assert running["status"] == "RUNNING" and running["strategy"] == "ZIP_FIRST"
+    assert 0 < running["progress_percent"] < 100  # zip done, send under way
     assert _temp_zips(stack.env), "a zip should exist while it is being sent"
 
     asked = time.monotonic()
