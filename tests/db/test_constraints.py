@@ -261,3 +261,23 @@ def test_every_named_check_has_a_message_or_is_an_enum() -> None:
             if isinstance(constraint, CheckConstraint):
                 name = str(constraint.name)
                 assert name in enum_checks or name in errors._CHECK_MESSAGES, name
+
+
+def test_connection_killed_mid_session_is_transient(database_url: str) -> None:
+    """What a worker sees when Postgres restarts under it: retry later, not a crash."""
+    from sqlalchemy import create_engine, pool
+
+    engine = create_engine(database_url, poolclass=pool.NullPool)
+    admin = create_engine(database_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            with admin.connect() as other:
+                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            with pytest.raises(DatabaseUnavailableError) as caught, translated_db_errors():
+                conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+        admin.dispose()
+    assert caught.value.transient
+    assert caught.value.status_code == 503

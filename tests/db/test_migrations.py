@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -259,3 +260,25 @@ def test_concurrent_database_creation_is_tolerated(fresh_database_url: Callable[
         thread.join(timeout=30)
     assert sorted(outcomes, key=str) == [False, False, False, True]  # created exactly once
     assert current_revision(url) is None  # exists, empty
+
+
+def test_alembic_cli_takes_the_url_from_ketter_settings(
+    fresh_database_url: Callable[..., str],
+) -> None:
+    """alembic.ini holds no URL: the bare CLI migrates the database KETTER_DATABASE_URL names."""
+    url = fresh_database_url()
+    root = Path(__file__).resolve().parents[2]
+    alembic = [sys.executable, "-m", "alembic", "-c", str(root / "alembic.ini")]
+    env = {**os.environ, "KETTER_DATABASE_URL": url}
+    up = subprocess.run(
+        [*alembic, "upgrade", "head"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert is_at_head(url)
+    drift = subprocess.run(
+        [*alembic, "check"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert drift.returncode == 0, drift.stdout + drift.stderr
+    assert "No new upgrade operations detected" in drift.stdout + drift.stderr
