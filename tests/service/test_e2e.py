@@ -210,12 +210,13 @@ def test_cancelled_pending_job_never_starts(ketter_stack: Stack, api_client: htt
 # --------------------------------------------------------------------------- crashes
 
 
+@pytest.mark.parametrize("strategy", ["zip_first", "direct"])
 def test_worker_kill9_mid_transfer_new_worker_finishes(
-        ketter_stack: Stack, api_client: httpx.Client, portals: Portals) -> None:
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals, strategy: str) -> None:
     stack, client = ketter_stack, api_client
     first = stack.start_worker(rsync_bwlimit_kib_s=SLOW_KIB_S)
     source = _big_tree(portals.local_src_base, "Crash Mix", n_files=8, size=1024 * 1024)
-    job = _submit(client, portals, "Crash Mix", strategy="zip_first")
+    job = _submit(client, portals, "Crash Mix", strategy=strategy)
     _wait_progress(stack, client, job["id"], "send")
 
     first.kill9()
