@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from pathlib import Path
+
 import redis
 from pytest import raises
 
@@ -52,3 +58,54 @@ def test_redis_url_restarts_a_stopped_server(redis_server: RedisServer, redis_ur
     redis_server.flushall()
     with redis.Redis.from_url(redis_url) as client:
         assert client.dbsize() == 0
+
+
+def test_a_killed_pytest_leaves_no_redis_server(tmp_path: Path) -> None:
+    """The private server dies with the process that started it, even on SIGKILL."""
+    script = (
+        "import sys, time; from pathlib import Path; "
+        "from tests.fixtures.redis import start_redis_server; "
+        f"s = start_redis_server(Path({str(tmp_path)!r})); "
+        "print(s.port, flush=True); time.sleep(60)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    port = 0
+    try:
+        assert owner.stdout is not None
+        port = int(owner.stdout.readline())
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as client:
+            assert client.ping()
+        owner.kill()
+        owner.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _answers(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _answers(port)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(timeout=10)
+        if owner.stdout is not None:
+            owner.stdout.close()
+        if port and _answers(port):  # the test failed: do not leave the orphan running
+            with redis.Redis(host="127.0.0.1", port=port) as client, suppress(redis.RedisError):
+                client.shutdown(nosave=True)
+
+
+def test_a_bad_start_reports_the_servers_own_words(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.port = 70000  # redis refuses it
+    with raises(RuntimeError, match="redis-server exited"):
+        server.start()
+    assert not server.running
+
+
+def _answers(port: int) -> bool:
+    try:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
