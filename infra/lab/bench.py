@@ -141,29 +141,35 @@ def ketter_cli(strategy: str) -> Callable[[Lab, Path, Path], Sample]:
     def run(lab: Lab, src: Path, dest: Path) -> Sample:
         argv = lab.ns + [lab.py, "-m", "mvp_core.transfer_engine.cli", "--from", str(src),
                          "--to", lab.ssh_spec(dest), "--strategy", strategy,
-                         "--identity", lab.env["IDENTITY"], "--known-hosts", lab.env["KNOWN_HOSTS"]]
+                         "--identity", lab.env["IDENTITY"], "--known-hosts", lab.env["KNOWN_HOSTS"], "--quiet"]
         t0 = time.perf_counter()
         proc = subprocess.run(argv, text=True, capture_output=True, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
         secs = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"ketter cli {strategy} -> {proc.returncode}: {proc.stderr[-2000:]}")
-        return Sample(secs, {"cli_output": (proc.stdout + proc.stderr)[-1500:],
-                             **_cli_facts(proc.stdout + proc.stderr)})
+        return Sample(secs, _cli_facts(proc.stdout))
 
     return run
 
 
 def _cli_facts(text: str) -> dict[str, object]:
-    """Strategy and phase timings from the CLI's output, when it prints them as JSON lines."""
+    """Strategy and phase timings from the CLI's summary ("strategy: X", "phases: zip 0.21s, ...")."""
     facts: dict[str, object] = {}
     for line in text.splitlines():
         line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            try:
-                facts.update(json.loads(line))
-            except ValueError:
-                pass
+        if line.startswith("strategy:"):
+            facts["strategy"] = line.split()[1]
+        elif line.startswith("phases:"):
+            phases = {}
+            for part in line[len("phases:"):].split(","):
+                bits = part.split()
+                if len(bits) >= 2 and bits[1].endswith("s"):
+                    try:
+                        phases[bits[0]] = float(bits[1][:-1])
+                    except ValueError:
+                        pass
+            facts["phase_timings"] = phases
     return facts
 
 
@@ -238,6 +244,40 @@ def bench_dataset(lab: Lab, ds: bench_data.Dataset, src: Path, dest_base: Path,
             "summary": summary, "runs": runs}
 
 
+def sweep(lab: Lab, base: Path, dest_root: Path, grid: list[tuple[int, int]], repeats: int) -> list[dict[str, object]]:
+    """Ketter forced DIRECT vs forced ZIP_FIRST (and rsync) over a grid of (files, size): where
+    does ZIP_FIRST start to pay? The answer is what the planner's thresholds should encode."""
+    methods = {"rsync": m_rsync, "ketter_cli_direct": ketter_cli("direct"),
+               "ketter_cli_zip_first": ketter_cli("zip_first")}
+    out = []
+    for n, size in grid:
+        ds = bench_data.Dataset(f"SWEEP_{n}x{size}", "Sweep", n, size)
+        src = bench_data.build(ds, base)
+        res = bench_dataset(lab, ds, src, dest_root / ds.name, methods, repeats)
+        summ = res["summary"]
+        row: dict[str, object] = {"n_files": n, "file_bytes": size, "total_bytes": n * size}
+        for m in methods:
+            row[m] = summ[m].get("median_s")  # type: ignore[union-attr]
+        if row["ketter_cli_direct"] and row["ketter_cli_zip_first"]:
+            row["zip_over_direct"] = round(row["ketter_cli_zip_first"] / row["ketter_cli_direct"], 2)  # type: ignore[operator]
+        row["phases_zip_first"] = _phase_note(res["runs"]["ketter_cli_zip_first"])  # type: ignore[index]
+        row["phases_direct"] = _phase_note(res["runs"]["ketter_cli_direct"])  # type: ignore[index]
+        out.append(row)
+        log(f"sweep {n} x {size} B: {row}")
+        shutil.rmtree(base / ds.name, ignore_errors=True)
+    return out
+
+
+def parse_grid(text: str) -> list[tuple[int, int]]:
+    """"250x4096,1000x65536" -> [(250, 4096), (1000, 65536)]."""
+    grid = []
+    for item in text.split(","):
+        if item.strip():
+            n, size = item.lower().split("x")
+            grid.append((int(n), int(size)))
+    return grid
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtts", default=os.environ.get("BENCH_RTTS", "0,20"))
@@ -248,6 +288,9 @@ def main() -> None:
     parser.add_argument("--lab-dir", type=Path, default=Path(os.environ.get("LAB_DIR", "/var/tmp/ketter-lab")))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "lab_results" / "bench.json")
     parser.add_argument("--skip-planner", action="store_true")
+    parser.add_argument("--sweep", default=os.environ.get(
+        "BENCH_SWEEP", "300x4096,1200x4096,4800x4096,300x65536,1200x65536,4800x65536,1200x262144,4800x262144"),
+        help="files x bytes grid for DIRECT vs ZIP_FIRST at the largest RTT ('' or 0 skips)")
     args = parser.parse_args()
 
     started = time.time()
@@ -297,6 +340,13 @@ def main() -> None:
             if stack is not None:
                 entry["api_overhead_1file"] = stack.one_file_overhead(data_base, dest_root / "one", args.repeats + 2)
             report["rtts"][str(rtt)] = entry  # type: ignore[index]
+        if args.sweep not in ("", "0"):
+            rtt = max(int(r) for r in args.rtts.split(",") if r)
+            if rtt > 0:
+                run_checked(["bash", str(HERE / "netlab.sh"), "rtt", str(rtt)])
+            report["sweep"] = {"rtt_ms": rtt, "rows": sweep(Lab(lab_env, rtt, py), data_base / "SWEEP",
+                                                             dest_root / "SWEEP", parse_grid(args.sweep),
+                                                             args.repeats)}
         if not args.skip_planner:
             report["planner_walk"] = planner_walk(args.lab_dir / "data", py)
     finally:
@@ -364,6 +414,16 @@ def render_markdown(report: dict[str, object]) -> str:
             o = entry["api_overhead_1file"]
             lines += [f"API + worker, 1-file job submit -> DONE: median {o.get('median_s')} s "
                       f"({o.get('seconds')})", ""]
+    if "sweep" in report:
+        sw = report["sweep"]
+        lines += [f"## DIRECT vs ZIP_FIRST sweep, RTT {sw['rtt_ms']} ms (Ketter CLI, median s)", "",  # type: ignore[index]
+                  "| files | bytes each | total MB | rsync | Ketter DIRECT | Ketter ZIP_FIRST | ZIP/DIRECT | ZIP_FIRST phases |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in sw["rows"]:  # type: ignore[index]
+            lines.append(f"| {r['n_files']} | {r['file_bytes']} | {r['total_bytes'] / MB:.0f} | {r['rsync']} "
+                         f"| {r['ketter_cli_direct']} | {r['ketter_cli_zip_first']} | {r.get('zip_over_direct')} "
+                         f"| {r['phases_zip_first']} |")
+        lines.append("")
     if "planner_walk" in report:
         p = report["planner_walk"]
         lines += ["## Planner walk", "",

@@ -214,7 +214,11 @@ class Stack:
 
 
 def phase_timings(events: list[dict[str, Any]]) -> dict[str, float]:
-    """Seconds per phase from PHASE events (payload ``phase`` + ``duration_s``), summed per name."""
+    """Seconds per phase: the DONE event's ``phase_timings``, else PHASE events summed per name."""
+    for e in events:
+        done = (e.get("payload") or {}).get("phase_timings")
+        if e.get("event_type") == "done" and isinstance(done, dict) and done:
+            return {str(k): float(v) for k, v in done.items()}
     out: dict[str, float] = {}
     for e in events:
         p = e.get("payload") or {}
