@@ -1,0 +1,139 @@
+"""Hardening helpers: the service stack with portals, and a Postgres "freeze" at a phase.
+
+Reuses the shared fixtures (``ketter_stack``, ``sshd``, trees) and the service-test
+helpers; only what fault tests need on top lives here.
+
+``Freezer`` pauses the worker's engine thread at an exact point of a job (a phase
+event, or the first progress write inside a phase) with a test-only trigger that
+``pg_sleep``s inside that write. The worker, rsync, zip, unzip and ssh stay real; the
+trigger only decides *when* the test strikes. Phases rsync drives are slowed with the
+bandwidth limit instead (``KETTER_RSYNC_BWLIMIT_KIB_S``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.fixtures.stack import Stack, wait_until
+from tests.service.conftest import Portals, create_portals
+
+FINAL = frozenset({"DONE", "FAILED", "CANCELLED"})
+FREEZE_S = 120  # longer than any test: the frozen backend is terminated, never waited for
+
+
+def submit(client: httpx.Client, portals: Portals, source: str, **extra: Any) -> dict[str, Any]:
+    body = {"source_portal_id": portals.local_src, "source_path": source,
+            "target_portal_id": portals.ssh_dst, "target_path": "", **extra}
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def temp_files(env: dict[str, str]) -> list[Path]:
+    """Every file in the local and remote temp dirs of this stack (empty = clean)."""
+    found: list[Path] = []
+    for key in ("KETTER_TEMP_DIR", "KETTER_REMOTE_TEMP_DIR"):
+        d = Path(env[key])
+        if d.exists():
+            found += [p for p in d.rglob("*") if p.is_file()]
+    return found
+
+
+def event_types(events: list[dict[str, Any]]) -> list[str]:
+    return [e["event_type"] for e in events]
+
+
+@pytest.fixture
+def api_client(ketter_stack: Stack) -> httpx.Client:
+    return ketter_stack.client(ketter_stack.start_api())
+
+
+@pytest.fixture
+def portals(api_client: httpx.Client, tmp_path: Path, sshd: Any) -> Portals:
+    return create_portals(api_client, tmp_path / "portals", sshd)
+
+
+class Freezer:
+    """Make one job's worker hang inside a DB write, at a chosen point, until terminated."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _exec(self, sql: str, **params: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text(sql), params)
+
+    def at_phase_event(self, job_id: int, phase: str, status: str) -> None:
+        """Hang when the worker records ``phase`` ``status`` (e.g. unzip started)."""
+        self._exec(f"""
+            CREATE OR REPLACE FUNCTION ketter_test_freeze_event() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.job_id = {int(job_id)} AND NEW.event_type = 'phase'
+                 AND NEW.payload->>'phase' = {_lit(phase)}
+                 AND NEW.payload->>'status' = {_lit(status)} THEN
+                PERFORM pg_sleep({FREEZE_S});
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        self._exec("""CREATE TRIGGER ketter_test_freeze_event BEFORE INSERT ON job_events
+                      FOR EACH ROW EXECUTE FUNCTION ketter_test_freeze_event()""")
+
+    def at_progress_in(self, job_id: int, phase: str) -> None:
+        """Hang at the first progress write while ``phase`` is the job's latest phase
+        (the zip exists, part-written, at that moment)."""
+        self._exec(f"""
+            CREATE OR REPLACE FUNCTION ketter_test_freeze_progress() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.id = {int(job_id)} AND NEW.progress_bytes > 0 AND (
+                   SELECT payload->>'phase' FROM job_events
+                   WHERE job_id = NEW.id AND event_type = 'phase'
+                   ORDER BY id DESC LIMIT 1) = {_lit(phase)} THEN
+                PERFORM pg_sleep({FREEZE_S});
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql""")
+        self._exec("""CREATE TRIGGER ketter_test_freeze_progress BEFORE UPDATE ON jobs
+                      FOR EACH ROW EXECUTE FUNCTION ketter_test_freeze_progress()""")
+
+    def wait_frozen(self, timeout: float = 30) -> None:
+        wait_until(lambda: self._frozen_pids(), timeout=timeout, interval=0.05,
+                   what="the worker to hang at the freeze point")
+
+    def _frozen_pids(self) -> list[int]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).scalars())
+
+    def release(self) -> None:
+        """End the hung backends (their client is dead by now), then drop the triggers:
+        DROP TRIGGER waits for the hung write's table lock, so the order matters."""
+        with self.engine.connect() as conn:
+            for pid in self._frozen_pids():
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        wait_until(lambda: not self._frozen_pids(), timeout=10, what="hung backends to end")
+        self._exec("DROP TRIGGER IF EXISTS ketter_test_freeze_event ON job_events")
+        self._exec("DROP TRIGGER IF EXISTS ketter_test_freeze_progress ON jobs")
+        self._exec("DROP FUNCTION IF EXISTS ketter_test_freeze_event()")
+        self._exec("DROP FUNCTION IF EXISTS ketter_test_freeze_progress()")
+
+
+def _lit(value: str) -> str:
+    """A SQL string literal for the few fixed words the tests pass."""
+    assert value.isidentifier(), value
+    return f"'{value}'"
+
+
+@pytest.fixture
+def freezer(db_engine: Engine, clean_database_url: str) -> Iterator[Freezer]:
+    f = Freezer(db_engine)
+    try:
+        yield f
+    finally:
+        f.release()
