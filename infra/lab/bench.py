@@ -338,7 +338,14 @@ def main() -> None:
                 entry["datasets"][ds.name] = bench_dataset(  # type: ignore[index]
                     lab, ds, sources[ds.name], dest_root / ds.name, methods, args.repeats)
             if stack is not None:
-                entry["api_overhead_1file"] = stack.one_file_overhead(data_base, dest_root / "one", args.repeats + 2)
+                one = stack.one_file_overhead(data_base, dest_root / "one", args.repeats + 2)
+                ref = []
+                for _ in range(args.repeats):
+                    clean(dest_root / "one_rsync")
+                    ref.append(m_rsync(lab, data_base / "ONE" / "one", dest_root / "one_rsync").seconds)
+                one["rsync_same_file_median_s"] = round(statistics.median(ref), 3)
+                entry["api_overhead_1file"] = one
+                log(f"RTT {rtt} ms: 1-file job {one['seconds']} s; plain rsync {one['rsync_same_file_median_s']} s")
             report["rtts"][str(rtt)] = entry  # type: ignore[index]
         if args.sweep not in ("", "0"):
             rtt = max(int(r) for r in args.rtts.split(",") if r)
@@ -412,8 +419,9 @@ def render_markdown(report: dict[str, object]) -> str:
             lines.append("")
         if "api_overhead_1file" in entry:
             o = entry["api_overhead_1file"]
-            lines += [f"API + worker, 1-file job submit -> DONE: median {o.get('median_s')} s "
-                      f"({o.get('seconds')})", ""]
+            lines += [f"API + worker, 1-file (1 KiB) job submit -> DONE: median {o.get('median_s')} s "
+                      f"({o.get('seconds')}); plain `rsync -a` of the same file: "
+                      f"{o.get('rsync_same_file_median_s')} s", ""]
     if "sweep" in report:
         sw = report["sweep"]
         lines += [f"## DIRECT vs ZIP_FIRST sweep, RTT {sw['rtt_ms']} ms (Ketter CLI, median s)", "",  # type: ignore[index]
