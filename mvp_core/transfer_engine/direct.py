@@ -23,6 +23,7 @@ from mvp_core.transfer_engine.rsync import run_rsync
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
     check_job,
+    diagnose_no_space,
     list_source,
     prepare_target,
     verify_and_finish,
@@ -48,7 +49,8 @@ def run_transfer(
     source: TreeListing = (from_manifest(manifest) if manifest is not None
                            else list_source(job, options, cancel))
     prepare_target(job.target, options, cancel)
-    with clock.phase("send", files=source.n_files, bytes=source.total_bytes):
+    with clock.phase("send", files=source.n_files, bytes=source.total_bytes), \
+            diagnose_no_space(job.target, source.total_bytes, options):
         _result, warnings = run_rsync(
             job.source, job.target, options,
             bytes_total=source.total_bytes, files_total=source.n_files,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ from typing import Any
 
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
+    CommandFailedError,
     InvalidEndpointError,
     NoSpaceError,
     SourceMissingError,
+    SshAuthError,
     TargetNotWritableError,
     TransferCancelledError,
     TransferError,
@@ -76,6 +79,9 @@ def check_job(job: TransferJob) -> None:
     """
     if job.source.is_remote and job.target.is_remote:
         raise InvalidEndpointError("source and target are both remote: run Ketter on one of them")
+    for endpoint in (job.source, job.target):
+        if isinstance(endpoint, SshEndpoint):
+            check_ssh_files(endpoint)
     destination = destination_of(job)
     if isinstance(job.source, LocalEndpoint) and isinstance(destination, LocalEndpoint):
         src = os.path.realpath(job.source.path)
@@ -87,6 +93,14 @@ def check_job(job: TransferJob) -> None:
         for inner in (dst, tgt):
             if os.path.commonpath([src, inner]) == src:
                 raise InvalidEndpointError(f"the target {job.target} is inside the source")
+
+
+def check_ssh_files(endpoint: SshEndpoint) -> None:
+    """A missing key or known_hosts file, said plainly instead of as ssh's "denied"."""
+    for label, path in (("identity file", endpoint.identity_file),
+                        ("known_hosts file", endpoint.known_hosts_file)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise SshAuthError(f"ssh {label} not found or not readable: {path}")
 
 
 def destination_of(job: TransferJob) -> Endpoint:
@@ -149,6 +163,50 @@ def prepare_target(target: Endpoint, options: EngineOptions,
         raise TargetNotWritableError(f"target is not a directory: {path}")
     if not os.access(path, os.W_OK | os.X_OK):
         raise TargetNotWritableError(f"target is not writable: {path}")
+
+
+def free_bytes(directory: Endpoint, options: EngineOptions) -> int | None:
+    """Bytes available to the receiving account in ``directory``; None if unknown."""
+    if isinstance(directory, SshEndpoint):
+        try:
+            result = run_remote(directory, ("df", "-P", "-k", "--", str(directory.path)),
+                                options, what="check free space", check=False)
+        except TransferError:
+            return None
+        lines = result.stdout_tail.strip().splitlines()
+        try:
+            return int(lines[-1].split()[3]) * 1024 if result.exit_code == 0 else None
+        except (IndexError, ValueError):
+            return None
+    try:
+        return shutil.disk_usage(directory.path).free
+    except OSError:
+        return None
+
+
+# rsync codes a full disk shows up as when the receiver's message is lost with the link.
+_MAYBE_NO_SPACE = {11, 12, 23}
+
+
+@contextmanager
+def diagnose_no_space(receiving_dir: Endpoint, needed: int, options: EngineOptions
+                      ) -> Iterator[None]:
+    """Turn a vague rsync failure into ``NoSpaceError`` when the receiving side is full.
+
+    A remote receiver's "No space left on device" can be lost when it exits; asking
+    ``df`` afterwards keeps the error truthful (and not retried as transient).
+    """
+    try:
+        yield
+    except CommandFailedError as exc:
+        if exc.exit_code in _MAYBE_NO_SPACE:
+            free = free_bytes(receiving_dir, options)
+            if free is not None and free < needed:
+                raise NoSpaceError(
+                    f"no space left on the receiving side: {free} bytes free in "
+                    f"{receiving_dir}, {needed} needed", argv=exc.argv,
+                    exit_code=exc.exit_code, stderr_tail=exc.stderr_tail) from exc
+        raise
 
 
 def delete_local_source(root: Path, listing: TreeListing) -> None:

@@ -36,7 +36,13 @@ from mvp_core.transfer_engine.results import (
 )
 from mvp_core.transfer_engine.rsync import run_rsync
 from mvp_core.transfer_engine.ssh import run_remote
-from mvp_core.transfer_engine.steps import PhaseClock, check_job, prepare_target, verify_and_finish
+from mvp_core.transfer_engine.steps import (
+    PhaseClock,
+    check_job,
+    diagnose_no_space,
+    prepare_target,
+    verify_and_finish,
+)
 from mvp_core.transfer_engine.unzip import run_unzip_local, run_unzip_remote
 from mvp_core.transfer_engine.verify import from_manifest
 from mvp_core.transfer_engine.zipper import build_zip
@@ -127,7 +133,8 @@ def run_transfer_zip_first(
             info.update(zip_bytes=stats.archive_bytes, entries=stats.entries)
         if isinstance(job.target, SshEndpoint):
             remote_tmp = dataclasses.replace(job.target, path=remote_zip.parent)
-            with clock.phase("send", bytes=stats.archive_bytes):
+            with clock.phase("send", bytes=stats.archive_bytes), \
+                    diagnose_no_space(remote_tmp, stats.archive_bytes, options):
                 _result, sent_warnings = run_rsync(
                     LocalEndpoint(zip_path), remote_tmp, options,
                     bytes_total=stats.archive_bytes, files_total=1,

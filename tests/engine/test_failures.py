@@ -233,7 +233,13 @@ def test_disk_full_on_the_receiving_side(tmp_path: Path, sshd: SshServer, tiny_f
     job = TransferJob(LocalEndpoint(src), sshd.endpoint(tiny_fs / "t"))
     with pytest.raises(NoSpaceError) as info:
         run_transfer(job, options=engine_options)
-    assert "No space left on device" in info.value.stderr_tail
+    # Either rsync's own message came through, or the df post-mortem said it.
+    assert ("No space left on device" in info.value.stderr_tail
+            or "bytes free" in info.value.message)
+    assert not info.value.transient
+    local = TransferJob(LocalEndpoint(src), LocalEndpoint(tiny_fs / "local"))
+    with pytest.raises(NoSpaceError):
+        run_transfer(local, options=engine_options)
 
 
 def test_disk_full_in_the_temp_dir(tmp_path: Path, tiny_fs: Path,
@@ -304,4 +310,27 @@ def test_overlapping_source_and_target_are_refused(tmp_path: Path, engine_option
         with pytest.raises(InvalidEndpointError, match=why):
             execute_plan(decide_strategy(job, force=strategy), options=engine_options)
     assert tree_snapshot(src) == reference
+    assert temp_leftovers(engine_options) == []
+
+
+@pytest.mark.parametrize("missing", ["identity_file", "known_hosts_file"])
+def test_missing_key_or_known_hosts_file_is_said_plainly(tmp_path: Path, sshd: SshServer,
+                                                         engine_options: EngineOptions,
+                                                         missing: str) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=1)
+    target = sshd.endpoint(tmp_path / "t", **{missing: tmp_path / "nope"})
+    label = "identity file" if missing == "identity_file" else "known_hosts file"
+    with pytest.raises(SshAuthError, match=f"{label} not found"):
+        run_transfer(TransferJob(LocalEndpoint(src), target), options=engine_options)
+    assert not (tmp_path / "t").exists()
+
+
+def test_disk_full_in_the_remote_temp_dir(tmp_path: Path, sshd: SshServer, tiny_fs: Path,
+                                          engine_options: EngineOptions) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=12, audio_size=256 * 1024)
+    options = dataclasses.replace(engine_options, remote_temp_dir=str(tiny_fs / "rtmp"))
+    job = TransferJob(LocalEndpoint(src), sshd.endpoint(tmp_path / "t"), job_id="full")
+    with pytest.raises(NoSpaceError):
+        execute_plan(decide_strategy(job, force=ZIP), options=options)
+    assert list((tiny_fs / "rtmp").iterdir()) == []
     assert temp_leftovers(engine_options) == []
