@@ -93,39 +93,60 @@ def downgrade_to_base(database_url: str) -> None:
     _run_locked(database_url, "downgrade", "base")
 
 
-def _maintenance_url(url: URL) -> URL:
-    return url.set(database="postgres")
+def _can_connect(url: URL) -> bool:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.connect():
+            return True
+    except OperationalError:
+        return False
+    finally:
+        engine.dispose()
 
 
 def create_database_if_missing(database_url: str) -> bool:
     """Create the URL's database when the server lacks it; True if it was created.
 
     The default URL names database ``ketter``, which a fresh cluster does not have.
+    An existing database is found by connecting to it, so a role without access to
+    the maintenance databases (``postgres``, ``template1``) is fine once it exists.
     """
     url = make_url(database_url)
     if url.database is None:
         raise ValueError("the database URL names no database")
-    engine = create_engine(
-        _maintenance_url(url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT"
-    )
+    if _can_connect(url):
+        return False
+    last_error: OperationalError | None = None
+    for maintenance in ("postgres", "template1"):
+        engine = create_engine(
+            url.set(database=maintenance), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT"
+        )
+        try:
+            with engine.connect() as conn:
+                return _create(conn, url.database)
+        except OperationalError as exc:
+            last_error = exc
+        finally:
+            engine.dispose()
+    assert last_error is not None
+    raise last_error
+
+
+def _create(conn: Connection, name: str) -> bool:
+    exists = conn.execute(
+        text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+    ).scalar()
+    if exists:
+        return False
+    quoted = conn.dialect.identifier_preparer.quote(name)
     try:
-        with engine.connect() as conn:
-            exists = conn.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
-            ).scalar()
-            if exists:
-                return False
-            quoted = conn.dialect.identifier_preparer.quote(url.database)
-            try:
-                conn.execute(text(f"CREATE DATABASE {quoted}"))
-            except DBAPIError as exc:
-                # Another process (API and worker starting together) created it first.
-                if getattr(exc.orig, "pgcode", None) in _ALREADY_EXISTS:
-                    return False
-                raise
-            return True
-    finally:
-        engine.dispose()
+        conn.execute(text(f"CREATE DATABASE {quoted}"))
+    except DBAPIError as exc:
+        # Another process (API and worker starting together) created it first.
+        if getattr(exc.orig, "pgcode", None) in _ALREADY_EXISTS:
+            return False
+        raise
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
