@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import psycopg2
 from sqlalchemy import Enum, ForeignKeyConstraint, PrimaryKeyConstraint, UniqueConstraint
 from sqlalchemy.exc import DBAPIError
 
@@ -274,7 +275,9 @@ def translate_db_error(exc: BaseException) -> KetterDbError:
         return InvalidDataError(message, **where)
     if pgcode in TRANSIENT_CODES:
         return TransactionConflictError(f"transaction conflict, try again: {primary}", **where)
-    if type(orig).__name__ == "OperationalError" or (pgcode or "").startswith(("08", "57P")):
+    # No SQLSTATE on an OperationalError: libpq lost or never had the connection.
+    lost = isinstance(orig, psycopg2.OperationalError) and pgcode is None
+    if lost or (pgcode or "").startswith(("08", "57P")):
         return DatabaseUnavailableError(f"database unavailable: {primary}", **where)
     return KetterDbError(f"database error: {primary}", detail=detail, **where)
 
