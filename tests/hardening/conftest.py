@@ -12,6 +12,10 @@ bandwidth limit instead (``KETTER_RSYNC_BWLIMIT_KIB_S``).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from tests.fixtures.sshd import SSHD, SshServer, _wait_for_port, start_sshd
 from tests.fixtures.stack import Stack, wait_until
 from tests.service.conftest import Portals, create_portals
 
@@ -137,3 +142,69 @@ def freezer(db_engine: Engine, clean_database_url: str) -> Iterator[Freezer]:
         yield f
     finally:
         f.release()
+
+
+# --------------------------------------------------------------------------- the link
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (sshd sessions call setsid: no common group)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class Link:
+    """A private sshd (the shared session one is never disturbed) that a test can cut:
+    the listener and every session it serves die at once, as when a server vanishes;
+    ``restore`` starts it again on the same port with the same host key."""
+
+    def __init__(self, server: SshServer) -> None:
+        self.server = server
+
+    def cut(self) -> None:
+        proc = self.server.process
+        assert proc is not None and proc.poll() is None, "sshd not running"
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def restore(self) -> None:
+        config = self.server.workdir / "sshd_config"
+        log = self.server.workdir / "sshd.log"
+        with log.open("ab") as log_fh:
+            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+                                    stdout=subprocess.DEVNULL, stderr=log_fh,
+                                    start_new_session=True)
+        self.server.process = proc
+        _wait_for_port(self.server.port, proc, log)
+
+    def close(self) -> None:
+        proc = self.server.process
+        if proc is not None and proc.poll() is None:
+            self.cut()
+
+
+@pytest.fixture
+def link(tmp_path: Path) -> Iterator[Link]:
+    """A dedicated sshd for this test, cut and restored at will."""
+    cable = Link(start_sshd(tmp_path / "link_sshd"))
+    try:
+        yield cable
+    finally:
+        cable.close()

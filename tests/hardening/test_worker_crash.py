@@ -117,8 +117,8 @@ def test_kill9_after_source_deleted_is_truthful(
     """The worst moment for a move: the source is gone, DONE not yet recorded.
 
     Frozen when ``delete_source`` ends; after the crash the source no longer exists.
-    The new attempt must not report a false success nor touch the delivered copy:
-    the copy stays complete and the job ends FAILED saying the source is missing.
+    The new attempt must not touch the delivered copy: it stays complete, and the job
+    ends FAILED saying the source is missing (never a silent DONE over a lost file).
     """
     stack, client = ketter_stack, api_client
     source = make_session_tree(portals.local_src_base, "Last Mix", n_audio=6)
@@ -134,7 +134,7 @@ def test_kill9_after_source_deleted_is_truthful(
     stack.start_worker()
     final = stack.wait_job(client, job["id"], FINAL, timeout=60)
     assert_trees_identical(reference, portals.ssh_dst_base / "Last Mix")
-    assert final["status"] in ("DONE", "FAILED"), final
-    if final["status"] == "FAILED":
-        assert "source does not exist" in final["error_message"], final
+    # Today: FAILED, saying why. (DONE would be truer; see docs/reliability.md.)
+    assert final["status"] == "FAILED", final
+    assert "source does not exist" in final["error_message"], final
     wait_until(lambda: temp_files(stack.env) == [], timeout=5, what="no temp files")
