@@ -23,17 +23,17 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-import bench_data  # noqa: E402
-import bench_stack  # noqa: E402
+import bench_data
+import bench_stack
 
 MB = 1_000_000
 BASELINES = ("rsync", "tar_ssh")  # ways to move a tree over the link; "best baseline" is the faster
@@ -95,7 +95,7 @@ class Sample:
 
 
 def run_checked(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+    proc = subprocess.run(argv, check=False, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} -> {proc.returncode}: {proc.stderr[-2000:]}")
     return proc
@@ -119,7 +119,7 @@ def m_tar_ssh(lab: Lab, src: Path, dest: Path) -> Sample:
     t0 = time.perf_counter()
     tar = subprocess.Popen(lab.ns + ["tar", "-C", str(src.parent), "-cf", "-", src.name],
                            stdout=subprocess.PIPE)
-    ssh = subprocess.run(lab.ns + lab.ssh_argv() + [f"{lab.user}@{lab.host}", remote],
+    ssh = subprocess.run(lab.ns + lab.ssh_argv() + [f"{lab.user}@{lab.host}", remote], check=False,
                          stdin=tar.stdout, capture_output=True, text=True)
     assert tar.stdout is not None
     tar.stdout.close()
@@ -143,7 +143,7 @@ def ketter_cli(strategy: str) -> Callable[[Lab, Path, Path], Sample]:
                          "--to", lab.ssh_spec(dest), "--strategy", strategy,
                          "--identity", lab.env["IDENTITY"], "--known-hosts", lab.env["KNOWN_HOSTS"], "--quiet"]
         t0 = time.perf_counter()
-        proc = subprocess.run(argv, text=True, capture_output=True, cwd=REPO,
+        proc = subprocess.run(argv, check=False, text=True, capture_output=True, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
         secs = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -217,7 +217,7 @@ def bench_dataset(lab: Lab, ds: bench_data.Dataset, src: Path, dest_base: Path,
             clean(dest)
             try:
                 sample = fn(lab, src, dest)
-            except Exception as exc:  # one broken method must not sink the whole bench
+            except Exception as exc:  # noqa: BLE001  one broken method must not sink the whole bench
                 log(f"{ds.name} {name} #{rep + 1}: FAILED {exc}")
                 runs[name].append({"error": str(exc)[-1500:]})
                 continue

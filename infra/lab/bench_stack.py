@@ -22,8 +22,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TERMINAL = {"DONE", "FAILED", "CANCELLED"}
@@ -73,7 +74,7 @@ class Stack:
         stack = cls(lab_env, lab_dir, py, log)
         try:
             stack.start()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  the bench falls back to the CLI
             log(f"stack: failed to start: {exc}")
             stack.stop()
             return None
@@ -112,7 +113,7 @@ class Stack:
         self.log(f"stack: API {self.url}, worker in {self.lab_env['LAB_NS']}, portals {self.portals}")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        logf = open(self.run_dir / f"bench-{name}.log", "ab")
+        logf = open(self.run_dir / f"bench-{name}.log", "ab")  # noqa: SIM115  the child keeps it
         self.procs[name] = subprocess.Popen(argv, env=self.env, cwd=REPO, stdout=logf, stderr=logf,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         (self.run_dir / f"bench-{name}.pid").write_text(str(self.procs[name].pid))
