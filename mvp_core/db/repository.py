@@ -12,7 +12,7 @@ Errors a caller may show to a user are the three below; the API maps them to
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -465,20 +465,32 @@ def cancel_unclaimed(session: Session, *, job_id: int, message: str) -> bool:
 
 
 def recover_dead_jobs(
-    session: Session, *, grace_s: float, max_attempts: int, exclude_worker_id: str | None = None
+    session: Session,
+    *,
+    grace_s: float,
+    max_attempts: int,
+    own_worker_id: str | None = None,
+    own_active: Collection[int] = (),
 ) -> list[tuple[int, str | None, bool]]:
-    """RUNNING jobs whose worker stopped heart-beating go back to PENDING (``recovered``).
+    """RUNNING jobs nobody runs any more go back to PENDING (``recovered``).
 
-    A job that already used ``max_attempts`` attempts with its worker dying each
-    time is FAILED instead, so a job that kills its worker cannot loop forever.
+    Nobody runs a job whose worker stopped heart-beating (never the caller's own
+    jobs: it knows better), nor one the caller owns in Postgres but is not running
+    (``own_active`` lists what it runs; e.g. its final state could not be written).
+    A job that already used ``max_attempts`` attempts is FAILED instead, so a job
+    that kills its worker cannot loop forever.
     Returns ``(job_id, dead_worker_id, requeued)`` for each job touched.
     """
+    mine = Job.worker_id == (own_worker_id or "")
     rows = session.execute(
         select(Job.id, Job.worker_id, Job.attempts, Job.cancel_requested)
         .where(
             Job.status == JobStatus.RUNNING,
-            or_(Job.worker_id.is_(None), ~_live_worker(Job.worker_id, grace_s)),
-            or_(Job.worker_id.is_(None), Job.worker_id != (exclude_worker_id or "")),
+            or_(
+                Job.worker_id.is_(None),
+                and_(~mine, ~_live_worker(Job.worker_id, grace_s)),
+                and_(mine, Job.id.not_in(list(own_active) or [-1])),
+            ),
         )
         .with_for_update(skip_locked=True)
     ).all()

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from arq import Retry
+from sqlalchemy.exc import DBAPIError
 
 from mvp_core.db import repository as repo
+from mvp_core.db.errors import KetterDbError, translate_db_error
 from mvp_core.db.models import (
     FINAL_STATUSES,
     ChosenStrategy,
@@ -101,6 +103,13 @@ class JobRun:
     # ------------------------------------------------------------------ entry point
 
     async def run(self) -> str:
+        self.state.active_jobs.add(self.job_id)
+        try:
+            return await self._run()
+        finally:
+            self.state.active_jobs.discard(self.job_id)
+
+    async def _run(self) -> str:
         snap = await self.state.db(
             lambda s: _load(s, self.job_id, self.settings.heartbeat_grace_s)
         )
@@ -197,6 +206,9 @@ class JobRun:
             return await self._stopped(snap, err)
         except TransferError as err:
             return await self._failed(snap, claim, err)
+        except DBAPIError as exc:  # Postgres went away mid-attempt: retry like a lost link
+            log.warning("job %s: database error: %s", self.job_id, exc)
+            return await self._failed(snap, claim, translate_db_error(exc))
         except (Retry, asyncio.CancelledError):
             raise
         except ValueError as err:  # a path rule the job breaks now (disk changed since submit)
@@ -284,7 +296,9 @@ class JobRun:
                            {"engine": err.as_dict()})
         return "CANCELLED"
 
-    async def _failed(self, snap: Snapshot, claim: repo.Claim, err: TransferError) -> str:
+    async def _failed(self, snap: Snapshot, claim: repo.Claim,
+                      err: TransferError | KetterDbError) -> str:
+        """Retry a transient error while attempts remain; otherwise FAILED."""
         if err.transient and claim.attempts < self.settings.max_attempts:
             await self._cleanup_best_effort(snap)
             defer = min(self.settings.retry_backoff_s * 2 ** (claim.attempts - 1), MAX_BACKOFF_S)

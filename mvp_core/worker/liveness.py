@@ -3,8 +3,9 @@
 - The heartbeat writes ``workers.last_heartbeat_at`` every ``heartbeat_interval_s``.
 - The reconciler (at start-up, then every ``reconcile_interval_s``):
   1. sends RUNNING jobs whose worker missed its heartbeat for ``heartbeat_grace_s``
-     (never its own; and only once its own heartbeats have landed for a whole grace
-     period, so a Postgres outage does not make every worker look dead)
+     (only once its own heartbeats have landed for a whole grace period, so a
+     Postgres outage does not make every worker look dead), and its own RUNNING
+     jobs it is not running (their final state could not be written);
      back to PENDING with a ``recovered`` event (FAILED once ``max_attempts`` are
      spent) and makes them runnable now in arq (arq would otherwise keep a dead
      worker's job "in progress" for the whole job timeout);
@@ -67,7 +68,7 @@ async def reconcile_once(state: WorkerState) -> ReconcileReport:
         touched = await state.db(
             lambda s: repo.recover_dead_jobs(
                 s, grace_s=settings.heartbeat_grace_s, max_attempts=settings.max_attempts,
-                exclude_worker_id=state.worker_id,
+                own_worker_id=state.worker_id, own_active=set(state.active_jobs),
             )
         )
     for job_id, dead_worker, _requeue in touched:

@@ -102,7 +102,7 @@ def test_recovery_spares_live_and_own_workers(db_session: Session) -> None:
     db_session.commit()
 
     touched = repo.recover_dead_jobs(db_session, grace_s=GRACE, max_attempts=3,
-                                     exclude_worker_id="mine")
+                                     own_worker_id="mine", own_active={ids[2]})
     db_session.commit()
     assert sorted(touched) == sorted([(ids[1], "dead", True), (ids[3], "dead", False),
                                       (ids[4], "dead", False)])
@@ -136,3 +136,16 @@ def test_finish_refused_once_the_job_was_taken_away(db_session: Session) -> None
     assert not repo.finish_job(db_session, job_id=job_id, worker_id="slow",
                                status=JobStatus.DONE, event_type=EventType.DONE, message="late")
     assert repo.get_job(db_session, job_id=job_id).status is JobStatus.PENDING
+
+
+def test_own_job_not_running_here_is_recovered(db_session: Session) -> None:
+    """A worker that could not record a job's end finds it again on its next round."""
+    running, lost = _job_named(db_session, "running"), _job_named(db_session, "lost")
+    _beat(db_session, "me")
+    for job_id in (running, lost):
+        assert repo.claim_job(db_session, job_id=job_id, worker_id="me", grace_s=GRACE)
+    db_session.commit()
+    touched = repo.recover_dead_jobs(db_session, grace_s=GRACE, max_attempts=3,
+                                     own_worker_id="me", own_active={running})
+    assert touched == [(lost, "me", True)]
+    assert repo.get_job(db_session, job_id=running).status is JobStatus.RUNNING
