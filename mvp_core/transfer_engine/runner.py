@@ -152,10 +152,13 @@ def run_command(
     tail_lines: int = 40,
     what: str | None = None,
     capture_stdout: bool = False,
+    stdin_pipe: bool = False,
 ) -> CommandResult:
     """Run ``argv`` to completion and return its exit code and output tails.
 
     Does not judge the exit code (callers map it through their tool's table).
+    ``stdin_pipe`` gives the child a stdin that stays open (never written) until it
+    ends: a remote command can watch it to learn that we were killed or cancelled.
     Raises ``TransferCancelledError`` if ``cancel`` fires (the child group is
     killed first) and ``RemoteCommandMissingError`` if the program is not installed.
     """
@@ -167,7 +170,7 @@ def run_command(
     try:
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
@@ -214,9 +217,12 @@ def run_command(
             _kill_group(proc)
         for t in pumps:
             t.join(timeout=5.0)
-        for stream in (proc.stdout, proc.stderr):
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except OSError:  # stdin: the child is gone, nothing to flush
+                    pass
 
     result = CommandResult(
         argv=argv,

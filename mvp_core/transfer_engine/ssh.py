@@ -55,6 +55,17 @@ _NOT_FOUND = re.compile(
 )
 
 
+# Runs "$@" in the background and a watcher on our (never written) stdin: EOF there
+# means our ssh is gone, so the command is killed. sh gives background jobs
+# /dev/null as stdin, hence the copy on fd 3. The watcher's output goes to /dev/null
+# so it cannot hold the session open; it is killed when the command ends.
+_STOP_WITH_US = (
+    'exec 3<&0; "$@" 3<&- & pid=$!; '
+    '{ cat <&3 >/dev/null; kill -TERM "$pid"; } >/dev/null 2>&1 & watcher=$!; '
+    'exec 3<&-; wait "$pid"; rc=$?; kill "$watcher" 2>/dev/null; exit "$rc"'
+)
+
+
 def ssh_base_argv(endpoint: SshEndpoint, options: EngineOptions) -> tuple[str, ...]:
     """ssh and its options, without destination: also the value of rsync's ``-e``."""
     identity: tuple[str, ...] = ()
@@ -136,11 +147,20 @@ def run_remote(
     check: bool = True,
     on_stdout_line: LineCallback | None = None,
     capture_stdout: bool = False,
+    stop_with_us: bool = False,
 ) -> CommandResult:
-    """Run one command on the endpoint's host; with ``check`` failures raise typed errors."""
+    """Run one command on the endpoint's host; with ``check`` failures raise typed errors.
+
+    ``stop_with_us``: the remote command is killed when our ssh goes away (cancel, or
+    this process killed). Without it, a remote command that neither reads nor writes
+    (unzip -q) runs on after the connection drops, since sshd sends no SIGHUP without
+    a tty.
+    """
+    if stop_with_us:
+        remote_argv = ("sh", "-c", _STOP_WITH_US, "sh", *remote_argv)
     argv = remote_command_argv(endpoint, remote_argv, options)
     result = run_command(argv, cancel=cancel, on_stdout_line=on_stdout_line, what=what,
-                         capture_stdout=capture_stdout)
+                         capture_stdout=capture_stdout, stdin_pipe=stop_with_us)
     if check:
         raise_for_remote(result, endpoint, what)
     return result

@@ -82,7 +82,7 @@ def run_unzip_remote(endpoint: SshEndpoint, zip_path: str, dest_dir: str,
                      options: EngineOptions, *, cancel: CancelToken | None = None
                      ) -> tuple[str, ...]:
     result = run_remote(endpoint, unzip_argv(zip_path, dest_dir), options, what="unzip",
-                        cancel=cancel, check=False)
+                        cancel=cancel, check=False, stop_with_us=True)
     if result.exit_code == SSH_FAILED:
         raise_for_remote(result, endpoint, "unzip")
     return raise_for_unzip(result, endpoint.host)

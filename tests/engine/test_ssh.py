@@ -99,3 +99,39 @@ def test_missing_remote_command(sshd_without_unzip: SshServer) -> None:
     # ...while what it does offer still works.
     assert run_remote(sshd_without_unzip.endpoint("/"), ["rsync", "--version"], EngineOptions(),
                       what="rsync").exit_code == 0
+
+
+@pytest.mark.parametrize("stop_with_us", [True, False])
+def test_remote_command_stops_when_we_cancel(sshd: SshServer, tmp_path: Path,
+                                             stop_with_us: bool) -> None:
+    """sshd sends no SIGHUP without a tty: only the stdin watcher stops a quiet command
+    (like unzip -q) when our side is cancelled or killed."""
+    import threading
+    import time
+
+    from mvp_core.transfer_engine.errors import TransferCancelledError
+    from mvp_core.transfer_engine.results import CancelToken
+
+    marker = tmp_path / "finished anyway"
+    started = tmp_path / "started"
+    cancel = CancelToken()
+
+    def cancel_once_running() -> None:
+        deadline = time.monotonic() + 20
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cancel.cancel()
+
+    threading.Thread(target=cancel_once_running, daemon=True).start()
+    script = 'touch "$1"; sleep 1.5; touch "$2"'
+    with pytest.raises(TransferCancelledError):
+        run_remote(sshd.endpoint("/"), ["sh", "-c", script, "sh", str(started), str(marker)],
+                   EngineOptions(), what="quiet work", cancel=cancel, stop_with_us=stop_with_us)
+    time.sleep(2.5)
+    assert marker.exists() is not stop_with_us
+
+
+def test_stop_with_us_keeps_exit_code_and_output(sshd: SshServer) -> None:
+    result = run_remote(sshd.endpoint("/"), ["sh", "-c", "echo out; echo err >&2; exit 7"],
+                        EngineOptions(), what="x", check=False, stop_with_us=True)
+    assert (result.exit_code, result.stdout_tail, result.stderr_tail) == (7, "out", "err")
