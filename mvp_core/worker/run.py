@@ -29,7 +29,19 @@ log = logging.getLogger("mvp_core.worker")
 ARQ_MAX_TRIES = 10_000
 
 
+def _configure_logging() -> None:
+    """arq's CLI configures only its own logger; ours go to stderr the same way."""
+    ours = logging.getLogger("mvp_core")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                               "%H:%M:%S"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+
+
 async def startup(ctx: dict[str, Any]) -> None:
+    _configure_logging()
     settings: Settings = ctx.get("settings") or get_settings()
     engine = make_engine(settings.database_url)
     state = WorkerState(
