@@ -76,12 +76,17 @@ class Freezer:
 
     def at_phase_event(self, job_id: int, phase: str, status: str) -> None:
         """Hang when the worker records ``phase`` ``status`` (e.g. unzip started)."""
+        self.at_event(job_id, "phase", f"NEW.payload->>'phase' = {_lit(phase)} "
+                                       f"AND NEW.payload->>'status' = {_lit(status)}")
+
+    def at_event(self, job_id: int, event_type: str, condition: str = "TRUE") -> None:
+        """Hang when the worker inserts an ``event_type`` event (``done``: inside the very
+        transaction that records the final state)."""
         self._exec(f"""
             CREATE OR REPLACE FUNCTION ketter_test_freeze_event() RETURNS trigger AS $$
             BEGIN
-              IF NEW.job_id = {int(job_id)} AND NEW.event_type = 'phase'
-                 AND NEW.payload->>'phase' = {_lit(phase)}
-                 AND NEW.payload->>'status' = {_lit(status)} THEN
+              IF NEW.job_id = {int(job_id)} AND NEW.event_type = {_lit(event_type)}
+                 AND {condition} THEN
                 PERFORM pg_sleep({FREEZE_S});
               END IF;
               RETURN NEW;
