@@ -103,7 +103,7 @@ def run_all(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
-    known = {"python", *BINARIES, *SMOKE_NEEDS, *GROUPS}
+    known = {"python", "temp_dir", *BINARIES, *SMOKE_NEEDS, *GROUPS}
     if only is not None and (not only or only - known):
         print(f"dku: --only takes names from: {', '.join(sorted(known))}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Host and service checks: Python, binaries, Postgres, migrations, Redis, API, worker.
+"""Host and service checks: Python, binaries, temp dir, Postgres, migrations, Redis, API, worker.
 
 Each function returns an :class:`Outcome` or raises; :func:`run_check` turns a raise into
 a failed :class:`CheckResult` carrying the reason. All network calls are bounded.
@@ -6,12 +6,15 @@ a failed :class:`CheckResult` carrying the reason. All network calls are bounded
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -200,10 +203,29 @@ def check_worker(opts: DkuOptions) -> Outcome:
     )
 
 
+def check_temp_dir(opts: DkuOptions) -> Outcome:
+    """The worker's local temp dir (ZIP_FIRST writes whole zips there) is writable, has room."""
+    temp = Path(opts.engine.temp_dir)
+    temp.mkdir(parents=True, exist_ok=True)  # the engine creates it the same way
+    with tempfile.NamedTemporaryFile(dir=temp, prefix=".dku-probe-"):
+        pass
+    usage = os.statvfs(temp)
+    free = usage.f_bavail * usage.f_frsize
+    detail = f"{temp} writable, {free / 1024**3:.1f} GiB free for temp zips"
+    if free < opts.min_free_bytes:
+        return Outcome(
+            f"{detail} (below {opts.min_free_bytes / 1024**3:.1f} GiB)",
+            Status.WARN,
+            data={"free_bytes": free},
+        )
+    return Outcome(detail, data={"free_bytes": free})
+
+
 def host_checks(opts: DkuOptions) -> list[tuple[str, Callable[[], Outcome]]]:
     """Every check but portals and the smoke test, by name, in report order."""
     checks: list[tuple[str, Callable[[], Outcome]]] = [("python", check_python)]
     checks += [(name, partial(check_binary, name)) for name in BINARIES]
+    checks.append(("temp_dir", lambda: check_temp_dir(opts)))
     checks += [
         ("postgres", lambda: check_postgres(opts)),
         ("migrations", lambda: check_migrations(opts)),

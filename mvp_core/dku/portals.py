@@ -37,14 +37,25 @@ from mvp_core.transfer_engine.ssh import classify_ssh_failure, remote_command_ar
 REMOTE_TOOLS = ("rsync", "unzip")
 _SSH_MARGIN_S = 20.0
 
-# Runs under ``sh -c`` on the portal's host; the base path arrives as $1, never parsed.
-# Shell builtins and df only: a minimal remote PATH must not break the probe itself.
-_PROBE = (
-    "for t in " + " ".join(REMOTE_TOOLS) + "; do "
-    'if p=$(command -v "$t"); then echo "tool $t $p"; else echo "tool $t MISSING"; fi; done; '
-    'if out=$(df -Pk -- "$1" 2>&1); then echo df-ok; else echo df-error; fi; '
-    "printf '%s\\n' \"$out\""
-)
+# Runs under ``sh -c`` on the portal's host: $1 is the base path, $2 the remote temp dir
+# (free space is read on its nearest existing parent: the engine creates it). Arguments are
+# never parsed by the shell; builtins and df only, so a minimal remote PATH cannot break
+# the probe itself. Output: "tool NAME PATH|MISSING", then "df-WHICH-ok|error LINE".
+_PROBE = r"""
+for t in TOOLS; do
+  if p=$(command -v "$t"); then echo "tool $t $p"; else echo "tool $t MISSING"; fi
+done
+d=$2
+while [ -n "$d" ] && [ ! -d "$d" ]; do
+  case $d in */*) d=${d%/*} ;; *) d= ;; esac
+done
+[ -n "$d" ] || d=/
+for which in base temp; do
+  if [ "$which" = base ]; then target=$1; else target=$d; fi
+  if out=$(df -Pk -- "$target" 2>&1); then st=ok; else st=error; fi
+  printf '%s\n' "$out" | while IFS= read -r line; do echo "df-$which-$st $line"; done
+done
+""".replace("TOOLS", " ".join(REMOTE_TOOLS))
 
 
 def load_portals(database_url: str) -> list[dict[str, Any]]:
@@ -122,7 +133,9 @@ def check_ssh_portal(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
     """One ssh round trip: reachable, host key known, tools present, free space."""
     endpoint = _endpoint(portal, opts)
     argv = remote_command_argv(
-        endpoint, ("sh", "-c", _PROBE, "ketter-dku", str(endpoint.path)), opts.engine
+        endpoint,
+        ("sh", "-c", _PROBE, "ketter-dku", str(endpoint.path), opts.engine.remote_temp_dir),
+        opts.engine,
     )
     timeout = opts.engine.ssh_connect_timeout_s + _SSH_MARGIN_S
     try:
@@ -149,30 +162,31 @@ def check_ssh_portal(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
     return _judge_probe(proc.stdout, endpoint, opts)
 
 
+def _free_bytes(lines: list[str]) -> int | None:
+    """Available bytes from ``df -Pk`` output (header, then one line for the filesystem)."""
+    fields = lines[-1].split() if lines else []
+    return int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None
+
+
 def _judge_probe(stdout: str, endpoint: SshEndpoint, opts: DkuOptions) -> Outcome:
     tools: dict[str, str | None] = {}
-    df_state: str | None = None
-    df_lines: list[str] = []
+    df: dict[str, list[str]] = {}
     for line in stdout.splitlines():
-        kind, _, rest = line.partition(" ")
-        if df_state is not None:
-            df_lines.append(line)
-        elif kind == "tool":
+        tag, _, rest = line.partition(" ")
+        if tag == "tool":
             name, _, where = rest.partition(" ")
             tools[name] = None if where == "MISSING" else where
-        elif line in ("df-ok", "df-error"):
-            df_state = line
-    if df_state == "df-error":
+        elif tag.startswith("df-"):
+            df.setdefault(tag, []).append(rest)
+    if "df-base-error" in df:
         raise CheckFailed(
             f"base path {shlex.quote(str(endpoint.path))} on {endpoint.host}:"
-            f" {one_line(' '.join(df_lines), 200)}"
+            f" {one_line(' '.join(df['df-base-error']), 200)}"
         )
-    free_bytes: int | None = None
-    fields = df_lines[-1].split() if df_lines else []
-    if len(fields) >= 4 and fields[3].isdigit():
-        free_bytes = int(fields[3]) * 1024
+    free_bytes = _free_bytes(df.get("df-base-ok", []))
+    temp_free = _free_bytes(df.get("df-temp-ok", []))
     missing = [t for t in REMOTE_TOOLS if not tools.get(t)]
-    data = {"tools": tools, "free_bytes": free_bytes}
+    data = {"tools": tools, "free_bytes": free_bytes, "temp_free_bytes": temp_free}
     if missing:
         raise CheckFailed(
             f"{endpoint.host}: {', '.join(missing)} not installed (needed for DIRECT/ZIP_FIRST)",
@@ -180,14 +194,23 @@ def _judge_probe(stdout: str, endpoint: SshEndpoint, opts: DkuOptions) -> Outcom
         )
     if free_bytes is None:
         raise CheckFailed(f"{endpoint.host}: could not read free space of {endpoint.path}", **data)
-    free_gib = free_bytes / 1024**3
+    gib = 1024**3
     detail = (
         f"{endpoint.destination}:{endpoint.port} reachable, host key known,"
-        f" rsync+unzip present, {free_gib:.1f} GiB free on {endpoint.path}"
+        f" rsync+unzip present, {free_bytes / gib:.1f} GiB free on {endpoint.path}"
     )
-    if free_bytes < opts.min_free_bytes:
+    if temp_free is not None:
+        detail += f", {temp_free / gib:.1f} GiB for temp zips ({opts.engine.remote_temp_dir})"
+    low = [
+        what
+        for what, free in (("base path", free_bytes), ("temp dir", temp_free))
+        if free is not None and free < opts.min_free_bytes
+    ]
+    if low:
         return Outcome(
-            detail + f" (below {opts.min_free_bytes / 1024**3:.1f} GiB)", Status.WARN, data
+            detail + f" (below {opts.min_free_bytes / gib:.1f} GiB: {', '.join(low)})",
+            Status.WARN,
+            data,
         )
     return Outcome(detail, data=data)
 

@@ -9,22 +9,36 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from mvp_core.dku.checks import check_migrations, check_postgres, check_redis, check_worker
+from mvp_core.dku.checks import (
+    check_migrations,
+    check_postgres,
+    check_redis,
+    check_temp_dir,
+    check_worker,
+)
 from mvp_core.dku.options import DkuOptions
 from mvp_core.dku.report import Report, redact, write_report
 from mvp_core.dku.result import CheckResult, Status, run_check
 from mvp_core.transfer_engine.options import EngineOptions
 
 
-def opts(database_url: str, redis_url: str = "redis://127.0.0.1:9/0", **kw: object) -> DkuOptions:
+def opts(
+    database_url: str,
+    redis_url: str = "redis://127.0.0.1:9/0",
+    *,
+    api_token: str | None = None,
+    engine_temp: Path | None = None,
+    heartbeat_limit_s: float = 30.0,
+) -> DkuOptions:
+    engine = EngineOptions(temp_dir=engine_temp) if engine_temp else EngineOptions()
     return DkuOptions(
         database_url=database_url,
         redis_url=redis_url,
         api_url="http://127.0.0.1:9",
-        api_token=kw.pop("api_token", None),
-        engine=EngineOptions(),
-        **kw,
-    )  # type: ignore[arg-type]
+        api_token=api_token,
+        engine=engine,
+        heartbeat_limit_s=heartbeat_limit_s,
+    )
 
 
 def test_unmigrated_database_fails_migrations_only(fresh_database_url: Callable[..., str]) -> None:
@@ -101,3 +115,16 @@ def test_report_files_never_overwrite(tmp_path: Path) -> None:
         "fail": 1,
         "passed": False,
     }
+
+
+def test_temp_dir_is_created_and_probed(tmp_path: Path) -> None:
+    temp = tmp_path / "ketter_tmp" / "local"
+    good = opts("postgresql://x@127.0.0.1:9/x", engine_temp=temp)
+    result = run_check("temp_dir", lambda: check_temp_dir(good))
+    assert result.status is Status.OK and temp.is_dir() and result.data["free_bytes"] > 0
+    assert not list(temp.iterdir())  # the probe file is gone
+
+    (tmp_path / "a_file").write_text("x")
+    bad = opts("postgresql://x@127.0.0.1:9/x", engine_temp=tmp_path / "a_file" / "tmp")
+    failed = run_check("temp_dir", lambda: check_temp_dir(bad))
+    assert failed.status is Status.FAIL and "NotADirectoryError" in failed.detail

@@ -93,6 +93,7 @@ def test_dku_passes_on_a_healthy_stack(
         "ssh",
         "zip",
         "unzip",
+        "temp_dir",
         "postgres",
         "migrations",
         "redis",

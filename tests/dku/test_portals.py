@@ -65,6 +65,7 @@ def test_healthy_ssh_portal_and_local_portal(
     assert ssh.status is Status.OK, ssh.detail
     assert ssh.data["tools"]["rsync"] and ssh.data["tools"]["unzip"]
     assert ssh.data["free_bytes"] > 0
+    assert ssh.data["temp_free_bytes"] > 0  # remote temp dir not created yet: its parent
     assert results["portal_keys:srvtrf"].status is Status.OK
     assert results["portal:lab"].status is Status.OK
 
