@@ -227,6 +227,10 @@ def smoke_one(
     if run.status != "DONE":
         run.error = one_line(f"{final.get('error_type') or ''} {final.get('error_message') or ''}")
         raise CheckFailed(f"job {run.job_id} {run.status}: {run.error}", job_id=run.job_id)
+    if (run.chosen_strategy or "").lower() != run.strategy:
+        # Both paths must be proven: a job that quietly ran the other strategy proves neither.
+        run.error = f"asked for {run.strategy}, the job ran {run.chosen_strategy}"
+        raise CheckFailed(f"job {run.job_id}: {run.error}", job_id=run.job_id)
     got = read_tree(dst_root / target_rel / run_name)
     problem = compare_trees(expected, got)
     if problem:
@@ -273,22 +277,23 @@ def run_smoke(opts: DkuOptions) -> tuple[list[CheckResult], list[SmokeRun]]:
                 run.error = "not run: smoke setup failed"
                 results.append(CheckResult(f"smoke_{run.strategy}", Status.FAIL, 0.0, run.error))
                 continue
-            results.append(
-                run_check(
-                    f"smoke_{run.strategy}",
-                    partial(
-                        smoke_one,
-                        client,
-                        run,
-                        src_id=prepared["src"],
-                        dst_id=prepared["dst"],
-                        run_name=run_name,
-                        dst_root=dst_root,
-                        expected=prepared["expected"],
-                        timeout_s=opts.smoke_timeout_s,
-                    ),
-                )
+            result = run_check(
+                f"smoke_{run.strategy}",
+                partial(
+                    smoke_one,
+                    client,
+                    run,
+                    src_id=prepared["src"],
+                    dst_id=prepared["dst"],
+                    run_name=run_name,
+                    dst_root=dst_root,
+                    expected=prepared["expected"],
+                    timeout_s=opts.smoke_timeout_s,
+                ),
             )
+            if result.status is Status.FAIL and run.error is None:
+                run.error = result.detail
+            results.append(result)
     finally:
         client.close()
         shutil.rmtree(src_root / run_name, ignore_errors=True)

@@ -254,3 +254,37 @@ def test_dku_refuses_unknown_check_names(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--only takes names from" in proc.stderr and "worker" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_dku_reports_a_failing_zip_first_path(
+    ketter_stack: Stack, ketter_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A worker that cannot write temp zips: DIRECT passes, ZIP_FIRST fails with the reason."""
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the temp dir should be")
+    broken_temp = str(blocker / "ketter_tmp")
+    api = ketter_stack.start_api()
+    ketter_stack.start_worker(temp_dir=broken_temp, max_attempts=1)
+    report_dir = tmp_path / "reports"
+    proc = run_dku(
+        {**ketter_env, "KETTER_TEMP_DIR": broken_temp},
+        "--api-url",
+        api.url,
+        "--report-dir",
+        str(report_dir),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--smoke-timeout",
+        "45",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    _, report = read_report(report_dir)
+    got = statuses(report)
+    assert got["temp_dir"] == "fail"
+    assert got["smoke_direct"] == "ok"
+    assert got["smoke_zip_first"] == "fail"
+    run = next(r for r in report["smoke"] if r["strategy"] == "zip_first")
+    assert run["status"] == "FAILED" and run["job_id"] and run["error"]
+    detail = next(c["detail"] for c in report["checks"] if c["name"] == "smoke_zip_first")
+    assert f"job {run['job_id']} FAILED" in detail
