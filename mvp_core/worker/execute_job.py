@@ -209,7 +209,11 @@ class JobRun:
         except DBAPIError as exc:  # Postgres went away mid-attempt: retry like a lost link
             log.warning("job %s: database error: %s", self.job_id, exc)
             return await self._failed(snap, claim, translate_db_error(exc))
-        except (Retry, asyncio.CancelledError):
+        except Retry:
+            raise
+        except asyncio.CancelledError:
+            # The worker is shutting down (SIGTERM): give the job back for another run.
+            await self._give_back("worker shutting down; the job will run again")
             raise
         except ValueError as err:  # a path rule the job breaks now (disk changed since submit)
             return await self._fail(snap, type(err).__name__, str(err),
@@ -237,12 +241,11 @@ class JobRun:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            # The worker is shutting down: stop rsync/zip and give the job back.
+            # The worker is shutting down: stop rsync/zip before the job is given back.
             token.cancel()
             await asyncio.wait({task}, timeout=SHUTDOWN_WAIT_S)
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: it is the expected TransferCancelledError
-            await self._give_back("worker shutting down; the job will run again")
             raise
         finally:
             watcher.cancel()
