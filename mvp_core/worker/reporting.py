@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 # ZIP_FIRST reports each phase from 0 to its total; a job's percent spans all three.
 _ZIP_FIRST_PHASES = ("zip", "send", "unzip")
-PROGRESS_EVENT_EVERY_S = 5.0
+# One ``progress`` event per this many progress writes (5 s at the default 1 s).
+PROGRESS_EVENT_EVERY = 5
 
 
 def overall_bytes(strategy: TransferStrategy, progress: Progress, total_bytes: int) -> int:
@@ -46,7 +47,7 @@ class ProgressWriter:
         self.strategy = strategy
         self.total_bytes = total_bytes
         self.interval_s = state.settings.progress_interval_s
-        self.event_every_s = max(PROGRESS_EVENT_EVERY_S, self.interval_s)
+        self.event_every_s = PROGRESS_EVENT_EVERY * self.interval_s
         self._last_write = 0.0
         self._last_event = time.monotonic()
 

@@ -175,6 +175,9 @@ def test_cancel_mid_transfer_cleans_temp_and_keeps_source(
     running = _wait_progress(stack, client, job["id"], "send")
     assert running["status"] == "RUNNING" and running["strategy"] == "ZIP_FIRST"
     assert 0 < running["progress_percent"] < 100  # zip done, send under way
+    wait_until(lambda: any(e["event_type"] == "progress" and e["payload"]["phase"] == "send"
+                           for e in stack.events(client, job["id"])),
+               timeout=10, what="a progress event")
     assert _temp_zips(stack.env), "a zip should exist while it is being sent"
 
     asked = time.monotonic()
