@@ -10,6 +10,7 @@ Remote symlinks cannot be resolved from here (see the hardening issue).
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 from mvp_core.db.models import Job, JobMode, Portal, PortalKind
@@ -89,6 +90,25 @@ def check_overlap(
         raise InvalidRequestError("source and target are the same place")
 
 
+def checked_identity_file(path: str | None) -> Path | None:
+    """A portal's private key, refused when others can read it: ssh would silently skip
+    it and fail with a bare "Permission denied"; the job should say why."""
+    if not path:
+        return None
+    key = Path(path)
+    try:
+        mode = stat.S_IMODE(key.stat().st_mode)
+    except OSError:
+        return key  # missing or unreadable: the engine says so plainly
+    if mode & 0o077:
+        who = "everyone" if mode & 0o004 else "its group"
+        raise InvalidRequestError(
+            f"identity file {key} has permissions {mode:04o} (readable by {who}); "
+            "ssh refuses such keys: chmod 600 it"
+        )
+    return key
+
+
 def endpoint_for(portal: Portal, rel: str, *, what: str, known_hosts: Path | None = None) -> Endpoint:
     """The engine endpoint of ``rel`` under ``portal``."""
     if portal.kind is PortalKind.LOCAL:
@@ -98,7 +118,7 @@ def endpoint_for(portal: Portal, rel: str, *, what: str, known_hosts: Path | Non
         user=portal.username,
         port=portal.port or 22,
         path=portal_path(portal, rel),
-        identity_file=Path(portal.identity_file) if portal.identity_file else None,
+        identity_file=checked_identity_file(portal.identity_file),
         known_hosts_file=(
             Path(portal.known_hosts_file) if portal.known_hosts_file else known_hosts
         ),
