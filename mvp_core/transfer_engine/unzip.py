@@ -9,7 +9,10 @@ bits as rsync -a does. The same argv runs locally or as one shlex-joined remote 
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from pathlib import Path, PurePosixPath
 
 from mvp_core.transfer_engine.endpoints import SshEndpoint
 from mvp_core.transfer_engine.errors import (
@@ -18,6 +21,7 @@ from mvp_core.transfer_engine.errors import (
     RemoteCommandMissingError,
     TargetNotWritableError,
 )
+from mvp_core.transfer_engine.manifest import FILE, Manifest
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.runner import CommandResult, run_command
@@ -86,3 +90,70 @@ def run_unzip_remote(endpoint: SshEndpoint, zip_path: str, dest_dir: str,
     if result.exit_code == SSH_FAILED:
         raise_for_remote(result, endpoint, "unzip")
     return raise_for_unzip(result, endpoint.host)
+
+
+# unzip writes each file under its real name. A file it could not finish is either
+# still newer than the zip (killed before it restored the mtime) or, on a write error,
+# closed with the source's mtime restored anyway ("probably truncated"). Either way its
+# size differs from the manifest. Such files are removed so that nothing half-written
+# passes for a real file (rsync keeps its partial files aside; unzip cannot). An older
+# version of a file that unzip had not reached yet matches neither test and is kept.
+
+
+def _unfinished(planned_size: int, planned_mtime_s: int, size: int, mtime_s: int,
+                newer_than_zip: bool) -> bool:
+    return size != planned_size and (newer_than_zip or mtime_s == planned_mtime_s)
+
+
+def sweep_unfinished_local(dest: Path, manifest: Manifest, reference_zip: Path) -> list[str]:
+    """Remove incomplete files an interrupted local unzip left in ``dest``."""
+    try:
+        ref_ns = os.stat(reference_zip).st_mtime_ns
+    except OSError:
+        return []
+    removed = []
+    for entry in manifest.entries:
+        if entry.kind != FILE:
+            continue
+        path = dest / entry.rel_path
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and _unfinished(
+                entry.size, entry.mtime_ns // 10**9, st.st_size, st.st_mtime_ns // 10**9,
+                st.st_mtime_ns > ref_ns):
+            path.unlink()
+            removed.append(entry.rel_path)
+    return removed
+
+
+def sweep_unfinished_remote(endpoint: SshEndpoint, dest: PurePosixPath, manifest: Manifest,
+                            reference_zip: PurePosixPath, options: EngineOptions) -> list[str]:
+    """Remove incomplete files an interrupted remote unzip left in ``dest`` (two ssh calls).
+
+    "Newer than the zip" is decided by the remote ``find -newer`` so clock skew between
+    the hosts cannot matter.
+    """
+    fmt = "%s/%T@/%P\\0"
+    listing = run_remote(endpoint, ("find", str(dest), "-type", "f", "(", "-newer",
+                                    str(reference_zip), "-printf", "N/" + fmt, ")", "-o",
+                                    "-type", "f", "-printf", "O/" + fmt),
+                         options, what="look for unfinished files", check=False,
+                         capture_stdout=True)
+    if listing.exit_code != 0:
+        return []
+    planned = {e.rel_path: e for e in manifest.entries if e.kind == FILE}
+    doomed = []
+    for record in listing.stdout.split(b"\0"):
+        if not record:
+            continue
+        flag, size, mtime, rel = record.split(b"/", 3)
+        entry = planned.get(os.fsdecode(rel))
+        if entry is not None and _unfinished(entry.size, entry.mtime_ns // 10**9, int(size),
+                                             int(float(mtime)), flag == b"N"):
+            doomed.append(entry.rel_path)
+    if doomed:
+        run_remote(endpoint, ("rm", "-f", "--", *(str(dest / rel) for rel in doomed)), options,
+                   what="remove unfinished files")
+    return doomed

@@ -25,7 +25,7 @@ from mvp_core.transfer_engine.errors import (
     UnsupportedTreeError,
 )
 from mvp_core.transfer_engine.job import TransferJob
-from mvp_core.transfer_engine.manifest import build_manifest
+from mvp_core.transfer_engine.manifest import Manifest, build_manifest
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy, zip_blocker
 from mvp_core.transfer_engine.results import (
@@ -43,7 +43,12 @@ from mvp_core.transfer_engine.steps import (
     prepare_target,
     verify_and_finish,
 )
-from mvp_core.transfer_engine.unzip import run_unzip_local, run_unzip_remote
+from mvp_core.transfer_engine.unzip import (
+    run_unzip_local,
+    run_unzip_remote,
+    sweep_unfinished_local,
+    sweep_unfinished_remote,
+)
 from mvp_core.transfer_engine.verify import from_manifest
 from mvp_core.transfer_engine.zipper import build_zip
 
@@ -83,6 +88,16 @@ def cleanup_temp(job: TransferJob, options: EngineOptions) -> None:
                    options, what="remove the temp zip")
 
 
+def _sweep(job: TransferJob, manifest: Manifest, options: EngineOptions) -> list[str]:
+    """Remove what an interrupted unzip left half-written (before the zip is removed)."""
+    name = job.source.name
+    if isinstance(job.target, SshEndpoint):
+        return sweep_unfinished_remote(job.target, PurePosixPath(job.target.path) / name,
+                                       manifest, remote_zip_path(job, options), options)
+    return sweep_unfinished_local(Path(job.target.path) / name, manifest,
+                                  local_zip_path(job, options))
+
+
 def _check_free_space(directory: Path, needed: int) -> None:
     free = shutil.disk_usage(directory).free
     if free < needed:
@@ -119,6 +134,7 @@ def run_transfer_zip_first(
     prepare_target(job.target, options, cancel,
                    also=(remote_zip.parent,) if job.target.is_remote else ())
     zip_path = local_zip_path(job, options)
+    unzip_started = False
     try:
         with clock.phase("zip", files=manifest.n_files, bytes=manifest.total_bytes) as info:
             try:
@@ -140,25 +156,32 @@ def run_transfer_zip_first(
                     bytes_total=stats.archive_bytes, files_total=1,
                     progress=progress, cancel=cancel, partial_dir=None)
                 warnings.extend(sent_warnings)
+            unzip_started = True
             with clock.phase("unzip", entries=stats.entries):
                 warnings.extend(run_unzip_remote(job.target, str(remote_zip),
                                                  str(job.target.path), options, cancel=cancel))
         else:
+            unzip_started = True
             with clock.phase("unzip", entries=stats.entries):
                 warnings.extend(run_unzip_local(str(zip_path), str(job.target.path),
                                                 cancel=cancel))
     except BaseException:
         # Failure or cancel: clean up, but never let a cleanup error hide the cause.
         try:
-            with clock.phase("cleanup"):
+            with clock.phase("cleanup") as info:
+                if unzip_started:
+                    try:
+                        info["removed_unfinished"] = _sweep(job, manifest, options)
+                    except (TransferError, OSError) as exc:
+                        info["sweep_error"] = str(exc)
                 cleanup_temp(job, options)
-        except TransferError:
+        except (TransferError, OSError):
             pass
         raise
     try:
         with clock.phase("cleanup"):
             cleanup_temp(job, options)
-    except TransferError as exc:
+    except (TransferError, OSError) as exc:
         warnings.append(f"temp zip not removed: {exc}")
 
     final = verify_and_finish(job, options, clock, fallback=from_manifest(manifest),

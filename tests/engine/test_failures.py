@@ -334,3 +334,36 @@ def test_disk_full_in_the_remote_temp_dir(tmp_path: Path, sshd: SshServer, tiny_
         execute_plan(decide_strategy(job, force=ZIP), options=options)
     assert list((tiny_fs / "rtmp").iterdir()) == []
     assert temp_leftovers(engine_options) == []
+
+
+def _incomplete(src: Path, dest: Path) -> list[str]:
+    """Files under their real name at ``dest`` whose bytes differ from ``src``."""
+    bad = []
+    for path in dest.rglob("*"):
+        rel = path.relative_to(dest)
+        if (path.is_file() and ".ketter-partial" not in rel.parts
+                and (src / rel).read_bytes() != path.read_bytes()):
+            bad.append(str(rel))
+    return bad
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_full_target_leaves_nothing_half_written(tmp_path: Path, sshd: SshServer, tiny_fs: Path,
+                                                engine_options: EngineOptions,
+                                                strategy: TransferStrategy, where: str) -> None:
+    """unzip writes under real names: an interrupted one must not leave a truncated file
+    that passes for the real thing (rsync keeps its partial aside)."""
+    src = make_session_tree(tmp_path / "src", n_audio=12, audio_size=256 * 1024)
+    target = sshd.endpoint(tiny_fs) if where == "ssh" else LocalEndpoint(tiny_fs)
+    events: list[PhaseEvent] = []
+    with pytest.raises(NoSpaceError):
+        execute_plan(decide_strategy(TransferJob(LocalEndpoint(src), target), force=strategy),
+                     options=engine_options, on_phase=events.append)
+    landed = tiny_fs / src.name
+    assert any(landed.rglob("*.wav")), "the disk should have filled part-way"
+    assert _incomplete(src, landed) == []
+    assert temp_leftovers(engine_options) == []
+    if strategy is ZIP:
+        cleanup = [e for e in events if e.phase == "cleanup" and e.status == "done"]
+        assert cleanup and cleanup[0].details["removed_unfinished"]

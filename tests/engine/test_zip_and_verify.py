@@ -86,3 +86,32 @@ def test_compare_reports_missing_kind_and_size() -> None:
         "size differs: b (2 vs 9 bytes)", "kind differs: c (d vs f)", "missing: d"]
     assert compare(expected, expected) == []
     assert compare(TreeListing(False, {"": ("f", 1)}), actual)  # file vs directory
+
+
+def test_sweep_removes_only_what_unzip_left_unfinished(tmp_path: Path) -> None:
+    from mvp_core.transfer_engine.unzip import sweep_unfinished_local
+
+    src = make_session_tree(tmp_path / "src", n_audio=4)
+    manifest = build_manifest(src)
+    zip_path = tmp_path / "t.zip"
+    build_zip(manifest, zip_path, root_name=src.name)
+    zip_ns = os.stat(zip_path).st_mtime_ns
+    dest = tmp_path / "dest"
+    (dest / "Audio Files").mkdir(parents=True)
+    killed = dest / "Audio Files" / "Kick_0000.wav"  # being written when unzip died
+    killed.write_bytes(b"par")
+    os.utime(killed, ns=(zip_ns + 10**9, zip_ns + 10**9))
+    truncated = dest / "Audio Files" / "Kick_0001.wav"  # write error, mtime restored
+    truncated.write_bytes(b"")
+    os.utime(truncated, (OLD_MTIME + 1, OLD_MTIME + 1))
+    old_version = dest / "Audio Files" / "Kick_0002.wav"  # not reached: an older take
+    old_version.write_bytes(b"older take")
+    os.utime(old_version, (OLD_MTIME - 3600, OLD_MTIME - 3600))
+    complete = dest / "Audio Files" / "Kick_0003.wav"
+    complete.write_bytes((src / "Audio Files" / "Kick_0003.wav").read_bytes())
+    os.utime(complete, ns=(zip_ns + 10**9, zip_ns + 10**9))  # killed before its utime
+
+    removed = sweep_unfinished_local(dest, manifest, zip_path)
+    assert sorted(removed) == ["Audio Files/Kick_0000.wav", "Audio Files/Kick_0001.wav"]
+    assert not killed.exists() and not truncated.exists()
+    assert old_version.read_bytes() == b"older take" and complete.exists()
