@@ -61,8 +61,11 @@ class PhaseClock:
         except BaseException as exc:
             duration = time.monotonic() - started
             self.timings[name] = self.timings.get(name, 0.0) + duration
-            self.emit(PhaseEvent(name, "failed", duration,
-                                 {**details, **extra, "error": type(exc).__name__}))
+            try:
+                self.emit(PhaseEvent(name, "failed", duration,
+                                     {**details, **extra, "error": type(exc).__name__}))
+            except Exception:  # noqa: BLE001, S110 - a callback must not hide the failure
+                pass
             raise
         duration = time.monotonic() - started
         self.timings[name] = self.timings.get(name, 0.0) + duration
@@ -83,6 +86,11 @@ def check_job(job: TransferJob) -> None:
         if isinstance(endpoint, SshEndpoint):
             check_ssh_files(endpoint)
     destination = destination_of(job)
+    if isinstance(job.source, LocalEndpoint) and os.path.islink(job.source.path):
+        # rsync would copy the link itself, not the session it points to.
+        raise InvalidEndpointError(
+            f"the source {job.source} is a symlink to {os.path.realpath(job.source.path)}: "
+            "give the real path")
     if isinstance(job.source, LocalEndpoint) and isinstance(destination, LocalEndpoint):
         src = os.path.realpath(job.source.path)
         dst = os.path.realpath(destination.path)

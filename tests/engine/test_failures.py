@@ -367,3 +367,14 @@ def test_full_target_leaves_nothing_half_written(tmp_path: Path, sshd: SshServer
     if strategy is ZIP:
         cleanup = [e for e in events if e.phase == "cleanup" and e.status == "done"]
         assert cleanup and cleanup[0].details["removed_unfinished"]
+
+
+def test_a_symlinked_source_is_refused_not_copied_as_a_link(tmp_path: Path,
+                                                           engine_options: EngineOptions) -> None:
+    src = make_session_tree(tmp_path / "real", n_audio=2)
+    link = tmp_path / "Session link"
+    link.symlink_to(src)
+    job = TransferJob(LocalEndpoint(link), LocalEndpoint(tmp_path / "t"), TransferMode.MOVE)
+    with pytest.raises(InvalidEndpointError, match="symlink"):
+        execute_plan(decide_strategy(job), options=engine_options)
+    assert link.is_symlink() and src.is_dir()
