@@ -1,0 +1,32 @@
+"""A transfer run again over what an earlier attempt (or an earlier job) delivered — what
+every retry after a crash does — must still end with the tree identical, directory
+mtimes included. (unzip only restores the times of directories it creates itself.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mvp_core.transfer_engine.endpoints import LocalEndpoint
+from mvp_core.transfer_engine.execute import execute_plan
+from mvp_core.transfer_engine.job import TransferJob
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
+from tests.fixtures.sshd import SshServer
+from tests.fixtures.trees import assert_trees_identical, make_session_tree
+
+
+@pytest.mark.parametrize("strategy", list(TransferStrategy), ids=lambda s: s.value)
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_second_run_over_a_delivered_tree_keeps_it_identical(
+        tmp_path: Path, sshd: SshServer, strategy: TransferStrategy, where: str) -> None:
+    options = EngineOptions(temp_dir=tmp_path / "ltmp", remote_temp_dir=str(tmp_path / "rtmp"),
+                            ssh_connect_timeout_s=5)
+    src = make_session_tree(tmp_path / "src", n_audio=4)
+    dest = tmp_path / "dest"
+    target = sshd.endpoint(dest) if where == "ssh" else LocalEndpoint(dest)
+    job = TransferJob(LocalEndpoint(src), target, job_id="resend")
+    for _attempt in range(2):
+        execute_plan(decide_strategy(job, force=strategy), options=options)
+        assert_trees_identical(src, dest / src.name)
