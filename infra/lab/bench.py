@@ -19,6 +19,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -215,6 +216,9 @@ def bench_dataset(lab: Lab, ds: bench_data.Dataset, src: Path, dest_base: Path,
         for name, fn in methods.items():
             dest = dest_base / name
             clean(dest)
+            # Start every run with no dirty pages: otherwise a run pays for the previous
+            # run's writeback and the order of methods biases the comparison.
+            run_checked(["sync"])
             try:
                 sample = fn(lab, src, dest)
             except Exception as exc:  # noqa: BLE001  one broken method must not sink the whole bench
@@ -294,6 +298,8 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.time()
+    # `make bench` may be stopped with SIGTERM: unwind so the stack's processes are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     lab_env = read_lab_env(args.lab_dir)
     py = str(REPO / ".venv" / "bin" / "python")
     data_base = args.lab_dir / "data" / "lab"
