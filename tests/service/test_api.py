@@ -117,6 +117,7 @@ def test_submit_job_pending_with_events(client: httpx.Client, portals: Portals,
     response = client.post("/jobs", json=_job(portals, "./Session A/", "deliveries//today"))
     assert response.status_code == 201, response.text
     job = response.json()
+    assert response.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "PENDING" and job["attempts"] == 0
     assert job["source_path"] == "Session A" and job["target_path"] == "deliveries/today"
     assert job["requested_strategy"] == "auto" and job["strategy"] is None

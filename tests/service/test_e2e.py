@@ -285,6 +285,20 @@ def test_source_swapped_for_escaping_symlink_fails_at_run_time(
 # --------------------------------------------------------------------------- failures
 
 
+def test_job_outliving_its_timeout_fails_and_cleans_up(
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals) -> None:
+    stack, client = ketter_stack, api_client
+    stack.start_worker(rsync_bwlimit_kib_s=SLOW_KIB_S, job_timeout_s=2)
+    source = _big_tree(portals.local_src_base, "Endless Mix", n_files=6, size=1024 * 1024)
+    before = tree_snapshot(source)
+    job = _submit(client, portals, "Endless Mix", strategy="zip_first", mode="move")
+    final = stack.wait_job(client, job["id"], FINAL, timeout=30)
+    assert final["status"] == "FAILED" and final["error_type"] == "JobTimeoutError", final
+    assert "timed out after 2s" in final["error_message"]
+    assert tree_snapshot(source) == before
+    assert _temp_zips(stack.env) == []
+
+
 def test_transient_failure_retried_then_failed_permanent_at_once(
         ketter_stack: Stack, api_client: httpx.Client, portals: Portals, sshd: Any,
         tmp_path: Path, wrong_known_hosts: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
@@ -36,7 +36,8 @@ def _note_not_queued(session: SessionDep, job_id: int, reason: str) -> None:
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(400))
 async def create_job(
-    body: JobCreate, session: SessionDep, settings: SettingsDep, queue: QueueDep
+    body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep,
+    queue: QueueDep,
 ) -> JobOut:
     """Store the job PENDING, then hand it to arq (named after the job, so it runs once).
 
@@ -44,6 +45,7 @@ async def create_job(
     every worker's reconciler queues PENDING jobs Redis does not hold.
     """
     job_id = await run_in_threadpool(_store, session, body)
+    response.headers["Location"] = f"/jobs/{job_id}"
     try:
         await enqueue(queue, job_id=job_id, queue_name=settings.queue_name)
     except (RedisError, OSError) as exc:

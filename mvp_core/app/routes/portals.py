@@ -12,9 +12,10 @@ router = APIRouter(prefix="/portals", tags=["portals"], responses=error_response
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(400, 409))
-def create_portal(body: PortalCreate, session: SessionDep) -> PortalOut:
+def create_portal(body: PortalCreate, response: Response, session: SessionDep) -> PortalOut:
     portal = repo.create_portal(session, **body.model_dump())
     session.commit()
+    response.headers["Location"] = f"/portals/{portal.id}"
     return PortalOut.model_validate(portal)
 
 
