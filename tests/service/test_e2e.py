@@ -267,6 +267,20 @@ def test_redis_flushed_after_submit_job_still_runs(
     assert_trees_identical(source, portals.ssh_dst_base / "Mix D")
 
 
+def test_job_picked_by_a_worker_that_died_before_claiming_it_still_runs(
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals) -> None:
+    """arq marked the job in progress (for the whole job timeout), Postgres says PENDING."""
+    stack, client = ketter_stack, api_client
+    source = make_session_tree(portals.local_src_base, "Mix H", n_audio=3)
+    job = _submit(client, portals, "Mix H")
+    with stack.redis() as r:  # what a worker leaves when it dies right after picking the job
+        r.set(f"arq:in-progress:ketter-job-{job['id']}", b"1", px=24 * 3600 * 1000)
+    stack.start_worker()
+    final = stack.wait_job(client, job["id"], FINAL, timeout=30)
+    assert final["status"] == "DONE" and final["attempts"] == 1, final
+    assert_trees_identical(source, portals.ssh_dst_base / "Mix H")
+
+
 def test_source_swapped_for_escaping_symlink_fails_at_run_time(
         ketter_stack: Stack, api_client: httpx.Client, portals: Portals, tmp_path: Path) -> None:
     stack, client = ketter_stack, api_client
