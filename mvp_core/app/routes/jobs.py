@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from mvp_core.db.models import EventLevel, EventType, JobStatus
 from mvp_core.worker.queue import enqueue
 
 log = logging.getLogger(__name__)
+ENQUEUE_TIMEOUT_S = 5.0  # a hung Redis must not hang the submit: the reconciler catches up
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401, 503))
 
 
@@ -47,8 +49,9 @@ async def create_job(
     job_id = await run_in_threadpool(_store, session, body)
     response.headers["Location"] = f"/jobs/{job_id}"
     try:
-        await enqueue(queue, job_id=job_id, queue_name=settings.queue_name)
-    except (RedisError, OSError) as exc:
+        await asyncio.wait_for(enqueue(queue, job_id=job_id, queue_name=settings.queue_name),
+                               timeout=ENQUEUE_TIMEOUT_S)
+    except (RedisError, OSError, TimeoutError) as exc:
         log.warning("job %s stored but not queued: %s", job_id, exc)
         await run_in_threadpool(_note_not_queued, session, job_id, type(exc).__name__)
     return await run_in_threadpool(_read, session, job_id)
