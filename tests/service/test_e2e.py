@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.stack import Stack, free_port, wait_until
+from tests.fixtures.stack import ApiProcess, Stack, free_port, start_api_process, wait_until
 from tests.fixtures.trees import assert_trees_identical, make_session_tree, tree_snapshot
 from tests.service.conftest import Portals, create_portals
 
@@ -49,9 +50,24 @@ def _ts(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+@pytest.fixture(scope="module")
+def shared_api(database_url: str, redis_server: Any,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """One API for the module (tests empty the tables; workers are per test)."""
+    env = {"KETTER_DATABASE_URL": database_url, "KETTER_REDIS_URL": redis_server.url,
+           "KETTER_QUEUE_NAME": "ketter:test", "KETTER_HEARTBEAT_GRACE_S": "3"}
+    api = start_api_process(env, tmp_path_factory.mktemp("api") / "api.log")
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
 @pytest.fixture
-def api_client(ketter_stack: Stack) -> httpx.Client:
-    return ketter_stack.client(ketter_stack.start_api())
+def api_client(ketter_stack: Stack, shared_api: ApiProcess) -> httpx.Client:
+    assert ketter_stack.env["KETTER_QUEUE_NAME"] == "ketter:test"
+    ketter_stack.attach(shared_api)
+    return ketter_stack.client(shared_api)
 
 
 @pytest.fixture
