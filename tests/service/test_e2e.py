@@ -161,6 +161,24 @@ def test_direct_and_zip_first_to_ssh_portal(ketter_stack: Stack, api_client: htt
           f"overhead {wall - small['duration_s']:.3f}s")
 
 
+def test_from_ssh_portal_and_local_to_local(ketter_stack: Stack, api_client: httpx.Client,
+                                            portals: Portals) -> None:
+    stack, client = ketter_stack, api_client
+    stack.start_worker()
+    remote = make_session_tree(portals.ssh_dst_base, "Returned Mix", n_audio=4)
+    local = make_session_tree(portals.local_src_base, "Local Mix", n_audio=4)
+    pulled = _submit(client, portals, "Returned Mix", source_portal_id=portals.ssh_dst,
+                     target_portal_id=portals.local_dst, target_path="back")
+    copied = _submit(client, portals, "Local Mix", target_portal_id=portals.local_dst,
+                     strategy="zip_first")
+    for job in (pulled, copied):
+        assert stack.wait_job(client, job["id"], FINAL, timeout=30)["status"] == "DONE"
+    assert_trees_identical(remote, portals.local_dst_base / "back" / "Returned Mix")
+    assert_trees_identical(local, portals.local_dst_base / "Local Mix")
+    plan = next(e for e in stack.events(client, pulled["id"]) if e["event_type"] == "plan")
+    assert plan["payload"]["strategy"] == "DIRECT" and "remote" in plan["payload"]["reason"]
+
+
 def test_same_target_never_written_by_two_jobs_at_once(
         ketter_stack: Stack, api_client: httpx.Client, portals: Portals) -> None:
     stack, client = ketter_stack, api_client
