@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from tests.fixtures.redis import RedisServer
-from tests.fixtures.stack import REPO_ROOT, free_port
+from tests.fixtures.stack import REPO_ROOT, free_port, wait_until
 
 
 def make(
@@ -53,6 +54,12 @@ def isolated_env(
         }
     )
     return env
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (what a supervisor runs)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
 def pid_alive(pid: int) -> bool:
@@ -103,6 +110,18 @@ def test_make_up_dku_down(
         assert again.returncode == 0, again.stdout + again.stderr
         assert again.stdout.count("already running") == 2
         assert [int((run_dir / f"{n}.pid").read_text()) for n in ("api", "worker")] == pids
+
+        # A crashed worker is restarted by its supervisor (compose: restart: unless-stopped);
+        # the DKU's smoke jobs below need the new one.
+        (first_worker,) = children(pids[1])
+        os.kill(first_worker, signal.SIGKILL)
+        wait_until(
+            lambda: children(pids[1]) not in ([], [first_worker]),
+            timeout=30,
+            what="the supervisor to start a new worker",
+        )
+        log = (run_dir / "worker.log").read_text()
+        assert "supervise: worker exited with code 137; restarting in 1s" in log  # 128 + KILL
 
         dku = make("dku", env, f"DKU_ARGS=--report-dir {report_dir}")
         assert dku.returncode == 0, dku.stdout + dku.stderr
