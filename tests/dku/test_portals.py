@@ -16,16 +16,14 @@ from mvp_core.transfer_engine.options import EngineOptions
 from tests.fixtures.sshd import SshServer
 
 
-def _opts(database_url: str, **overrides: object) -> DkuOptions:
-    base = {
-        "database_url": database_url,
-        "redis_url": "redis://127.0.0.1:1/0",
-        "api_url": "http://127.0.0.1:1",
-        "api_token": None,
-        "engine": EngineOptions(ssh_connect_timeout_s=5),
-    }
-    base.update(overrides)
-    return DkuOptions(**base)  # type: ignore[arg-type]
+def _opts(database_url: str) -> DkuOptions:
+    return DkuOptions(
+        database_url=database_url,
+        redis_url="redis://127.0.0.1:1/0",
+        api_url="http://127.0.0.1:1",
+        api_token=None,
+        engine=EngineOptions(ssh_connect_timeout_s=5),
+    )
 
 
 def _ssh_portal(name: str, server: SshServer, base: Path, **overrides: object) -> Portal:
