@@ -21,7 +21,9 @@ MIB = 1024 * 1024
 class Settings(BaseSettings):
     """Every tunable of Ketter, one env var each (``KETTER_<NAME>``)."""
 
-    model_config = SettingsConfigDict(env_prefix="KETTER_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="KETTER_", env_file=None, extra="ignore", env_ignore_empty=True
+    )
 
     # Planner (policy v1 of the design document).
     zip_threshold_files: int = Field(default=1000, ge=0)
