@@ -4,6 +4,7 @@
     ├── InvalidEndpointError     bad spec, host/user that looks like an option
     ├── SourceMissingError       source path does not exist              (permanent)
     ├── TargetNotWritableError   target cannot be created or written      (permanent)
+    ├── TargetExistsError        target/<name> exists, on_existing=fail   (permanent)
     ├── NoSpaceError             disk full on either side                 (permanent)
     ├── SshAuthError             key refused / host key unknown or wrong  (permanent)
     ├── SshConnectionError       cannot reach host, connection lost       (transient)
@@ -75,6 +76,12 @@ class SourceMissingError(TransferError):
 
 class TargetNotWritableError(TransferError):
     code = "target_not_writable"
+
+
+class TargetExistsError(TransferError):
+    """``target/<name>`` already exists and the job did not say replace or merge."""
+
+    code = "target_exists"
 
 
 class NoSpaceError(TransferError):

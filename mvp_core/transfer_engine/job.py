@@ -13,16 +13,30 @@ class TransferMode(str, Enum):
     MOVE = "move"
 
 
+class OnExisting(str, Enum):
+    """What to do when ``target/<basename>`` already exists (see docs/delivery.md).
+
+    ``fail``: refuse before any byte moves. ``replace``: swap the old tree out only
+    after the new one is verified. ``merge``: write into the existing tree (not atomic).
+    """
+
+    FAIL = "fail"
+    REPLACE = "replace"
+    MERGE = "merge"
+
+
 @dataclass(frozen=True)
 class TransferJob:
     """Copy or move ``source`` into the directory ``target``.
 
     The result is always ``target/<basename of source>/...`` (or
     ``target/<basename>`` for a single file), whatever the strategy.
-    ``job_id`` names temp files so a retry of the same job finds and replaces them.
+    ``job_id`` names temp files and the staging directory so a retry of the same job
+    finds and reuses (or replaces) them.
     """
 
     source: Endpoint
     target: Endpoint
     mode: TransferMode = TransferMode.COPY
     job_id: str = "adhoc"
+    on_existing: OnExisting = OnExisting.FAIL
