@@ -150,8 +150,12 @@ def build_argv(
     options: EngineOptions,
     *,
     partial_dir: str | None = PARTIAL_DIR,
+    extra: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
-    """rsync argv copying ``source`` INTO the directory ``target`` (``target/<basename>``)."""
+    """rsync argv copying ``source`` INTO the directory ``target`` (``target/<basename>``).
+
+    ``extra``: more options (e.g. filters), placed before the paths.
+    """
     remote = source if isinstance(source, SshEndpoint) else target
     rsh = rsync_rsh(remote, options) if isinstance(remote, SshEndpoint) else None
     return (
@@ -161,8 +165,14 @@ def build_argv(
         + ((f"--timeout={options.rsync_io_timeout_s}",) if options.rsync_io_timeout_s else ())
         + ((f"--bwlimit={options.bwlimit_kib_s}",) if options.bwlimit_kib_s else ())
         + (("-e", rsh) if rsh else ())
+        + extra
         + ("--", endpoint_arg(source), endpoint_arg(target, trailing_slash=True))
     )
+
+
+# Only directories: after unzip into a folder that already existed, this restores the
+# mode and mtime of directories unzip did not create (it only sets those it creates).
+DIRECTORIES_ONLY = ("--include=*/", "--exclude=*")
 
 
 _PROGRESS2 = re.compile(
@@ -208,9 +218,10 @@ def run_rsync(
     progress: Callable[[Progress], None] | None = None,
     cancel: CancelToken | None = None,
     partial_dir: str | None = PARTIAL_DIR,
+    extra: tuple[str, ...] = (),
 ) -> tuple[CommandResult, tuple[str, ...]]:
     """Run rsync, feeding progress; raise a typed error on failure, return warnings."""
-    argv = build_argv(source, target, options, partial_dir=partial_dir)
+    argv = build_argv(source, target, options, partial_dir=partial_dir, extra=extra)
 
     def on_line(line: str) -> None:
         if progress is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import shlex
 import shutil
 import stat
 import time
@@ -141,15 +142,20 @@ _PREPARE_REMOTE = (
 
 def prepare_target(target: Endpoint, options: EngineOptions,
                    cancel: CancelToken | None = None, *,
-                   also: tuple[PurePosixPath, ...] = ()) -> None:
+                   also: tuple[PurePosixPath, ...] = (),
+                   probe: str | None = None) -> bool:
     """Create the target directory if missing and check it can be written.
 
     ``also``: more directories on the same remote host (the remote temp dir), prepared
     over the same ssh connection: each connection costs round trips on a real link.
+    ``probe``: a name inside the target; returns whether it already exists.
     """
     if isinstance(target, SshEndpoint):
         dirs = (str(target.path), *(str(d) for d in also))
-        result = run_remote(target, ("sh", "-c", _PREPARE_REMOTE, "sh", *dirs),
+        script = _PREPARE_REMOTE
+        if probe is not None:
+            script += f'; if [ -e "$1"/{shlex.quote(probe)} ]; then echo ketter:exists; fi'
+        result = run_remote(target, ("sh", "-c", script, "sh", *dirs),
                             options, what="prepare the target", cancel=cancel, check=False)
         if result.exit_code == 3:
             if "No space left" in result.stderr_tail:
@@ -159,7 +165,7 @@ def prepare_target(target: Endpoint, options: EngineOptions,
                                          argv=result.argv, exit_code=3,
                                          stderr_tail=result.stderr_tail)
         raise_for_remote(result, target, "prepare the target")
-        return
+        return "ketter:exists" in result.stdout_tail.splitlines()
     path = Path(target.path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -171,6 +177,7 @@ def prepare_target(target: Endpoint, options: EngineOptions,
         raise TargetNotWritableError(f"target is not a directory: {path}")
     if not os.access(path, os.W_OK | os.X_OK):
         raise TargetNotWritableError(f"target is not writable: {path}")
+    return probe is not None and os.path.lexists(path / probe)
 
 
 def free_bytes(directory: Endpoint, options: EngineOptions) -> int | None:

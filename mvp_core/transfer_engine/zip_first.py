@@ -34,7 +34,7 @@ from mvp_core.transfer_engine.results import (
     ProgressCallback,
     TransferResult,
 )
-from mvp_core.transfer_engine.rsync import run_rsync
+from mvp_core.transfer_engine.rsync import DIRECTORIES_ONLY, run_rsync
 from mvp_core.transfer_engine.ssh import run_remote
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
@@ -88,6 +88,15 @@ def cleanup_temp(job: TransferJob, options: EngineOptions) -> None:
                    options, what="remove the temp zip")
 
 
+def _restore_directories(job: TransferJob, options: EngineOptions,
+                         cancel: CancelToken | None) -> bool:
+    """unzip sets mode and mtime only on directories it creates; when the destination
+    already existed (a retry, a resend), one directories-only rsync sets the rest."""
+    run_rsync(job.source, job.target, options, partial_dir=None, cancel=cancel,
+              extra=DIRECTORIES_ONLY)
+    return True
+
+
 def _sweep(job: TransferJob, manifest: Manifest, options: EngineOptions) -> list[str]:
     """Remove what an interrupted unzip left half-written (before the zip is removed)."""
     name = job.source.name
@@ -131,8 +140,8 @@ def run_transfer_zip_first(
     clock = PhaseClock(on_phase)
     warnings: list[str] = []
     remote_zip = remote_zip_path(job, options)
-    prepare_target(job.target, options, cancel,
-                   also=(remote_zip.parent,) if job.target.is_remote else ())
+    existed = prepare_target(job.target, options, cancel, probe=job.source.name,
+                             also=(remote_zip.parent,) if job.target.is_remote else ())
     zip_path = local_zip_path(job, options)
     unzip_started = False
     try:
@@ -157,14 +166,18 @@ def run_transfer_zip_first(
                     progress=progress, cancel=cancel, partial_dir=None)
                 warnings.extend(sent_warnings)
             unzip_started = True
-            with clock.phase("unzip", entries=stats.entries):
+            with clock.phase("unzip", entries=stats.entries) as info:
                 warnings.extend(run_unzip_remote(job.target, str(remote_zip),
                                                  str(job.target.path), options, cancel=cancel))
+                if existed:
+                    info["directories_restored"] = _restore_directories(job, options, cancel)
         else:
             unzip_started = True
-            with clock.phase("unzip", entries=stats.entries):
+            with clock.phase("unzip", entries=stats.entries) as info:
                 warnings.extend(run_unzip_local(str(zip_path), str(job.target.path),
                                                 cancel=cancel))
+                if existed:
+                    info["directories_restored"] = _restore_directories(job, options, cancel)
     except BaseException:
         # Failure or cancel: clean up, but never let a cleanup error hide the cause.
         try:
