@@ -58,7 +58,6 @@ def _half_written(source: Path, dest: Path) -> list[str]:
 CASES = {
     "direct-copy": ("direct", "copy", "target"),
     "direct-move": ("direct", "move", "target"),
-    "zip_first-copy": ("zip_first", "copy", "target"),
     "zip_first-move": ("zip_first", "move", "target"),
     "zip_first-remote-temp-full": ("zip_first", "move", "remote_temp"),
 }

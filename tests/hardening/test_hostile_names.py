@@ -80,7 +80,6 @@ def _reference(source: Path, where: Path) -> Path:
 CASES = {
     # id: (requested strategy, tree has non-UTF-8 names, expected strategy, mode)
     "direct-move": ("direct", True, "DIRECT", "move"),
-    "zip_first-copy": ("zip_first", False, "ZIP_FIRST", "copy"),
     "zip_first-move": ("zip_first", False, "ZIP_FIRST", "move"),
     "zip_first-non-utf8-falls-back": ("zip_first", True, "DIRECT", "copy"),
 }

@@ -64,7 +64,6 @@ def _frozen_event(phase: str, status: str) -> Strike:
 
 CASES = {
     # id: (strategy, mode, strike, zip expected to exist at the kill)
-    "direct-send-copy": ("direct", "copy", _slow_send("send"), False),
     "direct-send-move": ("direct", "move", _slow_send("send"), False),
     "zip-building-move": ("zip_first", "move", _frozen_progress("zip"), True),
     "zip_first-send-move": ("zip_first", "move", _slow_send("send"), True),
