@@ -1,14 +1,16 @@
 """DIRECT: one rsync of the source into the target. Knows nothing of zip or thresholds.
 
 Steps: list the source (fails early if missing; over ssh this also proves the key
-and host key), create the target, rsync (phase ``send``), verify the destination,
-and for a move delete the source only after verification.
+and host key), create the target, rsync (phase ``send``) into the job's staging
+directory, verify it, rename it into place (``delivery``), and for a move delete the
+source only after the rename.
 """
 
 from __future__ import annotations
 
 import time
 
+from mvp_core.transfer_engine import delivery as deliver
 from mvp_core.transfer_engine.job import TransferJob
 from mvp_core.transfer_engine.manifest import Manifest
 from mvp_core.transfer_engine.options import EngineOptions
@@ -26,7 +28,6 @@ from mvp_core.transfer_engine.steps import (
     diagnose_no_space,
     list_source,
     prepare_target,
-    verify_and_finish,
 )
 from mvp_core.transfer_engine.verify import TreeListing, from_manifest
 
@@ -49,14 +50,18 @@ def run_transfer(
     source: TreeListing = (from_manifest(manifest) if manifest is not None
                            else list_source(job, options, cancel))
     prepare_target(job.target, options, cancel)
-    with clock.phase("send", files=source.n_files, bytes=source.total_bytes), \
-            diagnose_no_space(job.target, source.total_bytes, options):
-        _result, warnings = run_rsync(
-            job.source, job.target, options,
-            bytes_total=source.total_bytes, files_total=source.n_files,
-            progress=progress, cancel=cancel,
-        )
-    final = verify_and_finish(job, options, clock, fallback=source, cancel=cancel)
+    delivery = deliver.prepare(job, options, cancel, resumable=True)
+    warnings: tuple[str, ...] = ()
+    with deliver.discard_on_failure(job, options, clock):
+        if not delivery.delivered:
+            with clock.phase("send", files=source.n_files, bytes=source.total_bytes), \
+                    diagnose_no_space(delivery.write_dir, source.total_bytes, options):
+                _result, warnings = run_rsync(
+                    job.source, delivery.write_dir, options,
+                    bytes_total=source.total_bytes, files_total=source.n_files,
+                    progress=progress, cancel=cancel,
+                )
+        final = deliver.finish(delivery, options, clock, fallback=source, cancel=cancel)
     return TransferResult(
         strategy=TransferStrategy.DIRECT,
         files_transferred=final.n_files,

@@ -4,6 +4,8 @@ Phases: ``zip`` (build in ``options.temp_dir``), ``send`` (rsync of the zip into
 ``options.remote_temp_dir``; skipped when the target is local), ``unzip`` (remote
 over ssh, or local), ``cleanup`` (temp zips removed on BOTH sides, on success and on
 failure or cancel), then ``verify`` and, for a move, ``delete_source``.
+``unzip`` writes into the job's staging directory (emptied first: unzip restarts,
+it does not resume), which is verified and then renamed into place (``delivery``).
 
 Temp names derive from ``job_id`` so a retry replaces the previous attempt's zip
 and ``cleanup_job_temp`` can find them after a crash.
@@ -17,6 +19,7 @@ import shutil
 import time
 from pathlib import Path, PurePosixPath
 
+from mvp_core.transfer_engine import delivery as deliver
 from mvp_core.transfer_engine.endpoints import LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
     InvalidEndpointError,
@@ -41,7 +44,6 @@ from mvp_core.transfer_engine.steps import (
     check_job,
     diagnose_no_space,
     prepare_target,
-    verify_and_finish,
 )
 from mvp_core.transfer_engine.unzip import (
     run_unzip_local,
@@ -140,65 +142,74 @@ def run_transfer_zip_first(
     clock = PhaseClock(on_phase)
     warnings: list[str] = []
     remote_zip = remote_zip_path(job, options)
-    existed = prepare_target(job.target, options, cancel, probe=job.source.name,
-                             also=(remote_zip.parent,) if job.target.is_remote else ())
-    zip_path = local_zip_path(job, options)
-    unzip_started = False
-    try:
-        with clock.phase("zip", files=manifest.n_files, bytes=manifest.total_bytes) as info:
+    prepare_target(job.target, options, cancel,
+                   also=(remote_zip.parent,) if job.target.is_remote else ())
+    # Written into the staging dir (or, merging, into the existing tree): see delivery.
+    delivery = deliver.prepare(job, options, cancel, resumable=False)
+    wjob = delivery.writing_job
+    existed = delivery.in_place
+    with deliver.discard_on_failure(job, options, clock):
+        if not delivery.delivered:
+            zip_path = local_zip_path(job, options)
+            unzip_started = False
             try:
-                zip_path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise NoSpaceError(f"cannot create the temp dir {zip_path.parent}: {exc}") \
-                    from exc
-            _check_free_space(zip_path.parent, manifest.total_bytes
-                              + _ZIP_OVERHEAD_PER_ENTRY * (len(manifest.entries) + 1))
-            stats = build_zip(manifest, zip_path, root_name=job.source.name,
-                              progress=progress, cancel=cancel)
-            info.update(zip_bytes=stats.archive_bytes, entries=stats.entries)
-        if isinstance(job.target, SshEndpoint):
-            remote_tmp = dataclasses.replace(job.target, path=remote_zip.parent)
-            with clock.phase("send", bytes=stats.archive_bytes), \
-                    diagnose_no_space(remote_tmp, stats.archive_bytes, options):
-                _result, sent_warnings = run_rsync(
-                    LocalEndpoint(zip_path), remote_tmp, options,
-                    bytes_total=stats.archive_bytes, files_total=1,
-                    progress=progress, cancel=cancel, partial_dir=None)
-                warnings.extend(sent_warnings)
-            unzip_started = True
-            with clock.phase("unzip", entries=stats.entries) as info:
-                warnings.extend(run_unzip_remote(job.target, str(remote_zip),
-                                                 str(job.target.path), options, cancel=cancel))
-                if existed:
-                    info["directories_restored"] = _restore_directories(job, options, cancel)
-        else:
-            unzip_started = True
-            with clock.phase("unzip", entries=stats.entries) as info:
-                warnings.extend(run_unzip_local(str(zip_path), str(job.target.path),
-                                                cancel=cancel))
-                if existed:
-                    info["directories_restored"] = _restore_directories(job, options, cancel)
-    except BaseException:
-        # Failure or cancel: clean up, but never let a cleanup error hide the cause.
-        try:
-            with clock.phase("cleanup") as info:
-                if unzip_started:
+                with clock.phase("zip", files=manifest.n_files, bytes=manifest.total_bytes) as info:
                     try:
-                        info["removed_unfinished"] = _sweep(job, manifest, options)
-                    except (TransferError, OSError) as exc:
-                        info["sweep_error"] = str(exc)
-                cleanup_temp(job, options)
-        except (TransferError, OSError):
-            pass
-        raise
-    try:
-        with clock.phase("cleanup"):
-            cleanup_temp(job, options)
-    except (TransferError, OSError) as exc:
-        warnings.append(f"temp zip not removed: {exc}")
+                        zip_path.parent.mkdir(parents=True, exist_ok=True)
+                    except OSError as exc:
+                        raise NoSpaceError(f"cannot create the temp dir {zip_path.parent}: {exc}") \
+                            from exc
+                    _check_free_space(zip_path.parent, manifest.total_bytes
+                                      + _ZIP_OVERHEAD_PER_ENTRY * (len(manifest.entries) + 1))
+                    stats = build_zip(manifest, zip_path, root_name=job.source.name,
+                                      progress=progress, cancel=cancel)
+                    info.update(zip_bytes=stats.archive_bytes, entries=stats.entries)
+                if isinstance(job.target, SshEndpoint):
+                    remote_tmp = dataclasses.replace(job.target, path=remote_zip.parent)
+                    with clock.phase("send", bytes=stats.archive_bytes), \
+                            diagnose_no_space(remote_tmp, stats.archive_bytes, options):
+                        _result, sent_warnings = run_rsync(
+                            LocalEndpoint(zip_path), remote_tmp, options,
+                            bytes_total=stats.archive_bytes, files_total=1,
+                            progress=progress, cancel=cancel, partial_dir=None)
+                        warnings.extend(sent_warnings)
+                    unzip_started = True
+                    with clock.phase("unzip", entries=stats.entries) as info:
+                        warnings.extend(run_unzip_remote(job.target, str(remote_zip),
+                                                         str(wjob.target.path), options,
+                                                         cancel=cancel))
+                        if existed:
+                            info["directories_restored"] = _restore_directories(
+                                wjob, options, cancel)
+                else:
+                    unzip_started = True
+                    with clock.phase("unzip", entries=stats.entries) as info:
+                        warnings.extend(run_unzip_local(str(zip_path), str(wjob.target.path),
+                                                        cancel=cancel))
+                        if existed:
+                            info["directories_restored"] = _restore_directories(
+                                wjob, options, cancel)
+            except BaseException:
+                # Failure or cancel: clean up, but never let a cleanup error hide the cause.
+                try:
+                    with clock.phase("cleanup") as info:
+                        if unzip_started:
+                            try:
+                                info["removed_unfinished"] = _sweep(wjob, manifest, options)
+                            except (TransferError, OSError) as exc:
+                                info["sweep_error"] = str(exc)
+                        cleanup_temp(job, options)
+                except (TransferError, OSError):
+                    pass
+                raise
+            try:
+                with clock.phase("cleanup"):
+                    cleanup_temp(job, options)
+            except (TransferError, OSError) as exc:
+                warnings.append(f"temp zip not removed: {exc}")
 
-    final = verify_and_finish(job, options, clock, fallback=from_manifest(manifest),
-                              cancel=cancel)
+        final = deliver.finish(delivery, options, clock, fallback=from_manifest(manifest),
+                               cancel=cancel)
     return TransferResult(
         strategy=TransferStrategy.ZIP_FIRST,
         files_transferred=final.n_files,

@@ -176,7 +176,8 @@ def test_move_with_damaged_destination_keeps_the_source(
     src = make_session_tree(tmp_path / "src", n_audio=6)
     reference = tree_snapshot(src)
     target = sshd.endpoint(tmp_path / "t") if where == "ssh" else LocalEndpoint(tmp_path / "t")
-    landed = tmp_path / "t" / src.name / "Audio Files" / "Kick_0003.wav"
+    # Written into the staging dir, verified there before it gets its final name.
+    landed = tmp_path / "t" / ".ketter-adhoc" / src.name / "Audio Files" / "Kick_0003.wav"
     last_write = "send" if strategy is DIRECT else "unzip"
 
     def damage(event: PhaseEvent) -> None:  # someone truncates a file at the target
@@ -196,6 +197,7 @@ def test_move_with_damaged_destination_keeps_the_source(
     assert "size differs" in str(info.value)
     assert tree_snapshot(src) == reference
     assert "delete_source" not in [e.phase for e in events]
+    assert list((tmp_path / "t").iterdir()) == []  # not delivered, staging removed
 
 
 def test_move_refuses_when_the_source_grew_during_transfer(tmp_path: Path,
@@ -360,9 +362,11 @@ def test_full_target_leaves_nothing_half_written(tmp_path: Path, sshd: SshServer
     with pytest.raises(NoSpaceError):
         execute_plan(decide_strategy(TransferJob(LocalEndpoint(src), target), force=strategy),
                      options=engine_options, on_phase=events.append)
-    landed = tiny_fs / src.name
-    assert any(landed.rglob("*.wav")), "the disk should have filled part-way"
-    assert _incomplete(src, landed) == []
+    # Written in the staging dir, which the failure removed: nothing under the final name.
+    discarded = [e.details["removed"] for e in events
+                 if e.phase == "discard_staging" and e.status == "done"]
+    assert discarded == [True], "the disk should have filled part-way"
+    assert list(tiny_fs.iterdir()) == []
     assert temp_leftovers(engine_options) == []
     if strategy is ZIP:
         cleanup = [e for e in events if e.phase == "cleanup" and e.status == "done"]

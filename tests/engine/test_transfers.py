@@ -19,10 +19,10 @@ from tests.fixtures.trees import assert_trees_identical, make_session_tree, tree
 
 STRATEGIES = [TransferStrategy.DIRECT, TransferStrategy.ZIP_FIRST]
 EXPECTED_PHASES = {
-    (TransferStrategy.DIRECT, False): ["send", "verify"],
-    (TransferStrategy.DIRECT, True): ["send", "verify"],
-    (TransferStrategy.ZIP_FIRST, False): ["zip", "unzip", "cleanup", "verify"],
-    (TransferStrategy.ZIP_FIRST, True): ["zip", "send", "unzip", "cleanup", "verify"],
+    (TransferStrategy.DIRECT, False): ["send", "verify", "deliver"],
+    (TransferStrategy.DIRECT, True): ["send", "verify", "deliver"],
+    (TransferStrategy.ZIP_FIRST, False): ["zip", "unzip", "cleanup", "verify", "deliver"],
+    (TransferStrategy.ZIP_FIRST, True): ["zip", "send", "unzip", "cleanup", "verify", "deliver"],
 }
 
 
@@ -109,9 +109,10 @@ def test_single_file_lands_as_target_basename(tmp_path: Path, sshd: SshServer,
 def test_retry_over_a_partial_destination_completes(tmp_path: Path, sshd: SshServer,
                                                      engine_options: EngineOptions,
                                                      strategy: TransferStrategy) -> None:
-    """A second attempt of the same job overwrites what the first left half-done."""
+    """A second attempt of the same job overwrites what the first left half-done
+    (in its staging directory: never under the final name)."""
     src = make_session_tree(tmp_path / "src", n_audio=8)
-    landed = tmp_path / "out" / src.name / "Audio Files"
+    landed = tmp_path / "out" / ".ketter-retry" / src.name / "Audio Files"
     landed.mkdir(parents=True)
     (landed / "Kick_0000.wav").write_bytes(b"truncated")
     job = TransferJob(LocalEndpoint(src), sshd.endpoint(tmp_path / "out"), job_id="retry")
@@ -122,6 +123,7 @@ def test_retry_over_a_partial_destination_completes(tmp_path: Path, sshd: SshSer
     execute_plan(decide_strategy(job, force=strategy), options=engine_options)
     # unzip restores directories it creates only; the engine restores the others.
     assert_trees_identical(src, tmp_path / "out" / src.name)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [src.name]
     if strategy is TransferStrategy.ZIP_FIRST:
         assert temp_leftovers(engine_options) == []
 

@@ -1,0 +1,408 @@
+"""Atomic delivery: nobody ever opens half a session.
+
+Both strategies write into a hidden staging directory beside the final name, on the
+same filesystem, verify it there, then rename it into place in one step::
+
+    TARGET/.ketter-<job>/<name>     written and verified here (rsync / unzip)
+    TARGET/<name>                   appears complete, by one rename(2) / ``mv -T``
+
+Inside the staging root two reserved names record how far delivery got, so a retry
+of the same job (same ``job_id`` → same staging name) knows what to do after a crash:
+
+- ``.ketter-delivered``: written just before the rename. Present while ``<name>`` is
+  gone from staging means this job's tree is already in place: verify and finish.
+- ``.ketter-old``: ``replace`` moved the previous tree aside here. If the new tree is
+  not in place yet it is put back first; otherwise it is deleted.
+
+The target name already existing is decided by ``TransferJob.on_existing``: ``fail``
+(default) raises ``TargetExistsError`` before any byte moves; ``replace`` swaps the old
+tree out only after the new one is verified; ``merge`` writes straight into the
+existing tree (today's rsync semantics, not atomic). Source basenames starting with
+``.ketter-`` are refused: the prefix is reserved for staging names.
+
+Local operations use ``renameat2(RENAME_NOREPLACE)``; remote ones are small fixed
+``sh -c`` scripts whose paths travel as positional arguments (never spliced into the
+script), the whole command quoted once by ``ssh.run_remote``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import errno
+import os
+import re
+import shutil
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
+from mvp_core.transfer_engine.errors import (
+    CommandFailedError,
+    InvalidEndpointError,
+    TargetExistsError,
+    TargetNotWritableError,
+    TransferCancelledError,
+    TransferError,
+)
+from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.results import CancelToken
+from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
+from mvp_core.transfer_engine.steps import (
+    PhaseClock,
+    delete_source,
+    destination_of,
+    list_source,
+)
+from mvp_core.transfer_engine.verify import TreeListing, verify_destination
+
+STAGING_PREFIX = ".ketter-"
+DELIVERED_MARK = ".ketter-delivered"
+OLD_TREE = ".ketter-old"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# Names the engine itself puts in a target directory that are not staging roots.
+_NOT_STAGING = frozenset({".ketter-partial"})
+
+
+def staging_name(job_id: str) -> str:
+    """``.ketter-<job>``: stable across retries of one job, safe in a shell.
+
+    A leading ``ketter-`` in the job id is dropped (``ketter-job-12`` → ``.ketter-job-12``).
+    """
+    core = job_id.removeprefix("ketter-")
+    return STAGING_PREFIX + (_UNSAFE.sub("_", core)[:120] or "job")
+
+
+def is_staging_name(name: str) -> bool:
+    return name.startswith(STAGING_PREFIX) and name not in _NOT_STAGING
+
+
+def _child(endpoint: Endpoint, name: str) -> Endpoint:
+    if isinstance(endpoint, SshEndpoint):
+        return dataclasses.replace(endpoint, path=PurePosixPath(endpoint.path) / name)
+    return LocalEndpoint(Path(endpoint.path) / name)
+
+
+def _path(endpoint: Endpoint) -> str:
+    return str(endpoint.path)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where this attempt writes, and how the result gets its final name."""
+
+    job: TransferJob
+    final: Endpoint  # TARGET/<name>
+    root: Endpoint  # TARGET/.ketter-<job>
+    staged: Endpoint  # TARGET/.ketter-<job>/<name>
+    existed: bool  # TARGET/<name> was there (replace or merge)
+    in_place: bool  # merge into the existing tree: write straight into TARGET
+    delivered: bool  # an earlier attempt of this job already renamed its tree in place
+
+    @property
+    def write_dir(self) -> Endpoint:
+        """The directory rsync / unzip writes ``<name>`` into."""
+        return self.job.target if self.in_place else self.root
+
+    @property
+    def written(self) -> Endpoint:
+        """Where the written tree is, to verify before it is delivered."""
+        return self.final if self.in_place else self.staged
+
+    @property
+    def writing_job(self) -> TransferJob:
+        """The job with its target swapped for the directory actually written."""
+        return dataclasses.replace(self.job, target=self.write_dir)
+
+
+# ---------------------------------------------------------------- filesystem primitives
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc_name = ctypes.util.find_library("c")
+_libc = ctypes.CDLL(_libc_name, use_errno=True) if _libc_name else None
+
+
+def _rename_noreplace_local(src: str, dst: str) -> None:
+    """rename(2) that fails with EEXIST instead of replacing (an empty dir included)."""
+    fn = getattr(_libc, "renameat2", None) if _libc is not None else None
+    if fn is not None:
+        if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+              _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), dst)
+    if os.path.lexists(dst):  # no renameat2 here (old kernel or filesystem): check first
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+    os.rename(src, dst)
+
+
+def _rmtree_local(path: str) -> bool:
+    """Remove a tree (read-only folders included); False when there was nothing."""
+    if not os.path.lexists(path):
+        return False
+    if os.path.isdir(path) and not os.path.islink(path):
+        def writable(func: object, failed: str, _exc: object) -> None:
+            parent = os.path.dirname(failed)
+            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IRWXU)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, stat.S_IMODE(os.lstat(failed).st_mode) | stat.S_IRWXU)
+                shutil.rmtree(failed, onerror=writable)
+            elif os.path.lexists(failed):
+                os.unlink(failed)
+        shutil.rmtree(path, onerror=writable)
+    else:
+        os.unlink(path)
+    return True
+
+
+# Remote scripts: fixed text, paths as "$@". Exit 17 = the destination exists.
+_EXISTS = 'for p in "$@"; do if [ -e "$p" ] || [ -L "$p" ]; then printf 1; else printf 0; fi; done'
+_RMTREE = ('if [ -e "$1" ] || [ -L "$1" ]; then rm -rf -- "$1" 2>/dev/null '
+           '|| { chmod -R u+rwx -- "$1"; rm -rf -- "$1"; }; echo removed; fi')
+_RENAME = ('if [ -e "$2" ] || [ -L "$2" ]; then exit 17; fi; mv -n -T -- "$1" "$2"; rc=$?; '
+           'if [ -e "$1" ] || [ -L "$1" ]; then '
+           'if [ -e "$2" ] || [ -L "$2" ]; then exit 17; fi; exit $(( rc ? rc : 3 )); fi')
+_MKDIR = 'mkdir -p -- "$1" && : > "$1"/.ketter-probe && rm -f -- "$1"/.ketter-probe'
+_TOUCH = ': > "$1"'
+
+
+def _sh(endpoint: SshEndpoint, script: str, args: tuple[str, ...], options: EngineOptions,
+        what: str, cancel: CancelToken | None = None):  # type: ignore[no-untyped-def]
+    return run_remote(endpoint, ("sh", "-c", script, "sh", *args), options, what=what,
+                      cancel=cancel, check=False)
+
+
+def exists_many(endpoints: tuple[Endpoint, ...], options: EngineOptions,
+                cancel: CancelToken | None = None) -> tuple[bool, ...]:
+    """Which of these paths (on one host) exist; one ssh round trip when remote."""
+    first = endpoints[0]
+    if isinstance(first, SshEndpoint):
+        result = _sh(first, _EXISTS, tuple(_path(e) for e in endpoints), options,
+                     "look at the target", cancel)
+        raise_for_remote(result, first, "look at the target")
+        flags = result.stdout_tail.strip()
+        if len(flags) != len(endpoints):
+            raise CommandFailedError(f"unexpected answer looking at the target: {flags!r}")
+        return tuple(c == "1" for c in flags)
+    return tuple(os.path.lexists(e.path) for e in endpoints)
+
+
+def rmtree(endpoint: Endpoint, options: EngineOptions) -> bool:
+    """Remove a tree here or there; True when something was removed."""
+    if isinstance(endpoint, SshEndpoint):
+        result = _sh(endpoint, _RMTREE, (_path(endpoint),), options, "remove a staging tree")
+        raise_for_remote(result, endpoint, "remove a staging tree")
+        return "removed" in result.stdout_tail
+    return _rmtree_local(str(endpoint.path))
+
+
+def rename_noreplace(src: Endpoint, dst: Endpoint, options: EngineOptions) -> None:
+    """One rename on one filesystem; ``TargetExistsError`` if ``dst`` exists."""
+    if isinstance(src, SshEndpoint):
+        result = _sh(src, _RENAME, (_path(src), _path(dst)), options, "rename into place")
+        if result.exit_code == 17:
+            raise TargetExistsError(f"{dst} appeared while the job ran; it was left as it is",
+                                    **result.evidence())
+        raise_for_remote(result, src, "rename into place")
+        return
+    try:
+        _rename_noreplace_local(str(src.path), str(dst.path))
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise TargetExistsError(
+                f"{dst} appeared while the job ran; it was left as it is") from exc
+        raise TargetNotWritableError(f"cannot rename {src} to {dst}: {exc.strerror}") from exc
+
+
+def _mkdir(endpoint: Endpoint, options: EngineOptions, cancel: CancelToken | None) -> None:
+    if isinstance(endpoint, SshEndpoint):
+        result = _sh(endpoint, _MKDIR, (_path(endpoint),), options, "create the staging dir",
+                     cancel)
+        if result.exit_code != 0 and result.exit_code != 255:
+            raise TargetNotWritableError(f"cannot create the staging dir {endpoint}",
+                                         **result.evidence())
+        raise_for_remote(result, endpoint, "create the staging dir")
+        return
+    try:
+        Path(endpoint.path).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise TargetNotWritableError(
+            f"cannot create the staging dir {endpoint}: {exc.strerror}") from exc
+
+
+def _touch(endpoint: Endpoint, options: EngineOptions) -> None:
+    if isinstance(endpoint, SshEndpoint):
+        result = _sh(endpoint, _TOUCH, (_path(endpoint),), options, "mark the delivery")
+        raise_for_remote(result, endpoint, "mark the delivery")
+        return
+    with open(endpoint.path, "wb") as mark:
+        os.fsync(mark.fileno())
+
+
+# ---------------------------------------------------------------- the delivery steps
+
+
+def staging_root(job: TransferJob) -> Endpoint:
+    return _child(job.target, staging_name(job.job_id))
+
+
+def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None = None, *,
+            resumable: bool) -> Delivery:
+    """Decide where this attempt writes; refuse an existing target before any byte moves.
+
+    ``resumable``: keep what an earlier attempt staged (rsync resumes it); otherwise
+    the staged tree is removed first (unzip restarts from a clean folder, so every
+    directory it creates gets its mode and mtime back).
+    Call after the target directory itself was prepared.
+    """
+    name = job.source.name
+    if name.startswith(STAGING_PREFIX):
+        raise InvalidEndpointError(
+            f"source names starting with {STAGING_PREFIX!r} are reserved for staging: {name!r}")
+    final = destination_of(job)
+    root = staging_root(job)
+    staged = _child(root, name)
+    mark = _child(root, DELIVERED_MARK)
+    old = _child(root, OLD_TREE)
+    f_exists, n_exists, m_exists, o_exists = exists_many((final, staged, mark, old), options,
+                                                         cancel)
+    if m_exists and not n_exists and f_exists:
+        return Delivery(job, final, root, staged, existed=True, in_place=False, delivered=True)
+    if o_exists and not f_exists:
+        rename_noreplace(old, final, options)  # a replace stopped half-way: old tree back
+        f_exists = True
+    if f_exists and job.on_existing is OnExisting.FAIL:
+        raise TargetExistsError(
+            f"{final} already exists; nothing was written (choose on_existing=replace to "
+            f"swap it for the new tree, or merge to write into it)")
+    in_place = f_exists and job.on_existing is OnExisting.MERGE
+    if m_exists:
+        rmtree(mark, options)  # from an attempt that stopped before its rename
+    if not in_place:
+        if n_exists and not resumable:
+            rmtree(staged, options)
+        _mkdir(root, options, cancel)
+    return Delivery(job, final, root, staged, existed=f_exists, in_place=in_place,
+                    delivered=False)
+
+
+def commit(delivery: Delivery, options: EngineOptions) -> str:
+    """Give the verified staged tree its final name; returns how (``rename``/``replace``).
+
+    ``replace``: the old tree is renamed aside, the new one renamed in, and only then is
+    the old one deleted; if the second rename fails the old tree is put back.
+    """
+    _touch(_child(delivery.root, DELIVERED_MARK), options)
+    how = "rename"
+    if delivery.existed:
+        how = "replace"
+        old = _child(delivery.root, OLD_TREE)
+        rename_noreplace(delivery.final, old, options)
+        try:
+            rename_noreplace(delivery.staged, delivery.final, options)
+        except BaseException:
+            try:
+                rename_noreplace(old, delivery.final, options)
+            except TransferError:
+                pass  # discard() retries it; the error below says what failed first
+            raise
+    else:
+        rename_noreplace(delivery.staged, delivery.final, options)
+    return how
+
+
+def discard(job: TransferJob, options: EngineOptions) -> bool:
+    """Remove this job's staging root (after putting back an old tree ``replace`` had
+    set aside). Idempotent; True when something was removed."""
+    root = staging_root(job)
+    old = _child(root, OLD_TREE)
+    final = destination_of(job)
+    o_exists, f_exists, m_exists, n_exists = exists_many(
+        (old, final, _child(root, DELIVERED_MARK), _child(root, job.source.name)), options)
+    if o_exists and not f_exists:
+        rename_noreplace(old, final, options)
+    # Otherwise an old tree here was already swapped out (the new one is in place).
+    del m_exists, n_exists
+    return rmtree(root, options)
+
+
+def list_staging(target: Endpoint, options: EngineOptions) -> list[str]:
+    """Names of staging roots in a target directory (for the orphan sweep)."""
+    if isinstance(target, SshEndpoint):
+        result = run_remote(target, ("find", _path(target), "-mindepth", "1", "-maxdepth", "1",
+                                     "-name", STAGING_PREFIX + "*", "-printf", "%f\\0"),
+                            options, what="look for staging dirs", check=False,
+                            capture_stdout=True)
+        if result.exit_code != 0:
+            if "No such file or directory" in result.stderr_tail:
+                return []
+            raise_for_remote(result, target, "look for staging dirs")
+        names = [os.fsdecode(n) for n in result.stdout.split(b"\0") if n]
+    else:
+        try:
+            names = os.listdir(target.path)
+        except FileNotFoundError:
+            return []
+    return sorted(n for n in names if is_staging_name(n))
+
+
+@contextmanager
+def discard_on_failure(job: TransferJob, options: EngineOptions, clock: PhaseClock
+                       ) -> Iterator[None]:
+    """A failed or cancelled attempt removes its staging root; a transient failure keeps
+    it for the retry of the same job (rsync resumes it). A cleanup error never hides
+    the cause."""
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, TransferError) and exc.transient:
+            raise
+        try:
+            with clock.phase("discard_staging") as info:
+                info["removed"] = discard(job, options)
+        except (TransferError, OSError):
+            pass
+        raise
+
+
+def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
+           fallback: TreeListing | None, cancel: CancelToken | None = None) -> TreeListing:
+    """Verify what was written, give it its final name, then (move) delete the source.
+
+    The source of a move is deleted only after the rename succeeded. Returns the
+    listing the result's counts come from.
+    """
+    job = delivery.job
+    move = job.mode is TransferMode.MOVE
+    expected = fallback
+    if delivery.delivered or move or options.verify_copy:
+        where = delivery.final if delivery.delivered else delivery.written
+        with clock.phase("verify", where="target" if where is delivery.final else "staging",
+                         resumed=delivery.delivered) as info:
+            expected = list_source(job, options, cancel)
+            verify_destination(expected, where, options, cancel=cancel)
+            info.update(files=expected.n_files, bytes=expected.total_bytes)
+    if not delivery.in_place and not delivery.delivered:
+        if cancel is not None and cancel.cancelled:
+            raise TransferCancelledError("cancelled before the tree was put in place")
+        with clock.phase("deliver") as info:
+            info["how"] = commit(delivery, options)
+    try:
+        rmtree(delivery.root, options)
+    except (TransferError, OSError):
+        pass  # only the marker (and a replaced tree) remain; the orphan sweep gets them
+    if expected is None:
+        expected = list_source(job, options, cancel)
+    if move:
+        if cancel is not None and cancel.cancelled:
+            raise TransferCancelledError("cancelled before the source was deleted")
+        with clock.phase("delete_source"):
+            delete_source(job, expected, options)
+    return expected
