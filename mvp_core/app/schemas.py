@@ -17,6 +17,7 @@ from mvp_core.db.models import (
     Job,
     JobMode,
     JobStatus,
+    OnExisting,
     PortalKind,
     RequestedStrategy,
 )
@@ -124,7 +125,10 @@ class PortalOut(BaseModel):
 class JobCreate(BaseModel):
     """Copy or move ``source_path`` (relative to its portal) into ``target_path``.
 
-    The result is ``<target portal>/<target_path>/<basename of source_path>``.
+    The result is ``<target portal>/<target_path>/<basename of source_path>``, which
+    appears complete or not at all. ``on_existing`` says what to do when that name
+    already exists: ``fail`` (default; refused), ``replace`` (swapped for the new tree
+    once it is verified) or ``merge`` (written into, not atomic). See docs/delivery.md.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -135,6 +139,7 @@ class JobCreate(BaseModel):
     target_path: str = Field(default="", max_length=PATH_MAX)
     mode: JobMode = JobMode.COPY
     strategy: RequestedStrategy = RequestedStrategy.AUTO
+    on_existing: OnExisting = OnExisting.FAIL
 
 
 class JobOut(BaseModel):
@@ -148,6 +153,7 @@ class JobOut(BaseModel):
     target_portal_id: int
     target_path: str
     requested_strategy: RequestedStrategy
+    on_existing: OnExisting
     strategy: str | None
     n_files: int
     total_bytes: int
@@ -190,6 +196,7 @@ class JobOut(BaseModel):
             target_portal_id=job.target_portal_id,
             target_path=job.target_path,
             requested_strategy=job.requested_strategy,
+            on_existing=job.on_existing,
             strategy=job.strategy.value if job.strategy else None,
             n_files=job.n_files,
             total_bytes=job.total_bytes,

@@ -8,11 +8,12 @@ a host went away).
 from __future__ import annotations
 
 import os
+from pathlib import Path, PurePosixPath
 
 from sqlalchemy.orm import Session
 
 from mvp_core.app.schemas import JobCreate
-from mvp_core.db.models import Job, Portal, PortalKind
+from mvp_core.db.models import Job, OnExisting, Portal, PortalKind
 from mvp_core.db.repository import InvalidRequestError, NotFoundError, create_job, get_portal
 from mvp_core.worker.job_mapping import check_overlap, clean_relative, confined_local_path
 
@@ -22,6 +23,18 @@ def _portal(session: Session, portal_id: int, role: str) -> Portal:
         return get_portal(session, portal_id=portal_id)
     except NotFoundError:
         raise InvalidRequestError(f"unknown {role} portal {portal_id}") from None
+
+
+def check_output_free(target: Path, source_rel: str, on_existing: OnExisting) -> None:
+    """Refuse up front (422) a job whose output name exists on a local target portal,
+    unless it says replace or merge. A remote target is checked by the worker (the job
+    then ends FAILED with the reason) so a submit never waits on an ssh host."""
+    name = PurePosixPath(source_rel).name
+    if on_existing is OnExisting.FAIL and os.path.lexists(target / name):
+        raise InvalidRequestError(
+            f"{name!r} already exists in the target; nothing was submitted (set on_existing "
+            "to 'replace' to swap it for the new tree, or 'merge' to write into it)"
+        )
 
 
 def submit_job(session: Session, *, request: JobCreate) -> Job:
@@ -36,12 +49,15 @@ def submit_job(session: Session, *, request: JobCreate) -> Job:
             raise InvalidRequestError(
                 f"source_path {source_rel!r} does not exist on portal {source_portal.name!r}"
             )
+    target = None
     if target_portal.kind is PortalKind.LOCAL:
-        confined_local_path(target_portal, target_rel, what="target_path")
+        target = confined_local_path(target_portal, target_rel, what="target_path")
     check_overlap(
         source_portal=source_portal, source_rel=source_rel,
         target_portal=target_portal, target_rel=target_rel,
     )
+    if target is not None:
+        check_output_free(target, source_rel, request.on_existing)
     return create_job(
         session,
         mode=request.mode,
@@ -50,4 +66,5 @@ def submit_job(session: Session, *, request: JobCreate) -> Job:
         target_portal_id=target_portal.id,
         target_path=target_rel,
         requested_strategy=request.strategy,
+        on_existing=request.on_existing,
     )

@@ -60,6 +60,14 @@ class RequestedStrategy(str, enum.Enum):
     ZIP_FIRST = "zip_first"
 
 
+class OnExisting(str, enum.Enum):
+    """When the job's output name already exists: refuse, swap after verify, or write into."""
+
+    FAIL = "fail"
+    REPLACE = "replace"
+    MERGE = "merge"
+
+
 class ChosenStrategy(str, enum.Enum):
     DIRECT = "DIRECT"
     ZIP_FIRST = "ZIP_FIRST"
@@ -178,6 +186,12 @@ class Job(Base):
         nullable=False,
         default=RequestedStrategy.AUTO,
         server_default=RequestedStrategy.AUTO.value,
+    )
+    on_existing: Mapped[OnExisting] = mapped_column(
+        _enum(OnExisting, "on_existing"),
+        nullable=False,
+        default=OnExisting.FAIL,
+        server_default=OnExisting.FAIL.value,
     )
     strategy: Mapped[ChosenStrategy | None] = mapped_column(_enum(ChosenStrategy, "strategy"))
     status: Mapped[JobStatus] = mapped_column(

@@ -30,6 +30,7 @@ from mvp_core.db.models import (
     JobEvent,
     JobMode,
     JobStatus,
+    OnExisting,
     Portal,
     PortalKind,
     RequestedStrategy,
@@ -126,10 +127,12 @@ def create_job(
     target_portal_id: int,
     target_path: str,
     requested_strategy: RequestedStrategy,
+    on_existing: OnExisting = OnExisting.FAIL,
 ) -> Job:
     """Insert a PENDING job with its ``created`` and ``queued`` events."""
     job = Job(
         mode=mode,
+        on_existing=on_existing,
         source_portal_id=source_portal_id,
         source_path=source_path,
         target_portal_id=target_portal_id,
@@ -151,6 +154,7 @@ def create_job(
             "target_portal_id": target_portal_id,
             "target_path": target_path,
             "requested_strategy": requested_strategy.value,
+            "on_existing": on_existing.value,
         },
     )
     add_event(session, job_id=job.id, event_type=EventType.QUEUED, message="handed to the queue")

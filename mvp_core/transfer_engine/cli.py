@@ -1,10 +1,12 @@
 """Command line: plan and run one transfer, for operators and tests.
 
     python -m mvp_core.transfer_engine.cli --from A --to B --mode copy|move
-        [--strategy auto|direct|zip_first] [--dry-run] [--identity F] [--known-hosts F]
+        [--strategy auto|direct|zip_first] [--on-existing fail|replace|merge]
+        [--dry-run] [--identity F] [--known-hosts F]
 
 A and B are local paths or ``[user@]host[:port]:/path``; the result is
-``B/<basename of A>``. The plan and the summary go to stdout, progress to stderr.
+``B/<basename of A>``, which appears complete or not at all (docs/delivery.md).
+The plan and the summary go to stdout, progress to stderr.
 Exit status: 0 done, 1 failed, 2 usage error, 75 failed but worth retrying
 (transient: connection lost, timeout), 130 cancelled (Ctrl-C). A failure prints
 exactly one line, ``ketter: error: ...``, and no traceback.
@@ -28,7 +30,7 @@ from typing import TextIO
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, parse_endpoint
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
 from mvp_core.transfer_engine.execute import execute_plan
-from mvp_core.transfer_engine.job import TransferJob, TransferMode
+from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import (
     TransferPlan,
@@ -61,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=[m.value for m in TransferMode], default="copy")
     parser.add_argument("--strategy", choices=sorted(_FORCE), default="auto",
                         help="auto applies policy v1 (default)")
+    parser.add_argument("--on-existing", choices=[o.value for o in OnExisting], default="fail",
+                        help="when B/<basename of A> exists: fail (default, nothing written), "
+                             "replace it once the new tree is verified, or merge into it")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--identity", type=Path, help="ssh private key file")
     parser.add_argument("--known-hosts", type=Path, help="known_hosts file for strict checking")
@@ -160,6 +165,7 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
                                            known_hosts_file=known_hosts)),
             mode=TransferMode(args.mode),
             job_id=args.job_id or default_job_id(args.source, args.target),
+            on_existing=OnExisting(args.on_existing),
         )
         plan = decide_strategy(job, thresholds, force=_FORCE[args.strategy])
         print(describe_plan(plan), file=out, flush=True)

@@ -6,6 +6,7 @@ The one dispatch point, so the worker, the CLI and the DKU never repeat
 
 from __future__ import annotations
 
+from mvp_core.transfer_engine import delivery
 from mvp_core.transfer_engine.direct import run_transfer
 from mvp_core.transfer_engine.job import TransferJob
 from mvp_core.transfer_engine.options import EngineOptions
@@ -44,3 +45,12 @@ def cleanup_job_temp(job: TransferJob, options: EngineOptions) -> None:
     cannot be reached, so the caller can record that the remote zip may remain.
     """
     cleanup_temp(job, options)
+
+
+def discard_job_staging(job: TransferJob, options: EngineOptions) -> bool:
+    """Remove this job's staging directory ``TARGET/.ketter-<job>/`` (a job that ended
+    FAILED or CANCELLED, or an orphan). An old tree a half-done ``replace`` had set
+    aside is put back first. Idempotent; True when something was removed. Not for a
+    job that will be retried: its retry resumes from the staging directory.
+    """
+    return delivery.discard(job, options)

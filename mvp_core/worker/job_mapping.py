@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from mvp_core.db.models import Job, JobMode, Portal, PortalKind
 from mvp_core.db.repository import InvalidRequestError
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
-from mvp_core.transfer_engine.job import TransferJob, TransferMode
+from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 
 
 def clean_relative(path: str, *, what: str, allow_empty: bool = False) -> str:
@@ -151,6 +151,7 @@ def to_transfer_job(
                             known_hosts=default_known_hosts),
         mode=TransferMode.MOVE if job.mode is JobMode.MOVE else TransferMode.COPY,
         job_id=engine_job_id(job.id),
+        on_existing=OnExisting(job.on_existing.value),
     )
 
 
