@@ -11,7 +11,9 @@ Outcomes:
   to ``max_attempts``. **Between attempts the job is PENDING** (worker cleared) with
   a ``retry`` event, and arq holds it deferred (``Retry(defer=...)``).
 - CANCELLED (``cancelled`` event) when the API asked: the engine stops its process,
-  this job's temp files are removed, the source is untouched.
+  this job's temp files and staging directory are removed, the source is untouched.
+  A job that ends FAILED loses its staging directory too; one that will be retried
+  keeps it (the retry resumes from it). See docs/delivery.md.
 - Worker shutdown (SIGTERM) stops the engine and puts the job back to PENDING; a
   crash (kill -9) is found by the reconciler through the missing heartbeat.
 - Any other exception (a bug) still ends the job FAILED with an event.
@@ -53,6 +55,7 @@ from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy, dec
 from mvp_core.transfer_engine.results import CancelToken, TransferResult
 from mvp_core.worker.job_mapping import clean_relative, output_lock_name, to_transfer_job
 from mvp_core.worker.reporting import PhaseWriter, ProgressWriter
+from mvp_core.worker.staging import discard_and_log
 from mvp_core.worker.state import WorkerState
 from mvp_core.worker.target_lock import TargetLock
 
@@ -122,7 +125,7 @@ class JobRun:
             raise Retry(defer=self.settings.heartbeat_grace_s)
         job = snap.job
         if job.status in FINAL_STATUSES:
-            if job.status is JobStatus.CANCELLED and job.attempts > 0:
+            if job.status is not JobStatus.DONE and job.attempts > 0:
                 await self._cleanup_best_effort(snap)  # ended while its worker was dead
             return f"already {job.status.value}"
         lock = TargetLock(self.state.engine, self._lock_name(snap))
@@ -303,7 +306,7 @@ class JobRun:
                       err: TransferError | KetterDbError) -> str:
         """Retry a transient error while attempts remain; otherwise FAILED."""
         if err.transient and claim.attempts < self.settings.max_attempts:
-            await self._cleanup_best_effort(snap)
+            await self._cleanup_best_effort(snap, final=False)  # staging kept: the retry resumes
             defer = min(self.settings.retry_backoff_s * 2 ** (claim.attempts - 1), MAX_BACKOFF_S)
             payload = {
                 "attempt": claim.attempts,
@@ -362,14 +365,18 @@ class JobRun:
     async def _cleanup(self, transfer_job: TransferJob) -> None:
         await asyncio.to_thread(cleanup_job_temp, transfer_job, self.options)
 
-    async def _cleanup_best_effort(self, snap: Snapshot) -> None:
-        """Remove this job's temp zips on both sides; failure is an event, not a crash."""
+    async def _cleanup_best_effort(self, snap: Snapshot, *, final: bool = True) -> None:
+        """Remove this job's temp zips on both sides and, when the job ends (``final``),
+        its staging directory; failure is an event, not a crash."""
         try:
             transfer_job = to_transfer_job(
                 snap.job, source_portal=snap.source, target_portal=snap.target,
                 default_known_hosts=self.settings.default_known_hosts,
             )
             await self._cleanup(transfer_job)
+            if final:
+                await discard_and_log(self.state, self.job_id, transfer_job,
+                                      why=f"job ended, attempt {snap.job.attempts}")
         except Exception as exc:  # noqa: BLE001 - cleanup must never hide the job's outcome
             message = f"temp cleanup failed: {exc}"
             log.warning("job %s: %s", self.job_id, message)

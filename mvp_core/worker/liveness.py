@@ -11,7 +11,9 @@
      worker's job "in progress" for the whole job timeout);
   2. enqueues every PENDING job again: arq ignores the duplicate while it holds the
      job, and re-creates it after Redis lost it (restart, FLUSHALL);
-  3. frees PENDING jobs that a worker picked up in arq but died before claiming.
+  3. frees PENDING jobs that a worker picked up in arq but died before claiming;
+  4. starts (at most every 10 min, in the background) the sweep of staging
+     directories left by jobs that ended (``worker.staging``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from mvp_core.db import repository as repo
 from mvp_core.db.models import JobStatus
 from mvp_core.worker.queue import enqueue, force_requeue, is_in_progress
+from mvp_core.worker.staging import maybe_sweep
 from mvp_core.worker.state import WorkerState
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,7 @@ async def reconcile_once(state: WorkerState) -> ReconcileReport:
     if report.requeued or report.freed:
         log.info("reconciler: queued %s, freed %s", report.requeued, report.freed)
     await state.db(lambda s: repo.prune_workers(s, older_than_s=PRUNE_WORKERS_AFTER_S))
+    maybe_sweep(state)  # staging dirs of ended jobs, in the background
     return report
 
 
