@@ -24,6 +24,14 @@ from tests.service.conftest import Portals
 VICTIM = Path("Audio Files") / "Kick_0002.wav"
 
 
+def _staged(target: Path) -> Path:
+    """The victim file wherever the engine verifies it (its staging dir under the target,
+    or the final place)."""
+    found = [p for p in target.rglob(VICTIM.name) if p.parent.name == VICTIM.parent.name]
+    assert len(found) == 1, found
+    return found[0]
+
+
 @pytest.mark.parametrize("strategy", list(TransferStrategy), ids=lambda s: s.value)
 @pytest.mark.parametrize("where", ["local", "ssh"])
 def test_engine_move_verify_fails_source_untouched(
@@ -39,7 +47,7 @@ def test_engine_move_verify_fails_source_untouched(
     def on_phase(event: PhaseEvent) -> None:
         phases.append((event.phase, event.status))
         if (event.phase, event.status) == ("verify", "started"):
-            (dest / src.name / VICTIM).write_bytes(b"truncated")
+            _staged(dest).write_bytes(b"truncated")
 
     job = TransferJob(LocalEndpoint(src), target, TransferMode.MOVE, job_id="verify-fails")
     with pytest.raises(VerificationError, match="Kick_0002.wav"):
@@ -63,7 +71,7 @@ def test_service_move_verify_fails_job_failed_source_untouched(
     freezer.at_phase_event(job["id"], "verify", "started")
     stack.start_worker()
     freezer.wait_frozen()
-    (portals.ssh_dst_base / "Moved Mix" / VICTIM).write_bytes(b"truncated")
+    _staged(portals.ssh_dst_base).write_bytes(b"truncated")
     freezer.release()  # the held event write fails (logged); the engine goes on to verify
 
     final = stack.wait_job(client, job["id"], FINAL, timeout=60)
