@@ -184,8 +184,9 @@ def test_same_target_never_written_by_two_jobs_at_once(
     stack, client = ketter_stack, api_client
     stack.start_worker(rsync_bwlimit_kib_s=4 * SLOW_KIB_S)
     _big_tree(portals.local_src_base, "Stems", n_files=4, size=1024 * 1024)
-    first = _submit(client, portals, "Stems", strategy="direct")
-    second = _submit(client, portals, "Stems", strategy="direct")
+    # Both write Stems; whichever runs second replaces the first's delivery.
+    first = _submit(client, portals, "Stems", strategy="direct", on_existing="replace")
+    second = _submit(client, portals, "Stems", strategy="direct", on_existing="replace")
     jobs = [stack.wait_job(client, j["id"], FINAL, timeout=60) for j in (first, second)]
     assert [j["status"] for j in jobs] == ["DONE", "DONE"], jobs
     jobs.sort(key=lambda j: j["started_at"])

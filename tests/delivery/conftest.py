@@ -1,0 +1,34 @@
+"""Delivery test helpers: engine options with per-test temp dirs, targets here or over ssh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint
+from mvp_core.transfer_engine.options import EngineOptions
+from tests.fixtures.sshd import SshServer
+
+
+@pytest.fixture
+def options(tmp_path: Path) -> EngineOptions:
+    return EngineOptions(temp_dir=tmp_path / "ltmp", remote_temp_dir=str(tmp_path / "rtmp"),
+                         ssh_connect_timeout_s=5, rsync_io_timeout_s=30)
+
+
+def target_for(where: str, path: Path, sshd: SshServer) -> Endpoint:
+    return sshd.endpoint(path) if where == "ssh" else LocalEndpoint(path)
+
+
+def entries(directory: Path) -> list[str]:
+    """Names in a directory, hidden ones (staging) included."""
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def temp_leftovers(options: EngineOptions) -> list[Path]:
+    found: list[Path] = []
+    for d in (Path(options.temp_dir), Path(options.remote_temp_dir)):
+        if d.exists():
+            found += list(d.rglob("*"))
+    return found
