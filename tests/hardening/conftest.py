@@ -173,6 +173,21 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 class Link:
     """A private sshd (the shared session one is never disturbed) that a test can cut:
     the listener and every session it serves die at once, as when a server vanishes;
@@ -181,13 +196,24 @@ class Link:
     def __init__(self, server: SshServer) -> None:
         self.server = server
 
-    def cut(self) -> None:
+    def cut(self, *, crash: bool = False) -> None:
+        """Cut the link: the listener and every ssh session die (SIGKILL); programs the
+        sessions ran (rsync, unzip) see their pipes close and exit as they would when
+        the network goes away. ``crash=True``: the whole remote side dies at once,
+        programs first, as in a server crash or power loss (nothing can clean up)."""
         proc = self.server.process
         assert proc is not None and proc.poll() is None, "sshd not running"
-        for pid in [*_descendants(proc.pid), proc.pid]:
+        below = _descendants(proc.pid)
+        if crash:
+            doomed = [*reversed(below), proc.pid]  # deepest (rsync, unzip) first
+        else:
+            doomed = [proc.pid, *(p for p in below if _comm(p) == "sshd")]
+        for pid in doomed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=10)
+        wait_until(lambda: not any(_alive(p) for p in below), timeout=10,
+                   what="the remote side's programs to exit")
 
     def restore(self) -> None:
         config = self.server.workdir / "sshd_config"

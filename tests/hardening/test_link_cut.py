@@ -33,10 +33,14 @@ def _retries(stack: Stack, client: httpx.Client, job_id: int) -> list[dict[str, 
     return [e for e in stack.events(client, job_id) if e["event_type"] == "retry"]
 
 
-@pytest.mark.parametrize("strategy", ["direct", "zip_first"])
+@pytest.mark.parametrize("strategy, crash", [("direct", False), ("zip_first", False),
+                                             ("direct", True)],
+                         ids=["direct-link-lost", "zip_first-link-lost", "direct-server-crash"])
 def test_link_cut_and_restored_job_retries_and_finishes(
         ketter_stack: Stack, api_client: httpx.Client, portals: Portals, link: Link,
-        tmp_path: Path, strategy: str) -> None:
+        tmp_path: Path, strategy: str, crash: bool) -> None:
+    """``server-crash``: the remote rsync dies mid-file without cleaning up (its temp
+    file stays in the staging dir); the delivered tree must still be exactly the source."""
     stack, client = ketter_stack, api_client
     far = _far_portal(client, link, tmp_path / "far")
     stack.start_worker(rsync_bwlimit_kib_s=SLOW_KIB_S, max_attempts=4, retry_backoff_s=1)
@@ -45,7 +49,7 @@ def test_link_cut_and_restored_job_retries_and_finishes(
     job = submit(client, portals, "Cut Mix", strategy=strategy, target_portal_id=far)
     _wait_progress(stack, client, job["id"], "send")
 
-    link.cut()
+    link.cut(crash=crash)
     first = wait_until(lambda: _retries(stack, client, job["id"]), timeout=30,
                        what="a retry after the cut")[0]
     link.restore()
