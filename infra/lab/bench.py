@@ -325,6 +325,8 @@ def main() -> None:
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "load_at_start": os.getloadavg()},
         "lab": {k: lab_env[k] for k in ("LAB_RATE", "LAB_DELAY_MODE")},
+        "git_head": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False,
+                                   text=True, capture_output=True).stdout.strip(),
         "scale": os.environ.get("BENCH_SCALE", "1"), "repeats": args.repeats, "ketter_via": kinds,
         "rtts": {},
     }
