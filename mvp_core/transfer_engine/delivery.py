@@ -59,7 +59,7 @@ from mvp_core.transfer_engine.steps import (
     destination_of,
     list_source,
 )
-from mvp_core.transfer_engine.verify import TreeListing, verify_destination
+from mvp_core.transfer_engine.verify import TreeListing, list_tree, verify_destination
 
 STAGING_PREFIX = ".ketter-"
 DELIVERED_MARK = ".ketter-delivered"
@@ -333,6 +333,27 @@ def discard(job: TransferJob, options: EngineOptions) -> bool:
     return rmtree(root, options)
 
 
+def finish_interrupted_move(job: TransferJob, options: EngineOptions) -> TreeListing | None:
+    """An earlier attempt of this move renamed its verified tree into place and deleted
+    the source, then died before reporting: the delivery is complete. Returns the final
+    tree's listing (and removes the staging root), or None when that is not the case.
+
+    Only the marker proves it: it is written after verification, before the rename, and
+    removed only after the source was deleted.
+    """
+    if job.mode is not TransferMode.MOVE:
+        return None
+    root = staging_root(job)
+    final = destination_of(job)
+    marked, staged, in_place = exists_many(
+        (_child(root, DELIVERED_MARK), _child(root, job.source.name), final), options)
+    if not (marked and in_place and not staged) or list_tree(job.source, options) is not None:
+        return None
+    listing = list_tree(final, options)
+    rmtree(root, options)
+    return listing
+
+
 def list_staging(target: Endpoint, options: EngineOptions) -> list[str]:
     """Names of staging roots in a target directory (for the orphan sweep)."""
     if isinstance(target, SshEndpoint):
@@ -394,10 +415,6 @@ def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
             raise TransferCancelledError("cancelled before the tree was put in place")
         with clock.phase("deliver") as info:
             info["how"] = commit(delivery, options)
-    try:
-        rmtree(delivery.root, options)
-    except (TransferError, OSError):
-        pass  # only the marker (and a replaced tree) remain; the orphan sweep gets them
     if expected is None:
         expected = list_source(job, options, cancel)
     if move:
@@ -405,4 +422,9 @@ def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
             raise TransferCancelledError("cancelled before the source was deleted")
         with clock.phase("delete_source"):
             delete_source(job, expected, options)
+    # Last: until here the marker tells a retry that this job's tree is in place.
+    try:
+        rmtree(delivery.root, options)
+    except (TransferError, OSError):
+        pass  # only the marker (and a replaced tree) remain; the orphan sweep gets them
     return expected

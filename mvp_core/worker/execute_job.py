@@ -47,6 +47,7 @@ from mvp_core.db.models import (
     Portal,
     RequestedStrategy,
 )
+from mvp_core.transfer_engine.delivery import finish_interrupted_move
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
 from mvp_core.transfer_engine.execute import cleanup_job_temp, execute_plan
 from mvp_core.transfer_engine.job import TransferJob
@@ -196,6 +197,9 @@ class JobRun:
             )
             if claim.attempts > 1:
                 await self._cleanup(transfer_job)  # leftovers of an earlier attempt
+                finished = await self._finished_earlier(snap, transfer_job)
+                if finished is not None:
+                    return await self._done(finished)
             plan = await asyncio.to_thread(
                 decide_strategy, transfer_job, self.settings.zip_thresholds(),
                 force=_FORCED.get(snap.job.requested_strategy),
@@ -231,6 +235,27 @@ class JobRun:
                 "traceback_tail": traceback.format_exc()[-2000:],
             })
         return await self._done(result)
+
+    async def _finished_earlier(self, snap: Snapshot, transfer_job: TransferJob
+                                ) -> TransferResult | None:
+        """A move whose previous attempt delivered and deleted the source, then died
+        before DONE was recorded: DONE now, not a FAILED "source does not exist"."""
+        started = time.monotonic()
+        listing = await asyncio.to_thread(finish_interrupted_move, transfer_job, self.options)
+        if listing is None:
+            return None
+        await self.state.db(lambda s: repo.add_event(
+            s, job_id=self.job_id, event_type=EventType.PHASE,
+            message="the previous attempt had delivered the tree and deleted the source",
+            payload={"phase": "deliver", "status": "done", "resumed": True},
+        ))
+        strategy = snap.job.strategy
+        return TransferResult(
+            strategy=TransferStrategy(strategy.value) if strategy else TransferStrategy.DIRECT,
+            files_transferred=listing.n_files, bytes_transferred=listing.total_bytes,
+            duration_s=time.monotonic() - started,
+            warnings=("delivered by the previous attempt",),
+        )
 
     async def _transfer(self, plan: TransferPlan) -> TransferResult:
         token = CancelToken()
