@@ -70,6 +70,7 @@ CASES = {
     "unzip-started-copy": ("zip_first", "copy", _frozen_event("unzip", "started"), True),
     "unzip-finished-move": ("zip_first", "move", _frozen_event("unzip", "done"), True),
     "verify-move": ("direct", "move", _frozen_event("verify", "started"), False),
+    "deliver-move": ("zip_first", "move", _frozen_event("deliver", "started"), False),
 }
 
 
@@ -106,6 +107,7 @@ def test_kill9_in_every_phase_new_worker_finishes(
     else:
         assert_trees_identical(reference, source)
     assert temp_files(stack.env) == [], "temp zips (or their rsync temps) left behind"
+    assert [p.name for p in portals.ssh_dst_base.iterdir()] == ["Crash Mix"], "staging left"
     types = event_types(stack.events(client, job["id"]))
     assert "recovered" in types and types.count("started") == 2 and types[-1] == "done", types
 
