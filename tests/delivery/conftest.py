@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint
 from mvp_core.transfer_engine.options import EngineOptions
 from tests.fixtures.sshd import SshServer
+from tests.fixtures.stack import Stack
+from tests.service.conftest import Portals, create_portals
 
 
 @pytest.fixture
@@ -32,3 +35,13 @@ def temp_leftovers(options: EngineOptions) -> list[Path]:
         if d.exists():
             found += list(d.rglob("*"))
     return found
+
+
+@pytest.fixture
+def api_client(ketter_stack: Stack) -> httpx.Client:
+    return ketter_stack.client(ketter_stack.start_api())
+
+
+@pytest.fixture
+def portals(api_client: httpx.Client, tmp_path: Path, sshd: SshServer) -> Portals:
+    return create_portals(api_client, tmp_path / "portals", sshd)
