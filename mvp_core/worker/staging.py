@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -45,7 +44,6 @@ MAX_TARGET_DIRS = 200
 _JOB_STAGING = re.compile(r"^\.ketter-job-(\d+)$")
 
 _last_sweep: dict[str, float] = {}
-_running: dict[str, asyncio.Task[list[int]]] = {}
 
 
 def staging_job_id(name: str) -> int | None:
@@ -154,28 +152,33 @@ def _ids(names: Iterable[str], where: Endpoint) -> list[int]:
 def maybe_sweep(state: WorkerState, *, interval_s: float = SWEEP_INTERVAL_S) -> bool:
     """Start a background sweep when the last one is ``interval_s`` old (never two at once).
 
-    In the background so an unreachable ssh host never delays the reconciler.
+    In the background so an unreachable ssh host never delays the reconciler; kept in
+    ``state.background`` so a worker shutdown cancels it like the other loops.
     """
     key = state.worker_id
     now = time.monotonic()
-    task = _running.get(key)
-    if task is not None and not task.done():
+    if any(t.get_name() == "staging-sweep" and not t.done() for t in state.background):
         return False
     last = _last_sweep.get(key)
     if last is not None and now - last < interval_s:
         return False
     _last_sweep[key] = now
-    task = asyncio.create_task(sweep_orphans(state))
-    task.add_done_callback(_report)
-    _running[key] = task
+    task = asyncio.create_task(_sweep_logged(state), name="staging-sweep")
+    state.background.append(task)
+    task.add_done_callback(lambda t: _forget(state, t))
     return True
 
 
-def _report(task: asyncio.Task[Any]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
+def _forget(state: WorkerState, task: asyncio.Task[None]) -> None:
+    if task in state.background:
+        state.background.remove(task)
+
+
+async def _sweep_logged(state: WorkerState) -> None:
+    try:
+        cleaned = await sweep_orphans(state)
+    except Exception as exc:  # noqa: BLE001 - the next sweep tries again
         log.warning("staging sweep failed: %s", exc)
-    elif task.result():
-        log.info("staging sweep removed the staging dirs of jobs %s", task.result())
+        return
+    if cleaned:
+        log.info("staging sweep removed the staging dirs of jobs %s", cleaned)
