@@ -60,6 +60,9 @@ def run_transfer(
                     job.source, delivery.write_dir, options,
                     bytes_total=source.total_bytes, files_total=source.n_files,
                     progress=progress, cancel=cancel,
+                    # The staged tree is this job's alone: whatever an earlier attempt
+                    # left that the source lacks (a killed rsync's temp file) goes.
+                    extra=() if delivery.in_place else ("--delete",),
                 )
         final = deliver.finish(delivery, options, clock, fallback=source, cancel=cancel)
     return TransferResult(

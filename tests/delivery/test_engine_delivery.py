@@ -378,3 +378,23 @@ def test_cli_refuses_an_existing_target_unless_told(tmp_path: Path) -> None:
     assert replaced.returncode == 0, replaced.stderr
     assert_trees_identical(src, out / src.name)
     assert entries(out) == [src.name]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+def test_leftovers_of_an_earlier_attempt_are_not_delivered(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions,
+        strategy: TransferStrategy) -> None:
+    """A killed rsync's temp file (or any stray) in the staging dir never reaches the
+    final name; a partial file kept aside is resumed, never delivered as such."""
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    out = tmp_path / "out"
+    staged = out / staging_name("again") / src.name / "Audio Files"
+    staged.mkdir(parents=True)
+    (staged / ".Kick_0000.wav.fr8CDb").write_bytes(b"rsync temp of a killed receiver")
+    (staged / "gone from the source.wav").write_bytes(b"stale")
+    (staged / ".ketter-partial").mkdir()
+    (staged / ".ketter-partial" / "Kick_0001.wav").write_bytes(b"RIFF")
+    job = TransferJob(LocalEndpoint(src), sshd.endpoint(out), job_id="again")
+    _run(job, strategy, options)
+    assert_trees_identical(src, out / src.name)
+    assert entries(out) == [src.name]
