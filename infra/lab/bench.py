@@ -144,8 +144,12 @@ def ketter_cli(strategy: str) -> Callable[[Lab, Path, Path], Sample]:
                          "--to", lab.ssh_spec(dest), "--strategy", strategy,
                          "--identity", lab.env["IDENTITY"], "--known-hosts", lab.env["KNOWN_HOSTS"], "--quiet"]
         t0 = time.perf_counter()
-        proc = subprocess.run(argv, check=False, text=True, capture_output=True, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        # LAB and REMOTE share one filesystem: their temp dirs MUST differ, or the zip "sent"
+        # to REMOTE is the very file built in LAB and rsync skips it (a free send phase).
+        env = {**os.environ, "PYTHONPATH": str(REPO),
+               "KETTER_TEMP_DIR": str(Path(lab.env["LAB_DIR"]) / "data" / "tmp_lab_cli"),
+               "KETTER_REMOTE_TEMP_DIR": str(Path(lab.env["LAB_DIR"]) / "data" / "tmp_remote_cli")}
+        proc = subprocess.run(argv, check=False, text=True, capture_output=True, cwd=REPO, env=env)
         secs = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"ketter cli {strategy} -> {proc.returncode}: {proc.stderr[-2000:]}")
