@@ -66,6 +66,7 @@ class ReconcileReport:
 async def reconcile_once(state: WorkerState) -> ReconcileReport:
     settings = state.settings
     report = ReconcileReport()
+    maybe_sweep(state)  # staging dirs of ended jobs, in the background, whatever fails below
     touched: list[tuple[int, str | None, bool]] = []
     if state.trusts_heartbeats():
         touched = await state.db(
@@ -97,7 +98,6 @@ async def reconcile_once(state: WorkerState) -> ReconcileReport:
     if report.requeued or report.freed:
         log.info("reconciler: queued %s, freed %s", report.requeued, report.freed)
     await state.db(lambda s: repo.prune_workers(s, older_than_s=PRUNE_WORKERS_AFTER_S))
-    maybe_sweep(state)  # staging dirs of ended jobs, in the background
     return report
 
 

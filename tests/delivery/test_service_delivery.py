@@ -89,7 +89,7 @@ def test_existing_ssh_target_fails_with_the_reason_and_orphans_are_swept(
     (orphan / "Mix B" / "half.wav").write_bytes(os.urandom(1000))
     (remote / ".ketter-job-999999").mkdir()
     stack.start_worker()  # its reconciler sweeps at start-up
-    wait_until(lambda: not orphan.exists(), timeout=30, what="the orphan staging dir swept")
+    wait_until(lambda: not orphan.exists(), timeout=45, what="the orphan staging dir swept")
     swept = [e for e in stack.events(client, failed["id"])
              if e["payload"].get("staging") == orphan.name]
     assert swept and "orphan of a FAILED job" in swept[0]["message"], swept
