@@ -129,7 +129,7 @@ def test_token_and_settings_reach_api_and_worker(config: dict[str, Any], token: 
         assert env["KETTER_DATABASE_URL"].endswith("@postgres:5432/ketter")
         assert env["KETTER_REDIS_URL"] == "redis://redis:6379/0"
         # env_file settings arrive too (from .env.example here).
-        assert env["KETTER_ZIP_THRESHOLD_FILES"] == "1000"
+        assert env["KETTER_ZIP_THRESHOLD_FILES"] == "10000"
 
 
 def test_config_refuses_a_stack_without_token() -> None:
