@@ -350,14 +350,18 @@ def main() -> None:
                 entry["datasets"][ds.name] = bench_dataset(  # type: ignore[index]
                     lab, ds, sources[ds.name], dest_root / ds.name, methods, args.repeats)
             if stack is not None:
-                one = stack.one_file_overhead(data_base, dest_root / "one", args.repeats + 2)
+                try:
+                    one = stack.one_file_overhead(data_base, dest_root / "one", args.repeats + 2)
+                except bench_stack.StackError as exc:
+                    log(f"RTT {rtt} ms: 1-file jobs FAILED: {exc}")
+                    one = {"error": str(exc)}
                 ref = []
                 for _ in range(args.repeats):
                     clean(dest_root / "one_rsync")
                     ref.append(m_rsync(lab, data_base / "ONE" / "one", dest_root / "one_rsync").seconds)
                 one["rsync_same_file_median_s"] = round(statistics.median(ref), 3)
                 entry["api_overhead_1file"] = one
-                log(f"RTT {rtt} ms: 1-file job {one['seconds']} s; plain rsync {one['rsync_same_file_median_s']} s")
+                log(f"RTT {rtt} ms: 1-file job {one.get('seconds')} s; plain rsync {one['rsync_same_file_median_s']} s")
             report["rtts"][str(rtt)] = entry  # type: ignore[index]
         if args.sweep not in ("", "0"):
             rtt = max(int(r) for r in args.rtts.split(",") if r)

@@ -7,15 +7,18 @@ own database (``ketter_bench``), Redis db and queue, so it never touches a devel
 or a test's data; the jobs stay in ``ketter_bench`` for the calibration query in
 docs/lab_report.md.
 
-Portals: ``bench-lab`` (local, LAB-side data) and one ssh portal per port of REMOTE:
-``bench-remote-22`` (no delay) and ``bench-remote-2222`` (through the delaying relay).
+Portals: ``bench-lab-<tag>`` (local, LAB-side data) and one ssh portal per port of REMOTE:
+``bench-remote-22-<tag>`` (no delay) and ``bench-remote-2222-<tag>`` (through the delaying
+relay); ``<tag>`` is a hash of LAB_DIR.
 A bench job is timed from just before ``POST /jobs`` to the first poll that sees DONE.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -102,11 +105,14 @@ class Stack:
             if time.monotonic() > deadline:
                 raise StackError(f"no healthy stack after 60 s: api {self._tail('api')} worker {self._tail('worker')}")
             time.sleep(0.3)
-        self.portals["lab"] = self._portal({"name": "bench-lab", "kind": "local",
+        # Portal names carry a hash of LAB_DIR: a second lab (another LAB_DIR) gets its own
+        # portals instead of fighting over ones that old jobs still reference.
+        tag = hashlib.sha256(str(self.lab_dir).encode()).hexdigest()[:6]
+        self.portals["lab"] = self._portal({"name": f"bench-lab-{tag}", "kind": "local",
                                             "base_path": str(self.data_lab)})
         for port in (self.lab_env["SSH_PORT_DIRECT"], self.lab_env["SSH_PORT_DELAYED"]):
             self.portals[port] = self._portal({
-                "name": f"bench-remote-{port}", "kind": "ssh", "base_path": str(self.data_remote),
+                "name": f"bench-remote-{port}-{tag}", "kind": "ssh", "base_path": str(self.data_remote),
                 "host": self.lab_env["REMOTE_ADDR"], "port": int(port),
                 "username": self.lab_env["REMOTE_USER"], "identity_file": self.lab_env["IDENTITY"],
                 "known_hosts_file": self.lab_env["KNOWN_HOSTS"]})
@@ -206,7 +212,8 @@ class Stack:
         secs, facts = [], []
         for i in range(n):
             target = dest / f"run{i}"
-            target.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)  # jobs refuse an existing output by default
+            target.mkdir(parents=True)
             s, f = self.run_job(src, target, "auto")
             secs.append(round(s, 3))
             facts.append({"worker_duration_s": f["worker_duration_s"], "queue_wait_s": f["queue_wait_s"],
