@@ -22,6 +22,7 @@ from mvp_core.transfer_engine.results import (
     TransferResult,
 )
 from mvp_core.transfer_engine.rsync import run_rsync
+from mvp_core.transfer_engine.ssh_master import job_ssh_session
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
     check_job,
@@ -44,8 +45,22 @@ def run_transfer(
     manifest: Manifest | None = None,
 ) -> TransferResult:
     """Copy or move ``job.source`` to ``job.target/<basename>`` with rsync."""
+    check_job(job)  # before the ssh master: a refused job starts no process
+    with job_ssh_session(job, options, cancel) as session_options:
+        return _run_transfer(job, options=session_options, progress=progress,
+                             on_phase=on_phase, cancel=cancel, manifest=manifest)
+
+
+def _run_transfer(
+    job: TransferJob,
+    *,
+    options: EngineOptions,
+    progress: ProgressCallback | None,
+    on_phase: PhaseCallback | None,
+    cancel: CancelToken | None,
+    manifest: Manifest | None,
+) -> TransferResult:
     started = time.monotonic()
-    check_job(job)
     clock = PhaseClock(on_phase)
     source: TreeListing = (from_manifest(manifest) if manifest is not None
                            else list_source(job, options, cancel))

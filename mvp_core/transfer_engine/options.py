@@ -19,3 +19,9 @@ class EngineOptions:
     # Verify the destination against the source listing after a copy too (a move
     # always verifies before deleting anything).
     verify_copy: bool = True
+    # One ssh connection per job: a master started for the job, every ssh of the job
+    # (rsync's too) runs as a session over it (see ssh_master). False: one per command.
+    ssh_multiplex: bool = True
+    # Set by ssh_master.ssh_session for the length of one job, never by callers:
+    # (the endpoint key the master serves, its control socket path).
+    ssh_control: tuple[tuple[object, ...], str] | None = None

@@ -238,3 +238,37 @@ def run_command(
             stderr_tail=result.stderr_tail,
         )
     return result
+
+
+def start_background(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start a long-lived helper (an ssh master) the same careful way as ``run_command``.
+
+    Own process group, dies with the thread that started it (PR_SET_PDEATHSIG), no
+    pipes (nobody reads them, so they could never fill and block it). The caller
+    must end it with ``stop_background`` from the same thread.
+    """
+    argv = tuple(argv)
+    try:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509
+        )
+    except FileNotFoundError as exc:
+        raise RemoteCommandMissingError(
+            f"{argv[0]} is not installed on this machine", argv=argv) from exc
+    except OSError as exc:
+        raise CommandFailedError(f"cannot start {argv[0]}: {exc}", argv=argv) from exc
+
+
+def stop_background(proc: subprocess.Popen[bytes]) -> None:
+    """End a helper from ``start_background`` and its whole process group; reap it."""
+    if proc.poll() is None:
+        _kill_group(proc)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if proc.returncode is None:
+        proc.wait()

@@ -85,7 +85,26 @@ def ssh_base_argv(endpoint: SshEndpoint, options: EngineOptions) -> tuple[str, .
         "-o", "LogLevel=ERROR",
         *identity,
         "-p", str(endpoint.port),
+        *_control_argv(endpoint, options),
     )
+
+
+def endpoint_key(endpoint: SshEndpoint) -> tuple[object, ...]:
+    """What must match for a command to ride an endpoint's master: everything but the path."""
+    return (endpoint.host, endpoint.port, endpoint.user, endpoint.identity_file,
+            endpoint.known_hosts_file)
+
+
+def _control_argv(endpoint: SshEndpoint, options: EngineOptions) -> tuple[str, ...]:
+    """Use this job's master if it serves this endpoint; never become a master.
+
+    ssh connects on its own if the socket is missing, so a dead master costs a
+    connection, not the command.
+    """
+    control = options.ssh_control
+    if control is None or control[0] != endpoint_key(endpoint):
+        return ()
+    return ("-o", f"ControlPath={control[1]}", "-o", "ControlMaster=no")
 
 
 def rsync_rsh(endpoint: SshEndpoint, options: EngineOptions) -> str:

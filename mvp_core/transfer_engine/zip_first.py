@@ -39,6 +39,7 @@ from mvp_core.transfer_engine.results import (
 )
 from mvp_core.transfer_engine.rsync import DIRECTORIES_ONLY, run_rsync
 from mvp_core.transfer_engine.ssh import run_remote
+from mvp_core.transfer_engine.ssh_master import job_ssh_session
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
     check_job,
@@ -125,9 +126,22 @@ def run_transfer_zip_first(
     cancel: CancelToken | None = None,
 ) -> TransferResult:
     """Zip locally, send one file, unzip at the target, clean up, verify, (move) delete."""
+    check_job(plan.job)  # before the ssh master: a refused job starts no process
+    with job_ssh_session(plan.job, options, cancel) as session_options:
+        return _run_zip_first(plan, options=session_options, progress=progress,
+                              on_phase=on_phase, cancel=cancel)
+
+
+def _run_zip_first(
+    plan: TransferPlan,
+    *,
+    options: EngineOptions,
+    progress: ProgressCallback | None,
+    on_phase: PhaseCallback | None,
+    cancel: CancelToken | None,
+) -> TransferResult:
     started = time.monotonic()
     job = plan.job
-    check_job(job)
     if not isinstance(job.source, LocalEndpoint):
         raise UnsupportedTreeError("ZIP_FIRST needs a local source: zips are built locally")
     if _UNZIP_WILDCARDS.search(str(options.temp_dir) + options.remote_temp_dir):

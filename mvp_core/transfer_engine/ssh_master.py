@@ -1,0 +1,120 @@
+"""One ssh connection per job: a master for the job's length, every ssh rides it.
+
+Why: a job runs 8-10 ssh commands (list, mkdir, staging, rsync, verify, rename,
+cleanup); each fresh connection costs a TCP + key exchange + auth (~0.3-0.5 s),
+which dominated small jobs. ``ssh_session`` starts ``ssh -M -N`` as a child of the
+job's thread (no ``ControlPersist`` daemon: that one double-forks and would escape
+PR_SET_PDEATHSIG and the cancel path), waits until its control socket appears
+(ssh creates it only after authentication), and hands back options whose
+``ssh_control`` makes ``ssh.ssh_base_argv`` add ``ControlPath=... ControlMaster=no``.
+ssh falls back to its own connection if the socket is gone, so correctness never
+depends on the master; if the master cannot start (auth refused, host down), the job
+proceeds without it and its first real command reports the real error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mvp_core.transfer_engine.endpoints import SshEndpoint
+from mvp_core.transfer_engine.errors import TransferError
+from mvp_core.transfer_engine.job import TransferJob
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.results import CancelToken
+from mvp_core.transfer_engine.runner import start_background, stop_background
+from mvp_core.transfer_engine.ssh import endpoint_key, ssh_base_argv
+
+SOCKET_NAME = "cm"
+DIR_PREFIX = "ketter-ssh-"
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; ssh appends a temp suffix while binding
+_POLL_S = 0.01
+_START_SLACK_S = 5.0
+
+
+def master_argv(endpoint: SshEndpoint, options: EngineOptions, control_path: str
+                ) -> tuple[str, ...]:
+    """``ssh -M -N`` with the job's connection options; it never forks into a daemon."""
+    plain = dataclasses.replace(options, ssh_control=None)
+    return (*ssh_base_argv(endpoint, plain), "-M", "-N",
+            "-o", f"ControlPath={control_path}", "-o", "ControlPersist=no",
+            "--", endpoint.destination)
+
+
+def job_ssh_endpoint(job: TransferJob) -> SshEndpoint | None:
+    """The job's remote side, if any (a job has at most one)."""
+    for endpoint in (job.source, job.target):
+        if isinstance(endpoint, SshEndpoint):
+            return endpoint
+    return None
+
+
+@contextmanager
+def job_ssh_session(job: TransferJob, options: EngineOptions,
+                    cancel: CancelToken | None = None) -> Iterator[EngineOptions]:
+    """``ssh_session`` for the job's remote side; the options unchanged for a local job."""
+    endpoint = job_ssh_endpoint(job)
+    if endpoint is None:
+        yield options
+        return
+    with ssh_session(endpoint, options, cancel) as session_options:
+        yield session_options
+
+
+@contextmanager
+def ssh_session(endpoint: SshEndpoint, options: EngineOptions,
+                cancel: CancelToken | None = None) -> Iterator[EngineOptions]:
+    """Run the block over one ssh master to ``endpoint``; yields the options to use.
+
+    Must be entered and left in the thread that runs the job's commands (the master
+    dies with the thread that started it). On exit, success or not, the master is
+    stopped and its private socket directory removed.
+    """
+    if not options.ssh_multiplex or options.ssh_control is not None:
+        yield options
+        return
+    try:
+        sock_dir = tempfile.mkdtemp(prefix=DIR_PREFIX)  # mode 0700
+    except OSError:
+        yield options
+        return
+    control_path = os.path.join(sock_dir, SOCKET_NAME)
+    proc = None
+    try:
+        if len(os.fsencode(control_path)) <= _MAX_SOCKET_PATH:
+            try:
+                proc = start_background(master_argv(endpoint, options, control_path))
+            except TransferError:
+                proc = None
+        if proc is not None and _wait_ready(proc, control_path, options, cancel):
+            yield dataclasses.replace(
+                options, ssh_control=(endpoint_key(endpoint), control_path))
+        else:
+            yield options
+    finally:
+        if proc is not None:
+            stop_background(proc)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], control_path: str, options: EngineOptions,
+                cancel: CancelToken | None) -> bool:
+    """True once the master listens (authenticated); False if it died or took too long."""
+    deadline = time.monotonic() + options.ssh_connect_timeout_s + _START_SLACK_S
+    path = Path(control_path)
+    while time.monotonic() < deadline:
+        if path.is_socket():
+            return True
+        if proc.poll() is not None:
+            return False
+        if cancel is not None and cancel.cancelled:
+            return False
+        time.sleep(_POLL_S)
+    return False
