@@ -1,0 +1,191 @@
+"""One ssh connection per job (ssh_master), counted at a real sshd's log.
+
+A private sshd with LogLevel VERBOSE logs one "Accepted publickey" per authenticated
+connection; sessions multiplexed over a master log none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mvp_core.transfer_engine.endpoints import LocalEndpoint
+from mvp_core.transfer_engine.errors import (
+    SshAuthError,
+    TargetNotWritableError,
+    TransferCancelledError,
+)
+from mvp_core.transfer_engine.execute import execute_plan
+from mvp_core.transfer_engine.job import TransferJob, TransferMode
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
+from mvp_core.transfer_engine.results import CancelToken
+from mvp_core.transfer_engine.ssh_master import DIR_PREFIX, ssh_session
+from mvp_core.transfer_engine.ssh import run_remote, ssh_base_argv
+from tests.engine.conftest import temp_leftovers
+from tests.fixtures.sshd import SshServer, _keygen, start_sshd, stop_sshd
+from tests.fixtures.trees import make_session_tree, tree_snapshot
+
+
+@pytest.fixture(scope="module")
+def verbose_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    server = start_sshd(tmp_path_factory.mktemp("sshd_verbose"), log_level="VERBOSE")
+    try:
+        yield server
+    finally:
+        stop_sshd(server)
+
+
+def _accepted(server: SshServer) -> int:
+    return (server.workdir / "sshd.log").read_text(errors="replace").count("Accepted publickey")
+
+
+def _wait_count(server: SshServer, before: int, expected: int) -> int:
+    """The log line may trail the job by a moment: wait for it, bounded."""
+    deadline = time.monotonic() + 3
+    while _accepted(server) - before < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # and no extra one trailing behind
+    return _accepted(server) - before
+
+
+def _our_masters() -> list[str]:
+    """Command lines of live ssh masters whose socket is in a ketter-ssh dir."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0] == b"ssh" and b"-M" in cmd and any(DIR_PREFIX.encode() in a
+                                                             for a in cmd):
+            found.append(b" ".join(cmd).decode(errors="replace"))
+    return found
+
+
+def _socket_dirs() -> set[str]:
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(DIR_PREFIX)}
+
+
+@pytest.fixture
+def clean_check() -> Iterator[None]:
+    before = _socket_dirs()
+    yield
+    assert _our_masters() == []
+    assert _socket_dirs() - before == set()
+
+
+@pytest.mark.parametrize("strategy", [TransferStrategy.DIRECT, TransferStrategy.ZIP_FIRST],
+                         ids=lambda s: s.value)
+@pytest.mark.parametrize("multiplex", [True, False], ids=["multiplex", "plain"])
+def test_one_connection_per_job(tmp_path: Path, verbose_sshd: SshServer,
+                                engine_options: EngineOptions, clean_check: None,
+                                strategy: TransferStrategy, multiplex: bool) -> None:
+    options = dataclasses.replace(engine_options, ssh_multiplex=multiplex)
+    src = make_session_tree(tmp_path / "src", n_audio=20)
+    reference = tree_snapshot(src)
+    job = TransferJob(LocalEndpoint(src), verbose_sshd.endpoint(tmp_path / "dest"),
+                      TransferMode.MOVE, job_id=f"mux-{strategy.value}")
+    plan = decide_strategy(job, force=strategy)
+    before = _accepted(verbose_sshd)
+    result = execute_plan(plan, options=options)
+    assert tree_snapshot(tmp_path / "dest" / src.name) == reference
+    assert not src.exists()
+    assert result.files_transferred == plan.n_files
+    assert temp_leftovers(options) == []
+    connections = _wait_count(verbose_sshd, before, 1)
+    if multiplex:
+        assert connections == 1
+    else:  # the old behaviour, so the count above proves something
+        assert connections >= 6, connections  # 8 DIRECT, 10 ZIP_FIRST when written
+
+
+def test_ssh_to_local_job_uses_one_connection(tmp_path: Path, verbose_sshd: SshServer,
+                                              engine_options: EngineOptions,
+                                              clean_check: None) -> None:
+    src = make_session_tree(tmp_path / "remote src", n_audio=5)
+    reference = tree_snapshot(src)
+    job = TransferJob(verbose_sshd.endpoint(src), LocalEndpoint(tmp_path / "here"),
+                      TransferMode.MOVE)
+    before = _accepted(verbose_sshd)
+    execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=engine_options)
+    assert tree_snapshot(tmp_path / "here" / src.name) == reference
+    assert not src.exists()
+    assert _wait_count(verbose_sshd, before, 1) == 1
+
+
+def test_failed_job_leaves_no_master(tmp_path: Path, verbose_sshd: SshServer,
+                                     engine_options: EngineOptions, clean_check: None) -> None:
+    # The target is a file: mkdir under it fails on the remote side, after the master is up.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    src = make_session_tree(tmp_path / "src", n_audio=2)
+    job = TransferJob(LocalEndpoint(src), verbose_sshd.endpoint(blocker / "sub"))
+    before = _accepted(verbose_sshd)
+    with pytest.raises(TargetNotWritableError, match="Not a directory"):
+        execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=engine_options)
+    assert _wait_count(verbose_sshd, before, 1) == 1
+    assert src.exists()
+
+
+def test_auth_failure_is_reported_as_before(tmp_path: Path, verbose_sshd: SshServer,
+                                            engine_options: EngineOptions,
+                                            clean_check: None) -> None:
+    other_key = tmp_path / "other_key"
+    _keygen(other_key, "not-authorized")
+    src = make_session_tree(tmp_path / "src", n_audio=2)
+    job = TransferJob(LocalEndpoint(src),
+                      verbose_sshd.endpoint(tmp_path / "dest", identity_file=other_key))
+    with pytest.raises(SshAuthError, match="authentication refused") as info:
+        execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=engine_options)
+    assert "Permission denied" in info.value.stderr_tail
+    assert "ControlMaster=no" not in " ".join(info.value.argv)  # ran without the dead master
+
+
+def test_cancel_leaves_no_master(tmp_path: Path, verbose_sshd: SshServer,
+                                 engine_options: EngineOptions, clean_check: None) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.wav").write_bytes(os.urandom(4 << 20))
+    options = dataclasses.replace(engine_options, bwlimit_kib_s=256)
+    job = TransferJob(LocalEndpoint(src), verbose_sshd.endpoint(tmp_path / "dest"))
+    cancel = CancelToken()
+    timer = threading.Timer(2.0, cancel.cancel)
+    timer.start()
+    try:
+        with pytest.raises(TransferCancelledError):
+            execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=options,
+                         cancel=cancel)
+    finally:
+        timer.cancel()
+    assert src.exists()
+
+
+def test_session_options_and_socket_dir(verbose_sshd: SshServer, clean_check: None) -> None:
+    ep = verbose_sshd.endpoint("/")
+    with ssh_session(ep, EngineOptions(ssh_connect_timeout_s=5)) as options:
+        assert options.ssh_control is not None
+        sock = Path(options.ssh_control[1])
+        assert sock.is_socket()
+        assert len(os.fsencode(sock)) <= 100
+        assert sock.parent.stat().st_mode & 0o777 == 0o700
+        assert len(_our_masters()) == 1
+        out = run_remote(ep, ["echo", "over the master"], options, what="echo",
+                         capture_stdout=True)
+        assert out.stdout == b"over the master\n"
+        assert "ControlMaster=no" in out.argv
+        # Another host (here: another port) must never ride this master.
+        other = dataclasses.replace(ep, port=1 if ep.port != 1 else 2)
+        assert "ControlMaster=no" not in ssh_base_argv(other, options)
+    assert not sock.parent.exists()
+    with ssh_session(ep, EngineOptions(ssh_multiplex=False)) as options:
+        assert options.ssh_control is None
