@@ -90,8 +90,10 @@ def test_existing_ssh_target_fails_with_the_reason_and_orphans_are_swept(
     (remote / ".ketter-job-999999").mkdir()
     stack.start_worker()  # its reconciler sweeps at start-up
     wait_until(lambda: not orphan.exists(), timeout=45, what="the orphan staging dir swept")
-    swept = [e for e in stack.events(client, failed["id"])
-             if e["payload"].get("staging") == orphan.name]
+    # The event is written just after the directory goes: wait for it too.
+    swept = wait_until(lambda: [e for e in stack.events(client, failed["id"])
+                                if e["payload"].get("staging") == orphan.name],
+                       timeout=10, what="the sweep's event")
     assert swept and "orphan of a FAILED job" in swept[0]["message"], swept
     assert entries(remote) == [".ketter-job-999999", "Mix B"]  # not ours: left alone
     assert tree_snapshot(remote / "Mix B") == old
