@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -82,6 +83,7 @@ def ssh_session(endpoint: SshEndpoint, options: EngineOptions,
         return
     try:
         sock_dir = tempfile.mkdtemp(prefix=DIR_PREFIX)  # mode 0700
+        sweep_stale(Path(sock_dir).parent)
     except OSError:
         yield options
         return
@@ -118,3 +120,32 @@ def _wait_ready(proc: subprocess.Popen[bytes], control_path: str, options: Engin
             return False
         time.sleep(_POLL_S)
     return False
+
+
+def sweep_stale(parent: Path) -> list[str]:
+    """Remove socket dirs left by killed processes (their master died with them, the
+    finally never ran): those whose socket refuses connections. A live master's, or a
+    dir whose master is still starting (no socket yet), is left alone."""
+    removed: list[str] = []
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(DIR_PREFIX)]
+    except OSError:
+        return removed
+    for sock_dir in candidates:
+        sock_path = sock_dir / SOCKET_NAME
+        try:
+            if sock_dir.stat().st_uid != os.getuid() or not sock_path.is_socket():
+                continue
+        except OSError:
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(sock_path))
+                continue  # a live master
+            except ConnectionRefusedError:
+                pass
+            except OSError:
+                continue
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        removed.append(sock_dir.name)
+    return removed

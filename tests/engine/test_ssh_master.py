@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -27,7 +28,7 @@ from mvp_core.transfer_engine.job import TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.ssh_master import DIR_PREFIX, ssh_session
+from mvp_core.transfer_engine.ssh_master import DIR_PREFIX, SOCKET_NAME, ssh_session
 from mvp_core.transfer_engine.ssh import run_remote, ssh_base_argv
 from tests.engine.conftest import temp_leftovers
 from tests.fixtures.sshd import SshServer, _keygen, start_sshd, stop_sshd
@@ -189,3 +190,29 @@ def test_session_options_and_socket_dir(verbose_sshd: SshServer, clean_check: No
     assert not sock.parent.exists()
     with ssh_session(ep, EngineOptions(ssh_multiplex=False)) as options:
         assert options.ssh_control is None
+
+
+def test_dirs_of_killed_jobs_are_swept_live_ones_kept(verbose_sshd: SshServer) -> None:
+    """A kill -9'd worker's master dies with it but its socket dir stays: the next
+    session removes it; a live master's (another worker's) dir is left alone."""
+    dead = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
+    live = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
+    starting = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))  # no socket yet
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(dead / SOCKET_NAME))  # bound, never listening again: a dead master's
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(live / SOCKET_NAME))
+        listener.listen()
+        with ssh_session(verbose_sshd.endpoint("/"), EngineOptions(ssh_connect_timeout_s=5)):
+            pass
+        assert not dead.exists()
+        assert (live / SOCKET_NAME).is_socket()
+        assert starting.is_dir()
+    finally:
+        listener.close()
+        for d in (dead, live, starting):
+            if d.exists():
+                for p in d.iterdir():
+                    p.unlink()
+                d.rmdir()
