@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # rsync --bwlimit in KiB/s, 0 = unlimited (shared links; tests that interrupt a transfer).
     rsync_bwlimit_kib_s: int = Field(default=0, ge=0)
     default_known_hosts: Path | None = None
+    # DIRECT's parallel rsync streams (1 = a single rsync) and ZIP_FIRST's chunk size.
+    direct_streams: int = Field(default=4, ge=1, le=8)
+    zip_chunk_bytes: int = Field(default=128 * MIB, ge=MIB)
 
     # Worker.
     max_attempts: int = Field(default=3, ge=1)
@@ -79,6 +82,8 @@ class Settings(BaseSettings):
             ssh_connect_timeout_s=self.ssh_connect_timeout_s,
             rsync_io_timeout_s=self.rsync_io_timeout_s,
             bwlimit_kib_s=self.rsync_bwlimit_kib_s,
+            direct_streams=self.direct_streams,
+            zip_chunk_bytes=self.zip_chunk_bytes,
         )
 
 

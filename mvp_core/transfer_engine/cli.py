@@ -90,7 +90,8 @@ def describe_result(result: TransferResult) -> str:
     phases = ", ".join(f"{name} {secs:.2f}s" for name, secs in result.phase_timings.items())
     lines = [
         (f"done: {result.files_transferred} files, {human_bytes(result.bytes_transferred)} "
-         f"in {result.duration_s:.2f} s ({rate:.1f} MB/s), strategy {result.strategy.value}"),
+         f"in {result.duration_s:.2f} s ({rate:.1f} MB/s), strategy {result.strategy.value}"
+         + (f", {result.streams} streams" if result.streams > 1 else "")),
         f"  phases: {phases}",
     ]
     lines += [f"  warning: {w}" for w in result.warnings]

@@ -13,6 +13,9 @@ of the same job (same ``job_id`` → same staging name) knows what to do after a
   gone from staging means this job's tree is already in place: verify and finish.
 - ``.ketter-old``: ``replace`` moved the previous tree aside here. If the new tree is
   not in place yet it is put back first; otherwise it is deleted.
+- ``.ketter-chunks/<digest>-<k>``: ZIP_FIRST extracted chunk ``k`` of the chunk plan
+  ``digest`` (written right after its unzip succeeded). A retry skips those chunks;
+  markers of another plan (the source changed) mean start over.
 
 The target name already existing is decided by ``TransferJob.on_existing``: ``fail``
 (default) raises ``TargetExistsError`` before any byte moves; ``replace`` swaps the old
@@ -55,6 +58,8 @@ from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
+    prepare_target,
+    raise_for_prepare,
     delete_source,
     destination_of,
     list_source,
@@ -64,6 +69,8 @@ from mvp_core.transfer_engine.verify import TreeListing, list_tree, verify_desti
 STAGING_PREFIX = ".ketter-"
 DELIVERED_MARK = ".ketter-delivered"
 OLD_TREE = ".ketter-old"
+# ZIP_FIRST: one empty file ``<plan digest>-<chunk>`` per chunk extracted (see chunks).
+CHUNK_MARKS = ".ketter-chunks"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 # Names the engine itself puts in a target directory that are not staging roots.
 _NOT_STAGING = frozenset({".ketter-partial"})
@@ -103,6 +110,8 @@ class Delivery:
     existed: bool  # TARGET/<name> was there (replace or merge)
     in_place: bool  # merge into the existing tree: write straight into TARGET
     delivered: bool  # an earlier attempt of this job already renamed its tree in place
+    # ZIP_FIRST: chunks of this plan an earlier attempt extracted (``chunks_extracted``).
+    extracted: frozenset[int] = frozenset()
 
     @property
     def write_dir(self) -> Endpoint:
@@ -113,6 +122,11 @@ class Delivery:
     def written(self) -> Endpoint:
         """Where the written tree is, to verify before it is delivered."""
         return self.final if self.in_place else self.staged
+
+    @property
+    def marks(self) -> Endpoint:
+        """``TARGET/.ketter-<job>/.ketter-chunks``: ZIP_FIRST's extracted-chunk markers."""
+        return _child(self.root, CHUNK_MARKS)
 
     @property
     def writing_job(self) -> TransferJob:
@@ -170,7 +184,35 @@ _RENAME = ('if [ -e "$2" ] || [ -L "$2" ]; then exit 17; fi; mv -n -T -- "$1" "$
            'if [ -e "$1" ] || [ -L "$1" ]; then '
            'if [ -e "$2" ] || [ -L "$2" ]; then exit 17; fi; exit $(( rc ? rc : 3 )); fi')
 _MKDIR = 'mkdir -p -- "$1" && : > "$1"/.ketter-probe && rm -f -- "$1"/.ketter-probe'
+# $1 the marker, then _RENAME of $2 -> $3.
+_MARK_RENAME = ': > "$1" || exit 3; shift; ' + _RENAME
 _TOUCH = ': > "$1"'
+# $1 make the root even if the final name exists (replace); $2 how many dirs follow to
+# create and check (the target first); then final, staged, marker, old tree (one 0/1
+# each) and the staging root, made (a trailing 1) when the final name is free or $1=1.
+_PREPARE_AND_LOOK = (
+    'mk=$1; nd=$2; shift 2; i=0; '
+    'while [ "$i" -lt "$nd" ]; do d=$1; shift; i=$((i + 1)); '
+    'mkdir -p -- "$d" || exit 3; '
+    'test -d "$d" || { echo "not a directory: $d" >&2; exit 3; }; '
+    'test -w "$d" || { echo "not writable: $d" >&2; exit 3; }; done; '
+    'for p in "$1" "$2" "$3" "$4"; do '
+    'if [ -e "$p" ] || [ -L "$p" ]; then printf 1; else printf 0; fi; done; '
+    'if [ "$mk" = 1 ] || ! { [ -e "$1" ] || [ -L "$1" ]; }; then '
+    'mkdir -p -- "$5" && : > "$5"/.ketter-probe && rm -f -- "$5"/.ketter-probe || exit 4; '
+    'printf 1; else printf 0; fi'
+)
+
+
+# Chunk markers: list those of plan "$2" in "$1" (created if missing); none → start
+# over: remove every marker and the staged tree "$3" (when given; never in merge).
+_CHUNK_STATE = (
+    'm=$1; d=$2; s=$3; mkdir -p -- "$m" || exit 3; found=0; '
+    'for f in "$m"/"$d"-*; do if [ -e "$f" ]; then found=1; printf "%s\\n" "${f##*/}"; fi; '
+    'done; if [ "$found" = 0 ]; then rm -f -- "$m"/*; '
+    'if [ -n "$s" ] && { [ -e "$s" ] || [ -L "$s" ]; }; then rm -rf -- "$s" 2>/dev/null '
+    '|| { chmod -R u+rwx -- "$s"; rm -rf -- "$s"; }; fi; fi'
+)
 
 
 def _sh(endpoint: SshEndpoint, script: str, args: tuple[str, ...], options: EngineOptions,
@@ -253,14 +295,43 @@ def staging_root(job: TransferJob) -> Endpoint:
     return _child(job.target, staging_name(job.job_id))
 
 
+def _prepare_and_look(job: TransferJob, looked_at: tuple[Endpoint, ...], root: Endpoint,
+                      target_dirs: tuple[PurePosixPath, ...], options: EngineOptions,
+                      cancel: CancelToken | None) -> tuple[tuple[bool, ...], bool]:
+    """``prepare_target`` + ``exists_many`` + the staging root's mkdir in one ssh round
+    trip: (which of ``looked_at`` exist, whether the root was made). The root is made
+    only where the caller would make it: the final name is free, or may be replaced."""
+    target = job.target
+    assert isinstance(target, SshEndpoint)
+    dirs = (_path(target), *(str(d) for d in target_dirs))
+    make_root = "1" if job.on_existing is OnExisting.REPLACE else "0"
+    result = _sh(target, _PREPARE_AND_LOOK,
+                 (make_root, str(len(dirs)), *dirs, *(_path(e) for e in looked_at), _path(root)),
+                 options, "prepare the target", cancel)
+    if result.exit_code == 4:
+        raise TargetNotWritableError(f"cannot create the staging dir {root}", **result.evidence())
+    raise_for_prepare(result, target)
+    flags = result.stdout_tail.strip()
+    if len(flags) != len(looked_at) + 1:
+        raise CommandFailedError(f"unexpected answer preparing the target: {flags!r}")
+    return tuple(c == "1" for c in flags[:-1]), flags[-1] == "1"
+
+
 def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None = None, *,
-            resumable: bool) -> Delivery:
+            resumable: bool, chunk_plan: str | None = None,
+            target_dirs: tuple[PurePosixPath, ...] | None = None) -> Delivery:
     """Decide where this attempt writes; refuse an existing target before any byte moves.
 
-    ``resumable``: keep what an earlier attempt staged (rsync resumes it); otherwise
-    the staged tree is removed first (unzip restarts from a clean folder, so every
-    directory it creates gets its mode and mtime back).
-    Call after the target directory itself was prepared.
+    ``resumable``: keep what an earlier attempt staged (rsync resumes it; ZIP_FIRST
+    keeps it only if ``chunks_extracted`` finds chunks of the same plan done);
+    otherwise the staged tree is removed first (unzip restarts from a clean folder, so
+    every directory it creates gets its mode and mtime back).
+    ``chunk_plan`` (ZIP_FIRST: the plan's digest): the staging dir is created, and its
+    chunk markers read, in one round trip (``Delivery.extracted``).
+    ``target_dirs`` (more directories on the target's host, e.g. the remote temp dir):
+    prepare the target directory and those too (``steps.prepare_target``) first; over
+    ssh that, the look at the target and the staging root's mkdir take one round trip.
+    Without it, call after the target directory itself was prepared.
     """
     name = job.source.name
     if name.startswith(STAGING_PREFIX):
@@ -271,8 +342,15 @@ def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None
     staged = _child(root, name)
     mark = _child(root, DELIVERED_MARK)
     old = _child(root, OLD_TREE)
-    f_exists, n_exists, m_exists, o_exists = exists_many((final, staged, mark, old), options,
-                                                         cancel)
+    root_made = False
+    if target_dirs is not None and isinstance(job.target, SshEndpoint):
+        (f_exists, n_exists, m_exists, o_exists), root_made = _prepare_and_look(
+            job, (final, staged, mark, old), root, target_dirs, options, cancel)
+    else:
+        if target_dirs is not None:
+            prepare_target(job.target, options, cancel, also=target_dirs)
+        f_exists, n_exists, m_exists, o_exists = exists_many((final, staged, mark, old),
+                                                             options, cancel)
     if m_exists and not n_exists and f_exists:
         return Delivery(job, final, root, staged, existed=True, in_place=False, delivered=True)
     if o_exists and not f_exists:
@@ -285,12 +363,55 @@ def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None
     in_place = f_exists and job.on_existing is OnExisting.MERGE
     if m_exists:
         rmtree(mark, options)  # from an attempt that stopped before its rename
+    delivery = Delivery(job, final, root, staged, existed=f_exists, in_place=in_place,
+                        delivered=False)
+    if chunk_plan is not None:  # creates the staging root too
+        extracted = chunks_extracted(delivery, chunk_plan, options, cancel)
+        return dataclasses.replace(delivery, extracted=extracted)
     if not in_place:
         if n_exists and not resumable:
             rmtree(staged, options)
-        _mkdir(root, options, cancel)
-    return Delivery(job, final, root, staged, existed=f_exists, in_place=in_place,
-                    delivered=False)
+        if not root_made:
+            _mkdir(root, options, cancel)
+    return delivery
+
+
+def chunk_mark_name(digest: str, index: int) -> str:
+    return f"{digest}-{index:05d}"
+
+
+def chunks_extracted(delivery: Delivery, digest: str, options: EngineOptions,
+                     cancel: CancelToken | None = None) -> frozenset[int]:
+    """Chunks of plan ``digest`` an earlier attempt of this job extracted (one ssh round
+    trip). None extracted: start over from a clean staged tree (unzip then dates every
+    directory it creates) and forget markers of any other plan."""
+    marks = delivery.marks
+    staged = "" if delivery.in_place else _path(delivery.staged)
+    if isinstance(marks, SshEndpoint):
+        result = run_remote(marks, ("sh", "-c", _CHUNK_STATE, "sh", _path(marks), digest,
+                                    staged), options, what="look for extracted chunks",
+                            cancel=cancel, check=False, capture_stdout=True)
+        if result.exit_code == 3:
+            raise TargetNotWritableError(f"cannot create {marks}", **result.evidence())
+        raise_for_remote(result, marks, "look for extracted chunks")
+        names = result.stdout.decode("ascii", "replace").split()
+    else:
+        try:
+            Path(marks.path).mkdir(parents=True, exist_ok=True)
+            names = [n for n in os.listdir(marks.path) if n.startswith(digest + "-")]
+            if not names:
+                for stale in os.listdir(marks.path):
+                    os.unlink(os.path.join(marks.path, stale))
+                if staged:
+                    _rmtree_local(staged)
+        except OSError as exc:
+            raise TargetNotWritableError(f"cannot prepare {marks}: {exc.strerror}") from exc
+    done = set()
+    for name in names:
+        tail = name.removeprefix(digest + "-")
+        if tail.isdigit():
+            done.add(int(tail))
+    return frozenset(done)
 
 
 def commit(delivery: Delivery, options: EngineOptions) -> str:
@@ -298,7 +419,11 @@ def commit(delivery: Delivery, options: EngineOptions) -> str:
 
     ``replace``: the old tree is renamed aside, the new one renamed in, and only then is
     the old one deleted; if the second rename fails the old tree is put back.
+    A plain rename over ssh writes the marker and renames in one round trip.
     """
+    if _renames_in_one_trip(delivery):
+        _mark_and_rename_remote(delivery, options)
+        return "rename"
     _touch(_child(delivery.root, DELIVERED_MARK), options)
     how = "rename"
     if delivery.existed:
@@ -316,6 +441,27 @@ def commit(delivery: Delivery, options: EngineOptions) -> str:
     else:
         rename_noreplace(delivery.staged, delivery.final, options)
     return how
+
+
+def _renames_in_one_trip(delivery: Delivery) -> bool:
+    """A plain rename on an ssh target: marker and rename in one trip."""
+    return isinstance(delivery.root, SshEndpoint) and not delivery.existed
+
+
+def _mark_and_rename_remote(delivery: Delivery, options: EngineOptions) -> None:
+    """Marker then rename: one ssh round trip instead of two (each costs RTTs on a real
+    link), same order and guarantees as ``_touch`` then ``rename_noreplace``. The
+    staging root (with the marker) stays until the very end of ``finish``: a worker
+    killed after the rename must find the marker to report DONE, not "target exists"."""
+    root = delivery.root
+    assert isinstance(root, SshEndpoint)
+    result = _sh(root, _MARK_RENAME, (_path(_child(root, DELIVERED_MARK)), _path(delivery.staged),
+                                      _path(delivery.final)),
+                 options, "rename into place")
+    if result.exit_code == 17:
+        raise TargetExistsError(f"{delivery.final} appeared while the job ran; it was left as it is",
+                                **result.evidence())
+    raise_for_remote(result, root, "rename into place")
 
 
 def discard(job: TransferJob, options: EngineOptions) -> bool:

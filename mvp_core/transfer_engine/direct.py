@@ -1,38 +1,65 @@
-"""DIRECT: one rsync of the source into the target. Knows nothing of zip or thresholds.
+"""DIRECT: rsync of the source into the target, in one or several streams. Knows
+nothing of zip or thresholds.
 
 Steps: list the source (fails early if missing; over ssh this also proves the key
 and host key), create the target, rsync (phase ``send``) into the job's staging
 directory, verify it, rename it into place (``delivery``), and for a move delete the
 source only after the rename.
+
+Streams (``options.direct_streams``, planned by ``streams.plan_streams``): a local
+source directory's files are split by size into N lists; N rsyncs run at once, each
+``--files-from`` its list, all into the same staging tree and over the job's one ssh
+master (each rsync's ssh is a session on it). Then one final pass, the very rsync a
+single stream runs (``--delete`` included), sends what the lists do not carry
+(directories, empty ones included, symlinks), gives every directory its mode and
+mtime, removes strays (a killed rsync's temp file) and finds the files already
+there. A remote source, a single file, a tree too small for a second stream (see
+``streams``), or a merge into an existing tree (its folders may be read-only: one
+rsync lends itself write access to them, a stream must not touch folder modes) runs
+that one rsync alone, exactly as before.
+
+As one job: progress is the sum of the streams' bytes, one cancel stops them all,
+and the first stream to fail stops the others; its error (not the cancellations it
+caused) is the one raised. ``--partial-dir`` keeps resumability: a retry splits the
+same tree the same way and each rsync resumes its files from the staging tree.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import threading
 import time
+from pathlib import Path
 
 from mvp_core.transfer_engine import delivery as deliver
+from mvp_core.transfer_engine import streams as streams_plan
+from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint
+from mvp_core.transfer_engine.errors import TransferCancelledError
 from mvp_core.transfer_engine.job import TransferJob
-from mvp_core.transfer_engine.manifest import Manifest
+from mvp_core.transfer_engine.manifest import FILE, Manifest
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy
 from mvp_core.transfer_engine.results import (
     CancelToken,
     PhaseCallback,
+    Progress,
     ProgressCallback,
     TransferResult,
 )
-from mvp_core.transfer_engine.rsync import run_rsync
+from mvp_core.transfer_engine.rsync import files_from_args, run_rsync
 from mvp_core.transfer_engine.ssh_master import job_ssh_session
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
     check_job,
     diagnose_no_space,
     list_source,
-    prepare_target,
 )
+from mvp_core.transfer_engine.streams import Stream
 from mvp_core.transfer_engine.verify import TreeListing, from_manifest
 
 _DEFAULT_OPTIONS = EngineOptions()
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def run_transfer(
@@ -64,21 +91,37 @@ def _run_transfer(
     clock = PhaseClock(on_phase)
     source: TreeListing = (from_manifest(manifest) if manifest is not None
                            else list_source(job, options, cancel))
-    prepare_target(job.target, options, cancel)
-    delivery = deliver.prepare(job, options, cancel, resumable=True)
+    # The target prepared, looked at and its staging root made: one round trip over ssh.
+    delivery = deliver.prepare(job, options, cancel, resumable=True, target_dirs=())
     warnings: tuple[str, ...] = ()
+    used = 0
     with deliver.discard_on_failure(job, options, clock):
         if not delivery.delivered:
-            with clock.phase("send", files=source.n_files, bytes=source.total_bytes), \
-                    diagnose_no_space(delivery.write_dir, source.total_bytes, options):
-                _result, warnings = run_rsync(
-                    job.source, delivery.write_dir, options,
-                    bytes_total=source.total_bytes, files_total=source.n_files,
-                    progress=progress, cancel=cancel,
-                    # The staged tree is this job's alone: whatever an earlier attempt
-                    # left that the source lacks (a killed rsync's temp file) goes.
-                    extra=() if delivery.in_place else ("--delete",),
-                )
+            plan = plan_job_streams(job, source, options, in_place=delivery.in_place)
+            lists, note = _write_lists(job, plan, options) if len(plan) > 1 else ([], None)
+            if note is not None:
+                plan = [_one_rsync(source)]
+            used = len(plan)
+            # The staged tree is this job's alone: whatever an earlier attempt left that
+            # the source lacks (a killed rsync's temp file) goes.
+            extra = () if delivery.in_place else ("--delete",)
+            try:
+                with clock.phase("send", files=source.n_files, bytes=source.total_bytes,
+                                 streams=used) as info, \
+                        diagnose_no_space(delivery.write_dir, source.total_bytes, options):
+                    if used == 1:
+                        _result, warnings = run_rsync(
+                            job.source, delivery.write_dir, options,
+                            bytes_total=source.total_bytes, files_total=source.n_files,
+                            progress=progress, cancel=cancel, extra=extra)
+                    else:
+                        warnings = _run_streams(
+                            job, plan, lists, delivery.write_dir, options, extra=extra,
+                            source=source, progress=progress, cancel=cancel, info=info)
+            finally:
+                _remove(lists)
+            if note is not None:
+                warnings = (note, *warnings)
         final = deliver.finish(delivery, options, clock, fallback=source, cancel=cancel)
     return TransferResult(
         strategy=TransferStrategy.DIRECT,
@@ -87,4 +130,198 @@ def _run_transfer(
         duration_s=time.monotonic() - started,
         phase_timings=dict(clock.timings),
         warnings=warnings,
+        streams=used,
     )
+
+
+def _one_rsync(source: TreeListing) -> Stream:
+    """The single-stream plan: no list, the plain rsync of the source sends it all."""
+    return Stream((), source.total_bytes)
+
+
+def plan_job_streams(job: TransferJob, source: TreeListing, options: EngineOptions, *,
+                     in_place: bool = False) -> list[Stream]:
+    """The streams this job's send runs: one unless the source is a local directory
+    worth splitting and the tree is written into staging (not merged in place)."""
+    if in_place or not isinstance(job.source, LocalEndpoint) or not source.is_dir:
+        return [_one_rsync(source)]
+    files = [(rel, size) for rel, (kind, size) in source.entries.items() if kind == FILE]
+    plan = streams_plan.plan_streams(files, options.direct_streams,
+                                     min_stream_bytes=streams_plan.MIN_STREAM_BYTES)
+    return plan if len(plan) > 1 else [_one_rsync(source)]
+
+
+# ---------------------------------------------------------------- stream list files
+
+
+def _list_prefix(job: TransferJob) -> str:
+    return f"ketter-{_UNSAFE_ID.sub('_', job.job_id)[:100] or 'job'}.stream"
+
+
+def stream_list_path(job: TransferJob, options: EngineOptions, index: int) -> Path:
+    """Where stream ``index`` of this job keeps its file list: stable across retries."""
+    return Path(options.temp_dir).absolute() / f"{_list_prefix(job)}{index}.files"
+
+
+def cleanup_stream_lists(job: TransferJob, options: EngineOptions) -> int:
+    """Remove this job's stream lists (a killed worker's leftovers); how many went."""
+    removed = 0
+    try:
+        prefix = _list_prefix(job)
+        # prefix + digits only: job "a" must not take job "a.stream1"'s lists
+        candidates = [p for p in Path(options.temp_dir).glob(f"{prefix}*.files")
+                      if p.name[len(prefix):-len(".files")].isdigit()]
+    except OSError:
+        return 0
+    for path in candidates:
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _write_lists(job: TransferJob, plan: list[Stream], options: EngineOptions
+                 ) -> tuple[list[Path], str | None]:
+    """Write each stream's ``--files-from`` list; on failure, a warning instead (the
+    job then runs one rsync, slower but whole)."""
+    cleanup_stream_lists(job, options)
+    paths: list[Path] = []
+    try:
+        Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
+        for index, stream in enumerate(plan):
+            path = stream_list_path(job, options, index)
+            paths.append(path)
+            path.write_bytes(streams_plan.encode_list(job.source.name, stream.files))
+    except OSError as exc:
+        _remove(paths)
+        return [], f"could not write the stream lists in {options.temp_dir} ({exc}): one stream"
+    return paths, None
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- running the streams
+
+
+class _Meter:
+    """Adds the streams' progress into one ``Progress`` for the job (calls serialised:
+    the caller's callback never runs in two threads at once)."""
+
+    def __init__(self, plan: list[Stream], source: TreeListing,
+                 progress: ProgressCallback | None) -> None:
+        self.lock = threading.Lock()
+        self.bytes = [0] * len(plan)
+        self.files = [0] * len(plan)
+        self.total = source.total_bytes
+        self.files_total = source.n_files
+        self.progress = progress
+        self.final_bytes = self.final_files = 0
+
+    def stream(self, index: int) -> ProgressCallback:
+        def update(p: Progress) -> None:
+            with self.lock:
+                self.bytes[index] = p.bytes_done
+                if p.files_done is not None:
+                    self.files[index] = p.files_done
+                self._emit(sum(self.bytes))
+        return update
+
+    def final_pass(self, p: Progress) -> None:
+        with self.lock:
+            # What the final pass itself had to send (0 and 0 when the streams did it all).
+            self.final_bytes, self.final_files = p.bytes_done, p.files_done or 0
+            self._emit(max(sum(self.bytes), p.bytes_done))
+
+    def _emit(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(Progress("send", min(done, self.total), self.total,
+                                   sum(self.files), self.files_total))
+
+
+def _run_streams(
+    job: TransferJob,
+    plan: list[Stream],
+    lists: list[Path],
+    write_dir: Endpoint,
+    options: EngineOptions,
+    *,
+    extra: tuple[str, ...],
+    source: TreeListing,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+    info: dict[str, object],
+) -> tuple[str, ...]:
+    """Run the streams at once, then the final full pass; returns rsync's warnings."""
+    n = len(plan)
+    meter = _Meter(plan, source, progress)
+    stop = CancelToken(parent=cancel)  # the job's cancel, or a sibling's failure
+    failures: list[BaseException] = []
+    warnings: list[tuple[str, ...]] = [()] * n
+    seconds = [0.0] * n
+    # --bwlimit is per rsync: share the job's limit so N streams keep within it.
+    each = (dataclasses.replace(options, bwlimit_kib_s=max(1, options.bwlimit_kib_s // n))
+            if options.bwlimit_kib_s else options)
+    parent = LocalEndpoint(Path(job.source.path).absolute().parent)
+
+    def work(index: int) -> None:
+        began = time.monotonic()
+        try:
+            _result, warnings[index] = run_rsync(
+                parent, write_dir, each, bytes_total=plan[index].bytes,
+                files_total=plan[index].n_files, progress=meter.stream(index),
+                cancel=stop, extra=files_from_args(lists[index]))
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread below
+            with meter.lock:
+                failures.append(exc)
+            stop.cancel()
+        finally:
+            seconds[index] = round(time.monotonic() - began, 3)
+
+    info.update(stream_files=[s.n_files for s in plan], stream_bytes=[s.bytes for s in plan])
+    threads = [threading.Thread(target=work, args=(i,), name=f"ketter-stream-{i}", daemon=True)
+               for i in range(n)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        # Only on an escape (KeyboardInterrupt): stop every stream and wait for its
+        # rsync to be killed, so none outlives the job.
+        if any(t.is_alive() for t in threads):
+            stop.cancel()
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join()
+        info["stream_s"] = list(seconds)
+    if failures:
+        raise _first_failure(failures, cancel)
+
+    began = time.monotonic()
+    try:
+        _result, last = run_rsync(job.source, write_dir, options,
+                                  bytes_total=source.total_bytes, files_total=source.n_files,
+                                  progress=meter.final_pass, cancel=cancel, extra=extra)
+    finally:
+        info.update(final_pass_s=round(time.monotonic() - began, 3),
+                    final_pass_bytes=meter.final_bytes, final_pass_files=meter.final_files)
+    return tuple(dict.fromkeys(w for ws in (*warnings, last) for w in ws))
+
+
+def _first_failure(failures: list[BaseException], cancel: CancelToken | None
+                   ) -> BaseException:
+    """The error to raise for the job: cancelled if the job was; otherwise the first
+    stream's real failure, not the cancellations it caused its siblings."""
+    cancelled = [f for f in failures if isinstance(f, TransferCancelledError)]
+    if cancel is not None and cancel.cancelled:
+        return cancelled[0] if cancelled else TransferCancelledError("cancelled during rsync")
+    real = [f for f in failures if not isinstance(f, TransferCancelledError)]
+    return real[0] if real else failures[0]

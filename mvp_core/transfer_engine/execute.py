@@ -7,7 +7,7 @@ The one dispatch point, so the worker, the CLI and the DKU never repeat
 from __future__ import annotations
 
 from mvp_core.transfer_engine import delivery
-from mvp_core.transfer_engine.direct import run_transfer
+from mvp_core.transfer_engine.direct import cleanup_stream_lists, run_transfer
 from mvp_core.transfer_engine.job import TransferJob
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy
@@ -39,11 +39,16 @@ def execute_plan(
 
 
 def cleanup_job_temp(job: TransferJob, options: EngineOptions) -> None:
-    """Remove this job's temp zips on both sides (e.g. after a worker died mid-job).
+    """Remove this job's temp zips on both sides (e.g. after a worker died mid-job):
+    the one-chunk zip and every chunk zip of the job, found by job id. A job's chunk
+    markers live in its staging dir and stay for a retry (``discard_job_staging``).
+
+    DIRECT's stream lists (local files) go too.
 
     Idempotent; raises ``SshAuthError``/``SshConnectionError`` if the target host
     cannot be reached, so the caller can record that the remote zip may remain.
     """
+    cleanup_stream_lists(job, options)
     cleanup_temp(job, options)
 
 

@@ -7,6 +7,7 @@ line) plug in without the engine knowing either.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,20 +45,33 @@ class PhaseCallback(Protocol):
 
 
 class CancelToken:
-    """Set from another thread to stop the running transfer; the runner polls it."""
+    """Set from another thread to stop the running transfer; the runner polls it.
 
-    def __init__(self) -> None:
+    ``parent``: a token that also counts as cancelled when its parent is (DIRECT's
+    streams: the job's cancel stops them all, a failed stream stops only its siblings).
+    """
+
+    def __init__(self, parent: CancelToken | None = None) -> None:
         self._event = threading.Event()
+        self._parent = parent
 
     def cancel(self) -> None:
         self._event.set()
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._event.is_set() or (self._parent is not None and self._parent.cancelled)
 
     def wait(self, timeout: float) -> bool:
-        return self._event.wait(timeout)
+        if self._parent is None:
+            return self._event.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not self.cancelled:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._event.wait(min(left, 0.05))
+        return True
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,9 @@ class TransferResult:
     duration_s: float
     phase_timings: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # DIRECT: how many rsync streams carried the files (0: nothing was sent, an earlier
+    # attempt had already delivered the tree). ZIP_FIRST: 1.
+    streams: int = 1
 
     @property
     def throughput_bytes_per_s(self) -> float:

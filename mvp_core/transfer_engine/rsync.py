@@ -175,6 +175,24 @@ def build_argv(
 DIRECTORIES_ONLY = ("--include=*/", "--exclude=*")
 
 
+def files_from_args(list_file: Path) -> tuple[str, ...]:
+    """Options for an rsync that carries only the files named in ``list_file`` (DIRECT's
+    streams), each line ``<source basename>/<rel path>`` relative to the source's parent.
+
+    - ``--files-from --from0``: NUL-separated names, read locally by the sending rsync,
+      so no name passes through a shell or an option parser; implies ``--relative``,
+      so ``<basename>/<rel>`` lands at ``target/<basename>/<rel>``;
+    - ``--no-implied-dirs``: a stream never sets a directory's mode or mtime (a
+      read-only folder made so by one stream would refuse another stream's files);
+      missing folders are created with default modes and the final full pass gives
+      every folder its own;
+    - ``--ignore-missing-args``: a file deleted since the listing is skipped, as one
+      rsync of the whole tree would never have seen it (verification decides).
+    """
+    return (f"--files-from={list_file}", "--from0", "--no-implied-dirs",
+            "--ignore-missing-args")
+
+
 _PROGRESS2 = re.compile(
     r"^\s*(?P<bytes>[\d,.']+)\s+(?P<pct>\d{1,3})%\s+\S+\s+\d+:\d{2}:\d{2}"
     r"(?:\s+\(xfr#(?P<xfr>\d+),\s*(?:to|ir)-chk=(?P<left>\d+)/(?P<total>\d+)\))?"

@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from mvp_core.transfer_engine.job import TransferJob, TransferMode
 from mvp_core.transfer_engine.manifest import DIR
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken, PhaseCallback, PhaseEvent
+from mvp_core.transfer_engine.runner import CommandResult
 from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
 from mvp_core.transfer_engine.verify import TreeListing, list_tree, verify_destination
 
@@ -46,6 +48,12 @@ class PhaseClock:
     def __init__(self, on_phase: PhaseCallback | None) -> None:
         self.on_phase = on_phase
         self.timings: dict[str, float] = {}
+        # Phases of one name may run at once (ZIP_FIRST's concurrent sends): sums locked.
+        self._timings_lock = threading.Lock()
+
+    def _add(self, name: str, duration: float) -> None:
+        with self._timings_lock:
+            self.timings[name] = self.timings.get(name, 0.0) + duration
 
     def emit(self, event: PhaseEvent) -> None:
         if self.on_phase is not None:
@@ -61,7 +69,7 @@ class PhaseClock:
             yield extra
         except BaseException as exc:
             duration = time.monotonic() - started
-            self.timings[name] = self.timings.get(name, 0.0) + duration
+            self._add(name, duration)
             try:
                 self.emit(PhaseEvent(name, "failed", duration,
                                      {**details, **extra, "error": type(exc).__name__}))
@@ -69,7 +77,7 @@ class PhaseClock:
                 pass
             raise
         duration = time.monotonic() - started
-        self.timings[name] = self.timings.get(name, 0.0) + duration
+        self._add(name, duration)
         self.emit(PhaseEvent(name, "done", duration, {**details, **extra}))
 
 
@@ -140,6 +148,19 @@ _PREPARE_REMOTE = (
 )
 
 
+def raise_for_prepare(result: CommandResult, target: SshEndpoint) -> None:
+    """Typed error for a failed remote target preparation (exit 3: a directory of it
+    could not be made or written)."""
+    if result.exit_code == 3:
+        if "No space left" in result.stderr_tail:
+            raise NoSpaceError(f"no space to create the target {target}",
+                               argv=result.argv, exit_code=3, stderr_tail=result.stderr_tail)
+        raise TargetNotWritableError(f"target cannot be written: {target}",
+                                     argv=result.argv, exit_code=3,
+                                     stderr_tail=result.stderr_tail)
+    raise_for_remote(result, target, "prepare the target")
+
+
 def prepare_target(target: Endpoint, options: EngineOptions,
                    cancel: CancelToken | None = None, *,
                    also: tuple[PurePosixPath, ...] = (),
@@ -157,14 +178,7 @@ def prepare_target(target: Endpoint, options: EngineOptions,
             script += f'; if [ -e "$1"/{shlex.quote(probe)} ]; then echo ketter:exists; fi'
         result = run_remote(target, ("sh", "-c", script, "sh", *dirs),
                             options, what="prepare the target", cancel=cancel, check=False)
-        if result.exit_code == 3:
-            if "No space left" in result.stderr_tail:
-                raise NoSpaceError(f"no space to create the target {target}",
-                                   argv=result.argv, exit_code=3, stderr_tail=result.stderr_tail)
-            raise TargetNotWritableError(f"target cannot be written: {target}",
-                                         argv=result.argv, exit_code=3,
-                                         stderr_tail=result.stderr_tail)
-        raise_for_remote(result, target, "prepare the target")
+        raise_for_prepare(result, target)
         return "ketter:exists" in result.stdout_tail.splitlines()
     path = Path(target.path)
     try:

@@ -1,29 +1,71 @@
-"""ZIP_FIRST: one STORED zip built locally, sent as one file, unzipped at the target.
+"""ZIP_FIRST: STORED zips built locally, each sent as one file, unzipped at the target.
 
-Phases: ``zip`` (build in ``options.temp_dir``), ``send`` (rsync of the zip into
-``options.remote_temp_dir``; skipped when the target is local), ``unzip`` (remote
-over ssh, or local), ``cleanup`` (temp zips removed on BOTH sides, on success and on
-failure or cancel), then ``verify`` and, for a move, ``delete_source``.
-``unzip`` writes into the job's staging directory (emptied first: unzip restarts,
-it does not resume), which is verified and then renamed into place (``delivery``).
+The tree is split into chunks (``chunks``: whole files, about
+``options.zip_chunk_bytes`` each; a tree under one chunk stays one zip) and the
+chunks flow through a pipeline of threads: while chunks k and k+1 are sent, chunk k+2
+is built and chunk k-1 is extracted. Phases, one event pair per chunk (details
+``chunk``/``chunks``): ``zip`` (build in ``options.temp_dir``), ``send`` (rsync of
+the zip into ``options.remote_temp_dir``; no such stage when the target is local),
+``unzip`` (remote over ssh, or local; on success the chunk's marker is written and its
+zip removed, in the same ssh session). Then ``restore_directories`` (several chunks,
+or a merge: one directories-only rsync gives every directory its mode and mtime),
+``cleanup`` (temp zips removed on BOTH sides, also on failure or cancel; details
+``chunks``, ``send_streams``, ``peak_sends`` (most sends seen at once), ``send_busy_s``
+(wall time with at least one send running: the ``send`` phase timing sums the chunks'
+sends, which overlap), ``peak_local_temp_bytes``, ``peak_remote_temp_bytes``),
+``verify`` and, for a move, ``delete_source``.
 
-Temp names derive from ``job_id`` so a retry replaces the previous attempt's zip
+Concurrent sends: one rsync is capped by one ssh channel's window (about 80 MB/s at
+20 ms RTT) while two over the job's ssh master fill a gigabit link (109 MiB/s
+measured), so up to ``send_streams(options)`` = min(``direct_streams``,
+``MAX_SEND_STREAMS`` = 2) chunks are sent at once, each by its own rsync over the
+shared master. A third stream would add at most the last ~5% of the link and cost a
+fourth chunk of temp space on each side; ``direct_streams=1`` gives one send at a time.
+
+Temp space: a zip is removed locally once sent and remotely once extracted, and a
+stage waits for a free slot (``temp_slots``: S+1 zips per side with S sends, 2 for a
+local target) before it makes a new one. Locally: the zip being built and the S being
+sent (or waiting for a sender); remotely: the S being received and the one being
+extracted (or waiting for it). With S=2: at most 3 chunks on each side.
+
+Extraction runs in chunk order, whatever order the sends end in: so "extracted" is
+always a prefix of the chunks (a retry resumes from the first chunk not extracted),
+the last chunk (every directory entry, see ``chunks``) is extracted last, and a
+sender takes a remote slot before it takes a chunk, so the chunk the extractor waits
+for always holds a slot (no deadlock).
+
+One failure or cancel stops every stage (their processes are killed through one
+stop token), the temp zips go on both sides, and the first error (the cause) is
+raised. ``unzip`` writes into the job's staging directory; after a transient failure
+it is kept, with a marker per extracted chunk (``delivery.chunks_extracted``), and the
+retry resumes from the first chunk not extracted.
+
+Temp names derive from ``job_id`` so a retry replaces the previous attempt's zips
 and ``cleanup_job_temp`` can find them after a crash.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import queue
 import re
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from mvp_core.transfer_engine import delivery as deliver
-from mvp_core.transfer_engine.endpoints import LocalEndpoint, SshEndpoint
+from mvp_core.transfer_engine.chunks import Chunk, ChunkPlan, plan_chunks
+from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
     InvalidEndpointError,
     NoSpaceError,
+    TargetNotWritableError,
+    TransferCancelledError,
     TransferError,
     UnsupportedTreeError,
 )
@@ -34,6 +76,7 @@ from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy, zip
 from mvp_core.transfer_engine.results import (
     CancelToken,
     PhaseCallback,
+    Progress,
     ProgressCallback,
     TransferResult,
 )
@@ -44,11 +87,10 @@ from mvp_core.transfer_engine.steps import (
     PhaseClock,
     check_job,
     diagnose_no_space,
-    prepare_target,
 )
 from mvp_core.transfer_engine.unzip import (
+    run_unzip_chunk_remote,
     run_unzip_local,
-    run_unzip_remote,
     sweep_unfinished_local,
     sweep_unfinished_remote,
 )
@@ -59,55 +101,93 @@ _DEFAULT_OPTIONS = EngineOptions()
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 # unzip reads its archive argument as a wildcard pattern.
 _UNZIP_WILDCARDS = re.compile(r"[*?\[\]]")
-# Room for zip headers beyond the content (per entry ~ 200 bytes with zip64 extras).
-_ZIP_OVERHEAD_PER_ENTRY = 256
+# Zips per side at once with one send at a time: one in flight (built / being sent,
+# or sent / being extracted) and one ready for the next stage. A local target (no
+# send stage) keeps this depth.
+PIPELINE_DEPTH = 2
+# Concurrent chunk sends at most (see the module doc for why 2).
+MAX_SEND_STREAMS = 2
+_POLL_S = 0.1
+
+T = TypeVar("T")
+
+
+def send_streams(options: EngineOptions) -> int:
+    """How many chunks are sent at once: min(direct_streams, MAX_SEND_STREAMS), at least 1."""
+    return max(1, min(options.direct_streams, MAX_SEND_STREAMS))
+
+
+def temp_slots(options: EngineOptions, *, remote_target: bool) -> int:
+    """Zips each side may hold at once: S being sent + one built / extracted."""
+    return send_streams(options) + 1 if remote_target else PIPELINE_DEPTH
+
+
+def _stem(job_id: str) -> str:
+    return f"ketter-{_UNSAFE_ID.sub('_', job_id)[:100] or 'job'}"
 
 
 def zip_name(job_id: str) -> str:
-    """Temp zip name for a job: stable across retries, safe in a shell and for unzip."""
-    return f"ketter-{_UNSAFE_ID.sub('_', job_id)[:100] or 'job'}.zip"
+    """Temp zip name of a one-chunk job: stable across retries, safe in a shell and for unzip."""
+    return f"{_stem(job_id)}.zip"
 
 
-def local_zip_path(job: TransferJob, options: EngineOptions) -> Path:
-    return Path(options.temp_dir) / zip_name(job.job_id)
+def chunk_zip_name(job_id: str, index: int, count: int) -> str:
+    """``ketter-<job>.zip`` for a one-chunk plan, ``ketter-<job>+00003.zip`` otherwise.
+
+    ``+`` never occurs in a sanitised job id, so no job's names match another's.
+    """
+    return zip_name(job_id) if count <= 1 else f"{_stem(job_id)}+{index:05d}.zip"
 
 
-def remote_zip_path(job: TransferJob, options: EngineOptions) -> PurePosixPath:
-    return PurePosixPath(options.remote_temp_dir) / zip_name(job.job_id)
+def local_zip_path(job: TransferJob, options: EngineOptions, index: int = 0,
+                   count: int = 1) -> Path:
+    return Path(options.temp_dir) / chunk_zip_name(job.job_id, index, count)
 
 
-_REMOTE_CLEANUP = 'rm -f -- "$1" "$2"/."$3".*'  # the zip and any rsync temp of it
+def remote_zip_path(job: TransferJob, options: EngineOptions, index: int = 0,
+                    count: int = 1) -> PurePosixPath:
+    return PurePosixPath(options.remote_temp_dir) / chunk_zip_name(job.job_id, index, count)
 
 
-def cleanup_temp(job: TransferJob, options: EngineOptions) -> None:
-    """Remove this job's temp zip here and, for a remote target, on the target host."""
-    local = local_zip_path(job, options)
-    local.unlink(missing_ok=True)
+# The one-chunk zip, every chunk zip, and rsync's temp files of any of them; and,
+# after success, the chunk markers "$3".
+_REMOTE_CLEANUP = ('rm -f -- "$1"/"$2".zip "$1"/."$2".zip.* "$1"/"$2"+*.zip "$1"/."$2"+*.zip.*'
+                   ' && if [ -n "$3" ]; then rm -rf -- "$3"; fi')
+
+
+def _is_job_zip(name: str, stem: str) -> bool:
+    return name == f"{stem}.zip" or (name.startswith(f"{stem}+") and name.endswith(".zip"))
+
+
+def cleanup_temp(job: TransferJob, options: EngineOptions, *,
+                 marks: Endpoint | None = None) -> None:
+    """Remove every temp zip of this job here and, for a remote target, on the target host.
+
+    ``marks``: the chunk markers too (after success: the tree is complete).
+    """
+    stem = _stem(job.job_id)
+    try:
+        names = os.listdir(options.temp_dir)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if _is_job_zip(name, stem):
+            (Path(options.temp_dir) / name).unlink(missing_ok=True)
     if isinstance(job.target, SshEndpoint):
-        remote = remote_zip_path(job, options)
-        run_remote(job.target,
-                   ("sh", "-c", _REMOTE_CLEANUP, "sh", str(remote), str(remote.parent),
-                    remote.name),
-                   options, what="remove the temp zip")
+        run_remote(job.target, ("sh", "-c", _REMOTE_CLEANUP, "sh", options.remote_temp_dir, stem,
+                                "" if marks is None else str(marks.path)),
+                   options, what="remove the temp zips")
+    elif marks is not None:
+        shutil.rmtree(marks.path, ignore_errors=True)
 
 
 def _restore_directories(job: TransferJob, options: EngineOptions,
                          cancel: CancelToken | None) -> bool:
-    """unzip sets mode and mtime only on directories it creates; when the destination
-    already existed (a retry, a resend), one directories-only rsync sets the rest."""
+    """unzip sets mode and mtime only on directories it creates, when it creates them;
+    one directories-only rsync sets them all once every chunk is in."""
     run_rsync(job.source, job.target, options, partial_dir=None, cancel=cancel,
               extra=DIRECTORIES_ONLY)
     return True
-
-
-def _sweep(job: TransferJob, manifest: Manifest, options: EngineOptions) -> list[str]:
-    """Remove what an interrupted unzip left half-written (before the zip is removed)."""
-    name = job.source.name
-    if isinstance(job.target, SshEndpoint):
-        return sweep_unfinished_remote(job.target, PurePosixPath(job.target.path) / name,
-                                       manifest, remote_zip_path(job, options), options)
-    return sweep_unfinished_local(Path(job.target.path) / name, manifest,
-                                  local_zip_path(job, options))
 
 
 def _check_free_space(directory: Path, needed: int) -> None:
@@ -125,7 +205,7 @@ def run_transfer_zip_first(
     on_phase: PhaseCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> TransferResult:
-    """Zip locally, send one file, unzip at the target, clean up, verify, (move) delete."""
+    """Zip locally (in chunks), send, unzip at the target, clean up, verify, (move) delete."""
     check_job(plan.job)  # before the ssh master: a refused job starts no process
     with job_ssh_session(plan.job, options, cancel) as session_options:
         return _run_zip_first(plan, options=session_options, progress=progress,
@@ -153,72 +233,44 @@ def _run_zip_first(
     if blocker:
         raise UnsupportedTreeError(f"ZIP_FIRST cannot carry this tree: {blocker}")
 
-    clock = PhaseClock(on_phase)
+    # Stages report from their own threads: callbacks are called one at a time.
+    clock = PhaseClock(_serialised(on_phase))
     warnings: list[str] = []
-    remote_zip = remote_zip_path(job, options)
-    prepare_target(job.target, options, cancel,
-                   also=(remote_zip.parent,) if job.target.is_remote else ())
+    chunk_plan = plan_chunks(manifest, options.zip_chunk_bytes, root_name=job.source.name)
+    remote_dir = PurePosixPath(options.remote_temp_dir)
     # Written into the staging dir (or, merging, into the existing tree): see delivery.
-    delivery = deliver.prepare(job, options, cancel, resumable=False)
-    wjob = delivery.writing_job
-    existed = delivery.in_place
+    # Kept after a transient failure: the retry resumes from the first chunk not extracted.
+    # The target and the remote temp dir are prepared in the same round trip.
+    delivery = deliver.prepare(job, options, cancel, resumable=True,
+                               chunk_plan=chunk_plan.digest,
+                               target_dirs=(remote_dir,) if job.target.is_remote else ())
     with deliver.discard_on_failure(job, options, clock):
         if not delivery.delivered:
-            zip_path = local_zip_path(job, options)
-            unzip_started = False
+            pipeline = _Pipeline(job, delivery, manifest, chunk_plan, delivery.extracted,
+                                 options, clock, progress, cancel)
             try:
-                with clock.phase("zip", files=manifest.n_files, bytes=manifest.total_bytes) as info:
-                    try:
-                        zip_path.parent.mkdir(parents=True, exist_ok=True)
-                    except OSError as exc:
-                        raise NoSpaceError(f"cannot create the temp dir {zip_path.parent}: {exc}") \
-                            from exc
-                    _check_free_space(zip_path.parent, manifest.total_bytes
-                                      + _ZIP_OVERHEAD_PER_ENTRY * (len(manifest.entries) + 1))
-                    stats = build_zip(manifest, zip_path, root_name=job.source.name,
-                                      progress=progress, cancel=cancel)
-                    info.update(zip_bytes=stats.archive_bytes, entries=stats.entries)
-                if isinstance(job.target, SshEndpoint):
-                    remote_tmp = dataclasses.replace(job.target, path=remote_zip.parent)
-                    with clock.phase("send", bytes=stats.archive_bytes), \
-                            diagnose_no_space(remote_tmp, stats.archive_bytes, options):
-                        _result, sent_warnings = run_rsync(
-                            LocalEndpoint(zip_path), remote_tmp, options,
-                            bytes_total=stats.archive_bytes, files_total=1,
-                            progress=progress, cancel=cancel, partial_dir=None)
-                        warnings.extend(sent_warnings)
-                    unzip_started = True
-                    with clock.phase("unzip", entries=stats.entries) as info:
-                        warnings.extend(run_unzip_remote(job.target, str(remote_zip),
-                                                         str(wjob.target.path), options,
-                                                         cancel=cancel))
-                        if existed:
-                            info["directories_restored"] = _restore_directories(
-                                wjob, options, cancel)
-                else:
-                    unzip_started = True
-                    with clock.phase("unzip", entries=stats.entries) as info:
-                        warnings.extend(run_unzip_local(str(zip_path), str(wjob.target.path),
-                                                        cancel=cancel))
-                        if existed:
-                            info["directories_restored"] = _restore_directories(
-                                wjob, options, cancel)
+                pipeline.run()
+                if chunk_plan.chunked or delivery.in_place:
+                    with clock.phase("restore_directories"):
+                        _restore_directories(delivery.writing_job, options, cancel)
             except BaseException:
                 # Failure or cancel: clean up, but never let a cleanup error hide the cause.
                 try:
-                    with clock.phase("cleanup") as info:
-                        if unzip_started:
+                    with clock.phase("cleanup", **pipeline.summary()) as info:
+                        interrupted = pipeline.interrupted
+                        if interrupted is not None:
                             try:
-                                info["removed_unfinished"] = _sweep(wjob, manifest, options)
+                                info["removed_unfinished"] = pipeline.sweep(interrupted)
                             except (TransferError, OSError) as exc:
                                 info["sweep_error"] = str(exc)
                         cleanup_temp(job, options)
                 except (TransferError, OSError):
                     pass
                 raise
+            warnings.extend(pipeline.warnings)
             try:
-                with clock.phase("cleanup"):
-                    cleanup_temp(job, options)
+                with clock.phase("cleanup", **pipeline.summary()):
+                    cleanup_temp(job, options, marks=delivery.marks)
             except (TransferError, OSError) as exc:
                 warnings.append(f"temp zip not removed: {exc}")
 
@@ -232,3 +284,349 @@ def _run_zip_first(
         phase_timings=dict(clock.timings),
         warnings=tuple(warnings),
     )
+
+
+def _serialised(callback: Callable[[T], None] | None) -> Callable[[T], None] | None:
+    if callback is None:
+        return None
+    lock = threading.Lock()
+
+    def call(value: T) -> None:
+        with lock:
+            callback(value)
+    return call
+
+
+@dataclasses.dataclass
+class _Zip:
+    """One built chunk zip on its way through the pipeline."""
+
+    chunk: Chunk
+    local: Path
+    remote: PurePosixPath | None
+    size: int
+    entries: int
+
+
+class _JobProgress:
+    """One progress figure for the whole pipeline.
+
+    Each stage's share done (zip, send, unzip; bytes of content) is summed, and the
+    sum ``s`` (0..3) is reported as phase ``("zip", "send", "unzip")[i]`` at fraction
+    ``s - i`` (``i = ceil(s) - 1``, so a stage's end reads as its 100%): a consumer that spans a job's percent over the three
+    phases in that order (the worker) sees the mean of the stages, rising steadily.
+    With one chunk this is exactly "each phase from 0 to its total, in turn".
+    """
+
+    def __init__(self, callback: ProgressCallback | None, plan: ChunkPlan,
+                 done: frozenset[int]) -> None:
+        self.callback = callback
+        self.total = sum(c.content_bytes for c in plan.chunks)
+        self.n_files = sum(c.n_files for c in plan.chunks)
+        resumed = sum(c.content_bytes for c in plan.chunks if c.index in done)
+        self.zipped = self.sent = self.extracted = resumed  # completed chunks
+        self.zipping = 0  # the chunk being built
+        self.sending: dict[int, int] = {}  # the chunks being sent, by index
+        self.lock = threading.Lock()
+
+    def zip(self, current: int, finished: bool = False) -> None:
+        with self.lock:
+            if finished:
+                self.zipped += current
+                self.zipping = 0
+            else:
+                self.zipping = current
+        self._report()
+
+    def send(self, chunk: int, current: int, finished: bool = False) -> None:
+        """Chunk ``chunk`` has ``current`` bytes sent (content, its share of the zip)."""
+        with self.lock:
+            if finished:
+                self.sent += current
+                self.sending.pop(chunk, None)
+            else:
+                # Never below what this send already reported: the sum only rises.
+                self.sending[chunk] = max(current, self.sending.get(chunk, 0))
+        self._report()
+
+    def unzip(self, chunk_bytes: int) -> None:
+        with self.lock:
+            self.extracted += chunk_bytes
+        self._report()
+
+    def _report(self) -> None:
+        if self.callback is None:
+            return
+        with self.lock:
+            total = self.total
+            if total <= 0:
+                return
+            sending = sum(self.sending.values())
+            shares = ((self.zipped + self.zipping) / total, (self.sent + sending) / total,
+                      self.extracted / total)
+            s = sum(min(max(x, 0.0), 1.0) for x in shares)
+            stage = min(max(math.ceil(s) - 1, 0), 2)  # a stage's end is reported as its 100%
+            fraction = min(s - stage, 1.0)
+            self.callback(Progress(("zip", "send", "unzip")[stage], int(total * fraction),
+                                   total, None, self.n_files))
+
+
+class _Pipeline:
+    """zip → send → unzip over chunks: one zip thread, S send threads, one unzip thread,
+    bounded by slots (see the module doc)."""
+
+    def __init__(self, job: TransferJob, delivery: deliver.Delivery, manifest: Manifest,
+                 plan: ChunkPlan, done: frozenset[int], options: EngineOptions,
+                 clock: PhaseClock, progress: ProgressCallback | None,
+                 cancel: CancelToken | None) -> None:
+        self.job = job
+        self.delivery = delivery
+        self.manifest = manifest
+        self.plan = plan
+        self.todo = [c for c in plan.chunks if c.index not in done]
+        self.resumed = len(plan.chunks) - len(self.todo)
+        self.options = options
+        self.clock = clock
+        self.progress = _JobProgress(_serialised(progress), plan, done)
+        # Set by the first stage that fails; reads as set once the job's token is.
+        self.stop = CancelToken(parent=cancel)
+        self.remote = isinstance(job.target, SshEndpoint)
+        self.streams = send_streams(options) if self.remote else 0
+        self.slots = temp_slots(options, remote_target=self.remote)
+        self.local_slots = threading.Semaphore(self.slots)
+        self.remote_slots = threading.Semaphore(self.slots)
+        self.lock = threading.Lock()
+        self.local_bytes = self.remote_bytes = 0
+        self.peak_local = self.peak_remote = 0
+        self.sends = self.peak_sends = 0  # sends running now, most at once
+        self.send_busy_s = 0.0
+        self._busy_since = 0.0
+        self.errors: list[BaseException] = []
+        self.warnings: list[str] = []
+        # The chunk whose unzip started and did not finish (what a failure sweeps).
+        self.interrupted: _Zip | None = None
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def summary(self) -> dict[str, int | str]:
+        with self.lock:
+            busy = self.send_busy_s + (time.monotonic() - self._busy_since if self.sends
+                                       else 0.0)
+            return {"chunks": len(self.plan), "chunk_bytes": self.plan.chunk_bytes,
+                    "plan": self.plan.digest, "chunks_resumed": self.resumed,
+                    "send_streams": self.streams, "peak_sends": self.peak_sends,
+                    "send_busy_s": round(busy, 3),
+                    "peak_local_temp_bytes": self.peak_local,
+                    "peak_remote_temp_bytes": self.peak_remote}
+
+    def _account(self, *, local: int = 0, remote: int = 0) -> None:
+        with self.lock:
+            self.local_bytes += local
+            self.remote_bytes += remote
+            self.peak_local = max(self.peak_local, self.local_bytes)
+            self.peak_remote = max(self.peak_remote, self.remote_bytes)
+
+    def _sending(self, delta: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if self.sends == 0 and delta > 0:
+                self._busy_since = now
+            self.sends += delta
+            if self.sends == 0:
+                self.send_busy_s += now - self._busy_since
+            self.peak_sends = max(self.peak_sends, self.sends)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self.lock:
+            self.errors.append(exc)
+        self.stop.cancel()
+
+    def _acquire(self, slots: threading.Semaphore) -> None:
+        while not slots.acquire(timeout=_POLL_S):
+            self._check_stop()
+
+    def _get(self, inbox: queue.Queue[_Zip | None]) -> _Zip | None:
+        while True:
+            try:
+                return inbox.get(timeout=_POLL_S)
+            except queue.Empty:
+                self._check_stop()
+
+    def _check_stop(self) -> None:
+        if self.stop.cancelled:
+            raise TransferCancelledError("cancelled: another stage of the pipeline stopped")
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> None:
+        """Run every stage to the end; raise the first failure (the cause)."""
+        if not self.todo:
+            return
+        self._check_space()
+        built: queue.Queue[_Zip | None] = queue.Queue()
+        sent: queue.Queue[_Zip | None] = queue.Queue()
+        stages: list[tuple[str, Callable[[], None]]] = [("zip", lambda: self._build(built))]
+        if self.remote:
+            stages += [(f"send{i}", lambda: self._send(built, sent))
+                       for i in range(self.streams)]
+            stages += [("unzip", lambda: self._extract(sent))]
+        else:
+            stages += [("unzip", lambda: self._extract(built))]
+        threads = [threading.Thread(target=self._guard, args=(fn,), name=f"ketter-{name}")
+                   for name, fn in stages]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(_POLL_S)
+        except BaseException as exc:  # KeyboardInterrupt here: stop the stages first
+            self._fail(exc)
+            for t in threads:
+                t.join()
+            raise
+        if self.errors:
+            raise self.errors[0]
+
+    def _guard(self, stage: Callable[[], None]) -> None:
+        try:
+            stage()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._fail(exc)
+
+    def _check_space(self) -> None:
+        directory = Path(self.options.temp_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NoSpaceError(f"cannot create the temp dir {directory}: {exc}") from exc
+        biggest = sorted((c.estimated_zip_bytes for c in self.todo), reverse=True)
+        _check_free_space(directory, sum(biggest[:self.slots]))
+
+    # ------------------------------------------------------------ the stages
+
+    def _details(self, chunk: Chunk) -> dict[str, int]:
+        return {"chunk": chunk.index, "chunks": len(self.plan)}
+
+    def _build(self, outbox: queue.Queue[_Zip | None]) -> None:
+        count = len(self.plan)
+        for chunk in self.todo:
+            self._acquire(self.local_slots)
+            self._check_stop()
+            estimate = chunk.estimated_zip_bytes
+            self._account(local=estimate)
+            path = local_zip_path(self.job, self.options, chunk.index, count)
+
+            def report(p: Progress) -> None:
+                self.progress.zip(p.bytes_done)
+
+            with self.clock.phase("zip", **self._details(chunk), files=chunk.n_files,
+                                  bytes=chunk.content_bytes) as info:
+                stats = build_zip(chunk.manifest(self.manifest), path,
+                                  root_name=self.job.source.name, progress=report,
+                                  cancel=self.stop, include_root=chunk.has_root)
+                info.update(zip_bytes=stats.archive_bytes, entries=stats.entries)
+            self._account(local=stats.archive_bytes - estimate)
+            self.progress.zip(chunk.content_bytes, finished=True)
+            remote = (remote_zip_path(self.job, self.options, chunk.index, count)
+                      if self.remote else None)
+            item = _Zip(chunk, path, remote, stats.archive_bytes, stats.entries)
+            if not self.remote:
+                self.progress.send(chunk.index, chunk.content_bytes, finished=True)  # "there"
+            outbox.put(item)
+        outbox.put(None)  # each sender puts it back for the next one
+
+    def _send(self, inbox: queue.Queue[_Zip | None], outbox: queue.Queue[_Zip | None]) -> None:
+        """One of S senders: take a remote slot, then the next built chunk, rsync it."""
+        assert isinstance(self.job.target, SshEndpoint)
+        remote_tmp = dataclasses.replace(self.job.target,
+                                         path=PurePosixPath(self.options.remote_temp_dir))
+        while True:
+            # Slot first: chunks are taken in order by slot holders only, so the chunk
+            # the (in-order) extractor waits for always has a slot.
+            self._acquire(self.remote_slots)
+            item = self._get(inbox)
+            if item is None:
+                self.remote_slots.release()
+                inbox.put(None)  # for the other senders
+                return
+            self._check_stop()
+            self._account(remote=item.size)
+            index, content, size = item.chunk.index, item.chunk.content_bytes, max(item.size, 1)
+
+            def report(p: Progress, index: int = index, content: int = content,
+                       size: int = size) -> None:
+                self.progress.send(index, content * min(p.bytes_done, size) // size)
+
+            self._sending(+1)
+            try:
+                with self.clock.phase("send", **self._details(item.chunk), bytes=item.size), \
+                        diagnose_no_space(remote_tmp, item.size, self.options):
+                    _result, sent_warnings = run_rsync(
+                        LocalEndpoint(item.local), remote_tmp, self.options,
+                        bytes_total=item.size, files_total=1, progress=report,
+                        cancel=self.stop, partial_dir=None)
+                    self.warnings.extend(sent_warnings)
+            finally:
+                self._sending(-1)
+            self.progress.send(index, content, finished=True)
+            item.local.unlink(missing_ok=True)
+            self._account(local=-item.size)
+            self.local_slots.release()
+            outbox.put(item)
+
+    def _extract(self, inbox: queue.Queue[_Zip | None]) -> None:
+        target = self.delivery.writing_job.target
+        dest = str(target.path)
+        marks = self.delivery.marks
+        arrived: dict[int, _Zip] = {}  # sends end in any order; extraction is in order
+        for chunk in self.todo:
+            while chunk.index not in arrived:
+                got = self._get(inbox)
+                if got is not None:  # (the zip stage's end mark, for a local target)
+                    arrived[got.chunk.index] = got
+            item = arrived.pop(chunk.index)
+            self._check_stop()
+            marker = str(Path(str(marks.path)) / deliver.chunk_mark_name(self.plan.digest,
+                                                                       item.chunk.index))
+            self.interrupted = item
+            with self.clock.phase("unzip", **self._details(item.chunk), entries=item.entries):
+                if item.remote is not None:
+                    assert isinstance(target, SshEndpoint)
+                    self.warnings.extend(run_unzip_chunk_remote(
+                        target, str(item.remote), dest, marker, self.options, cancel=self.stop))
+                else:
+                    self.warnings.extend(run_unzip_local(str(item.local), dest,
+                                                         cancel=self.stop))
+                    _mark_local(marker)
+                    item.local.unlink(missing_ok=True)
+            self.interrupted = None
+            self.progress.unzip(item.chunk.content_bytes)
+            if item.remote is not None:
+                self._account(remote=-item.size)
+                self.remote_slots.release()
+            else:
+                self._account(local=-item.size)
+                self.local_slots.release()
+
+    # ------------------------------------------------------------ after a failure
+
+    def sweep(self, item: _Zip) -> list[str]:
+        """Remove what an interrupted unzip of ``item`` left half-written (before its
+        zip, the "newer than" reference, is removed)."""
+        dest_root = self.delivery.writing_job.target
+        name = self.job.source.name
+        chunk_manifest = item.chunk.manifest(self.manifest)
+        if isinstance(dest_root, SshEndpoint):
+            assert item.remote is not None
+            return sweep_unfinished_remote(dest_root, PurePosixPath(dest_root.path) / name,
+                                           chunk_manifest, item.remote, self.options)
+        return sweep_unfinished_local(Path(dest_root.path) / name, chunk_manifest, item.local)
+
+
+def _mark_local(marker: str) -> None:
+    try:
+        with open(marker, "wb"):
+            pass
+    except OSError as exc:
+        raise TargetNotWritableError(f"cannot record the extracted chunk: {exc}") from exc

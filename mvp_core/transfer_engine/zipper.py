@@ -88,8 +88,13 @@ def build_zip(
     root_name: str,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    include_root: bool = True,
 ) -> ZipStats:
-    """Write ``manifest``'s tree into ``zip_path`` (replacing it); partial archives are removed."""
+    """Write ``manifest``'s tree into ``zip_path`` (replacing it); partial archives are removed.
+
+    ``include_root=False`` leaves out the root directory's own entry (a chunk other
+    than the last: see ``chunks``); unzip then creates the root without its metadata.
+    """
     if not manifest.is_dir:
         raise UnsupportedTreeError("ZIP_FIRST needs a source directory")
     total = manifest.total_bytes
@@ -112,8 +117,9 @@ def build_zip(
         root_st = os.stat(manifest.root)
         with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED,
                              allowZip64=True) as zf:
-            zf.mkdir(member_info(root_name, root_st.st_mode, int(root_st.st_mtime),
-                                 is_dir=True))
+            if include_root:
+                zf.mkdir(member_info(root_name, root_st.st_mode, int(root_st.st_mtime),
+                                     is_dir=True))
             for entry in manifest.entries:
                 check_cancel()
                 name = f"{root_name}/{entry.rel_path}"
@@ -135,7 +141,7 @@ def build_zip(
                 files += 1
                 report()
         report(force=True)
-        return ZipStats(entries=len(manifest.entries) + 1, files=files, content_bytes=done,
+        return ZipStats(entries=len(manifest.entries) + int(include_root), files=files, content_bytes=done,
                         archive_bytes=zip_path.stat().st_size)
     except BaseException as exc:
         zip_path.unlink(missing_ok=True)

@@ -298,6 +298,7 @@ class JobRun:
     async def _done(self, result: TransferResult) -> str:
         payload = {
             "strategy": result.strategy.value,
+            "streams": result.streams,
             "files_copied": result.files_transferred,
             "bytes_copied": result.bytes_transferred,
             "duration_s": round(result.duration_s, 3),

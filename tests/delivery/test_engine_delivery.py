@@ -127,6 +127,26 @@ def test_final_name_absent_while_a_slow_transfer_runs(tmp_path: Path, sshd: SshS
 
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
 @pytest.mark.parametrize("where", WHERE)
+def test_a_copy_leaves_only_the_final_name(tmp_path: Path, sshd: SshServer,
+                                           options: EngineOptions, strategy: TransferStrategy,
+                                           where: str) -> None:
+    """A copy's marker and rename (one round trip over ssh), then the staging root's
+    removal, leave the target holding the delivered tree and nothing else; the source
+    is untouched."""
+    src = make_session_tree(tmp_path / "src", n_audio=5)
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), target_for(where, out, sshd), TransferMode.COPY,
+                      job_id="copy-once")
+    result = _run(job, strategy, options)
+    assert entries(out) == [src.name]
+    assert tree_snapshot(out / src.name) == reference == tree_snapshot(src)
+    assert result.files_transferred == len([v for v in reference.values() if v[0] == "f"])
+    assert temp_leftovers(options) == []
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+@pytest.mark.parametrize("where", WHERE)
 def test_existing_target_refused_before_any_byte(tmp_path: Path, sshd: SshServer,
                                                  options: EngineOptions,
                                                  strategy: TransferStrategy, where: str) -> None:

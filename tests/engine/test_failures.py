@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from mvp_core.transfer_engine.direct import run_transfer
+from mvp_core.transfer_engine.direct import run_transfer, stream_list_path
 from mvp_core.transfer_engine.endpoints import LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
     InvalidEndpointError,
@@ -217,18 +215,6 @@ def test_move_refuses_when_the_source_grew_during_transfer(tmp_path: Path,
     assert (src / "Test Session.ptx").exists()
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (needs root with CAP_SYS_ADMIN, as in CI) to fill a disk for real."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
 def test_disk_full_on_the_receiving_side(tmp_path: Path, sshd: SshServer, tiny_fs: Path,
                                          engine_options: EngineOptions) -> None:
     src = make_session_tree(tmp_path / "src", n_audio=12, audio_size=256 * 1024)
@@ -267,10 +253,14 @@ def test_cleanup_job_temp_removes_both_sides(tmp_path: Path, sshd: SshServer,
         (d / name).write_bytes(b"zip")
     (remote / f".{name}.Ab12Cd").write_bytes(b"rsync temp")
     (remote / "ketter-other-job.zip").write_bytes(b"not ours")
+    for i in range(2):  # DIRECT's stream lists, left by a killed worker
+        stream_list_path(job, engine_options, i).write_bytes(b"Audio Files/a.wav\0")
+    other = TransferJob(job.source, job.target, job_id=f"{job.job_id}.stream1")
+    stream_list_path(other, engine_options, 0).write_bytes(b"not ours\0")
     cleanup_job_temp(job, engine_options)
     cleanup_job_temp(job, engine_options)  # idempotent
     assert sorted(p.name for p in remote.iterdir()) == ["ketter-other-job.zip"]
-    assert list(local.iterdir()) == []
+    assert list(local.iterdir()) == [stream_list_path(other, engine_options, 0)]
 
 
 def test_unreachable_remote_cleanup_is_typed(tmp_path: Path, engine_options: EngineOptions

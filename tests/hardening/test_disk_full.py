@@ -5,7 +5,6 @@ and nothing left at the target: no partial tree under the final name, no staging
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from tests.fixtures.stack import Stack
+from tests.fixtures.system import mounted_tmpfs
 from tests.fixtures.trees import make_session_tree, tree_snapshot
 from tests.hardening.conftest import FINAL, event_types, submit, temp_files
 from tests.service.conftest import Portals
@@ -21,13 +21,8 @@ from tests.service.conftest import Portals
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (we run as root in CI and here), unmounted whatever happens."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def _ssh_portal(client: httpx.Client, sshd: object, base: Path, name: str) -> int:

@@ -68,7 +68,8 @@ CASES = {
     "zip-building-move": ("zip_first", "move", _frozen_progress("zip"), True),
     "zip_first-send-move": ("zip_first", "move", _slow_send("send"), True),
     "unzip-started-copy": ("zip_first", "copy", _frozen_event("unzip", "started"), True),
-    "unzip-finished-move": ("zip_first", "move", _frozen_event("unzip", "done"), True),
+    # The chunk's zip is removed by its unzip step (with its marker written): none left.
+    "unzip-finished-move": ("zip_first", "move", _frozen_event("unzip", "done"), False),
     "verify-move": ("direct", "move", _frozen_event("verify", "started"), False),
     "deliver-move": ("zip_first", "move", _frozen_event("deliver", "started"), False),
 }

@@ -108,6 +108,13 @@ def test_netlab_up_gives_ssh_with_the_rtt_asked_and_down_leaves_nothing(tmp_path
         assert 29 <= rtt["rtt_ms_median"] < 80, up.stdout
         direct = json.loads(re.search(r"direct .*?(\{.*\})", up.stdout).group(1))  # type: ignore[union-attr]
         assert direct["rtt_ms_median"] < 10, up.stdout
+        # lab.env is what its header says: a file bash can source
+        sourced = subprocess.run(
+            ["bash", "-c", 'set -e; source "$1"; printf "%s\\n" "$LAB_DELAY_MODE" "$SSH_PORT_DELAYED"',
+             "bash", str(tmp_path / "lab" / "lab.env")], capture_output=True, text=True)
+        assert sourced.returncode == 0, sourced.stderr
+        delay_mode, delayed_port = sourced.stdout.splitlines()
+        assert delay_mode.startswith(("netem", "relay")) and delayed_port.isdigit(), sourced.stdout
         lab_env = dict(line.split("=", 1) for line in (tmp_path / "lab" / "lab.env").read_text().splitlines()
                        if "=" in line and not line.startswith("#"))
         # ssh from LAB to REMOTE through the relay, strict host key, key only

@@ -149,6 +149,8 @@ def test_direct_and_zip_first_to_ssh_portal(ketter_stack: Stack, api_client: htt
         assert all(e["payload"]["duration_s"] is not None for e in events
                    if e["event_type"] == "phase" and e["payload"]["status"] == "done")
         assert events[-1]["payload"]["strategy"] == strategy
+        # a 30-file tree is far under the 64 MiB a second stream must carry: one rsync
+        assert events[-1]["payload"]["streams"] == 1
 
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["worker_ok"] is True
