@@ -53,7 +53,7 @@ def read_lab_env(lab_dir: Path) -> dict[str, str]:
     for line in env_file.read_text().splitlines():
         if line and not line.startswith("#") and "=" in line:
             k, v = line.split("=", 1)
-            out[k] = v
+            out[k] = " ".join(shlex.split(v))  # values are shell-quoted (printf %q)
     return out
 
 
@@ -136,8 +136,8 @@ def m_cp_a(lab: Lab, src: Path, dest: Path) -> Sample:
     return Sample(time.perf_counter() - t0)
 
 
-def ketter_cli(strategy: str) -> Callable[[Lab, Path, Path], Sample]:
-    """The engine's CLI, run inside LAB (no DB, no Redis)."""
+def ketter_cli(strategy: str, extra_env: dict[str, str] | None = None) -> Callable[[Lab, Path, Path], Sample]:
+    """The engine's CLI, run inside LAB (no DB, no Redis); ``extra_env``: KETTER_* knobs."""
 
     def run(lab: Lab, src: Path, dest: Path) -> Sample:
         argv = lab.ns + [lab.py, "-m", "mvp_core.transfer_engine.cli", "--from", str(src),
@@ -148,7 +148,8 @@ def ketter_cli(strategy: str) -> Callable[[Lab, Path, Path], Sample]:
         # to REMOTE is the very file built in LAB and rsync skips it (a free send phase).
         env = {**os.environ, "PYTHONPATH": str(REPO),
                "KETTER_TEMP_DIR": str(Path(lab.env["LAB_DIR"]) / "data" / "tmp_lab_cli"),
-               "KETTER_REMOTE_TEMP_DIR": str(Path(lab.env["LAB_DIR"]) / "data" / "tmp_remote_cli")}
+               "KETTER_REMOTE_TEMP_DIR": str(Path(lab.env["LAB_DIR"]) / "data" / "tmp_remote_cli"),
+               **(extra_env or {})}
         proc = subprocess.run(argv, check=False, text=True, capture_output=True, cwd=REPO, env=env)
         secs = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -190,6 +191,9 @@ def method_table(kinds: list[str], stack: bench_stack.Stack | None) -> dict[str,
     if "api" in kinds and stack is not None:
         for s in ("auto", "direct", "zip_first"):
             table[f"ketter_api_{s}"] = stack.method(s)
+    # BENCH_STREAMS=1,2,4: DIRECT at each stream count (engine CLI), to choose the default.
+    for n in [x for x in os.environ.get("BENCH_STREAMS", "").split(",") if x.strip()]:
+        table[f"ketter_cli_direct_streams{int(n)}"] = ketter_cli("direct", {"KETTER_DIRECT_STREAMS": str(int(n))})
     return table
 
 
@@ -245,9 +249,19 @@ def bench_dataset(lab: Lab, ds: bench_data.Dataset, src: Path, dest_base: Path,
                          "n": len(secs), "mb_per_s": round(ds.total_bytes / med / MB, 1)}
     best = min((summary[b]["median_s"], b) for b in BASELINES
                if b in summary and "median_s" in summary[b])  # type: ignore[index]
+    rsync_s = summary.get("rsync", {}).get("median_s")  # type: ignore[union-attr]
     for name, s in summary.items():
         if "median_s" in s:  # type: ignore[operator]
             s["ratio_to_best_baseline"] = round(s["median_s"] / best[0], 3)  # type: ignore[index]
+            if rsync_s:
+                s["ratio_to_rsync"] = round(s["median_s"] / rsync_s, 3)  # type: ignore[index]
+            facts = _engine_facts(runs[name])
+            if facts:
+                s["engine"] = facts  # type: ignore[index]
+    for via in ("api", "cli"):  # issue 7: ZIP_FIRST within 1.15x of DIRECT
+        z, d = summary.get(f"ketter_{via}_zip_first", {}), summary.get(f"ketter_{via}_direct", {})
+        if "median_s" in z and "median_s" in d:  # type: ignore[operator]
+            z["ratio_to_direct"] = round(z["median_s"] / d["median_s"], 3)  # type: ignore[index]
     return {"dataset": ds.__dict__ | {"total_bytes": ds.total_bytes}, "best_baseline": best[1],
             "summary": summary, "runs": runs}
 
@@ -422,16 +436,20 @@ def render_markdown(report: dict[str, object]) -> str:
             ds = d["dataset"]
             lines += [f"### {name}: {ds['n_files']} files x {ds['file_bytes']} B "
                       f"({ds['total_bytes'] / MB:.0f} MB); best baseline: {d['best_baseline']}", "",
-                      "| method | median s | MB/s | min-max s | x best baseline | notes |",
-                      "|---|---|---|---|---|---|"]
+                      "| method | median s | MB/s | min-max s | x best baseline | x rsync | notes |",
+                      "|---|---|---|---|---|---|---|"]
             for m, s in d["summary"].items():
                 if "median_s" not in s:
                     err = " ".join(str(s.get("error")).split())[:160].replace("|", "/")
-                    lines.append(f"| {m} | FAILED | | | | {err} |")
+                    lines.append(f"| {m} | FAILED | | | | | {err} |")
                     continue
                 note = _phase_note(d["runs"][m])
+                if "ratio_to_direct" in s:
+                    note += f"; {s['ratio_to_direct']:.2f}x DIRECT"
+                if s.get("engine"):
+                    note += "; " + ", ".join(f"{k} {_human_facts(k, v)}" for k, v in s["engine"].items())
                 lines.append(f"| {m} | {s['median_s']:.2f} | {s['mb_per_s']} | {s['min_s']:.2f}-{s['max_s']:.2f} "
-                             f"| {s['ratio_to_best_baseline']:.2f} | {note} |")
+                             f"| {s['ratio_to_best_baseline']:.2f} | {s.get('ratio_to_rsync', 0):.2f} | {note} |")
             lines.append("")
         if "api_overhead_1file" in entry:
             o = entry["api_overhead_1file"]
@@ -454,6 +472,21 @@ def render_markdown(report: dict[str, object]) -> str:
                   f"decide_strategy on {p['n_files']} files: median {p['median_s']} s ({p['seconds']}), "
                   f"strategy {p['strategy']}.", ""]
     return "\n".join(lines)
+
+
+def _human_facts(key: str, value: int) -> str:
+    return f"{value / 2**20:.0f} MiB" if key.endswith("_bytes") else str(value)
+
+
+def _engine_facts(runs: list[dict[str, object]]) -> dict[str, int]:
+    """Largest streams / chunks / peak temp bytes seen in the runs' job events (API runs)."""
+    out: dict[str, int] = {}
+    for r in runs:
+        for key in bench_stack.ENGINE_FACTS:
+            v = r.get(key)
+            if isinstance(v, int):
+                out[key] = max(out.get(key, 0), v)
+    return out
 
 
 def _phase_note(runs: list[dict[str, object]]) -> str:

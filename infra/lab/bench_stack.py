@@ -193,7 +193,7 @@ class Stack:
             raise StackError(f"job {job['id']} {job['status']}: {job.get('error_type')} {job.get('error_message')}")
         return secs, {"job_id": job["id"], "strategy": job["strategy"], "worker_duration_s": job["duration_s"],
                       "phase_timings": phase_timings(events), "plan": plan_payload(events),
-                      "queue_wait_s": queue_wait(job)}
+                      "queue_wait_s": queue_wait(job), **engine_facts(events)}
 
     def method(self, strategy: str) -> Callable[..., Any]:
         from bench import Sample  # local import: bench imports this module
@@ -233,6 +233,23 @@ def phase_timings(events: list[dict[str, Any]]) -> dict[str, float]:
         if e.get("event_type") == "phase" and isinstance(p.get("duration_s"), (int, float)):
             name = str(p.get("phase"))
             out[name] = round(out.get(name, 0.0) + float(p["duration_s"]), 3)
+    return out
+
+
+# Facts the engine puts in its phase details (issue 7): streams DIRECT used, chunks ZIP_FIRST
+# built, the most temp space the zips took on each side.
+ENGINE_FACTS = ("streams", "chunks", "peak_local_temp_bytes", "peak_remote_temp_bytes")
+
+
+def engine_facts(events: list[dict[str, Any]]) -> dict[str, int]:
+    """The largest value of each ENGINE_FACTS key found in the job's phase events."""
+    out: dict[str, int] = {}
+    for e in events:
+        details = (e.get("payload") or {}).get("details") or {}
+        for key in ENGINE_FACTS:
+            value = details.get(key) if isinstance(details, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[key] = max(out.get(key, 0), value)
     return out
 
 

@@ -132,7 +132,7 @@ SSH_PORT_DELAYED=$RELAY_PORT
 SSH_PORT_DIRECT=22
 LAB_RTT_MS=$LAB_RTT_MS
 LAB_RATE=$LAB_RATE
-LAB_DELAY_MODE=$(cat "$run/delay_mode")
+LAB_DELAY_MODE=$(printf %q "$(cat "$run/delay_mode")")
 IDENTITY=$keys/client_ed25519
 KNOWN_HOSTS=$keys/known_hosts
 EOF
