@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # DIRECT's parallel rsync streams (1 = a single rsync) and ZIP_FIRST's chunk size.
     direct_streams: int = Field(default=4, ge=1, le=8)
     zip_chunk_bytes: int = Field(default=128 * MIB, ge=MIB)
+    # Seconds a worker keeps an ssh connection open after a job, for the next job to the
+    # same host (0 = one connection per job, closed with it). Saves the handshake.
+    ssh_persist_s: float = Field(default=60.0, ge=0, le=3600)
 
     # Worker.
     max_attempts: int = Field(default=3, ge=1)
@@ -84,6 +87,7 @@ class Settings(BaseSettings):
             bwlimit_kib_s=self.rsync_bwlimit_kib_s,
             direct_streams=self.direct_streams,
             zip_chunk_bytes=self.zip_chunk_bytes,
+            ssh_persist_s=self.ssh_persist_s,
         )
 
 

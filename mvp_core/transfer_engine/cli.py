@@ -18,6 +18,7 @@ values down; the engine itself never reads them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import sys
@@ -228,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = str(exc).strip().splitlines()
         print(f"ketter: error: invalid settings: {' '.join(first[:3])}", file=sys.stderr)
         return EXIT_USAGE
-    return run(args, settings.zip_thresholds(), settings.engine_options(),
+    # One job per process: nothing would reuse a kept connection.
+    options = dataclasses.replace(settings.engine_options(), ssh_persist_s=0.0)
+    return run(args, settings.zip_thresholds(), options,
                settings.default_known_hosts, sys.stdout, sys.stderr)
 
 

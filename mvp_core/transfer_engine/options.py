@@ -22,6 +22,9 @@ class EngineOptions:
     # One ssh connection per job: a master started for the job, every ssh of the job
     # (rsync's too) runs as a session over it (see ssh_master). False: one per command.
     ssh_multiplex: bool = True
+    # Keep a job's master this many seconds after the job, for the process's next job
+    # to the same host (see ssh_pool); 0 = one master per job, stopped with it.
+    ssh_persist_s: float = 0.0
     # DIRECT: how many rsync streams share the work (files split by size so they end
     # together; one file is never split). 1 = one rsync, as before.
     direct_streams: int = 4

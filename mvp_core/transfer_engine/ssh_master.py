@@ -35,7 +35,7 @@ from mvp_core.transfer_engine.ssh import endpoint_key, ssh_base_argv
 
 SOCKET_NAME = "cm"
 DIR_PREFIX = "ketter-ssh-"
-_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; ssh appends a temp suffix while binding
+MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; ssh appends a temp suffix while binding
 _POLL_S = 0.01
 _START_SLACK_S = 5.0
 
@@ -76,10 +76,17 @@ def ssh_session(endpoint: SshEndpoint, options: EngineOptions,
 
     Must be entered and left in the thread that runs the job's commands (the master
     dies with the thread that started it). On exit, success or not, the master is
-    stopped and its private socket directory removed.
+    stopped and its private socket directory removed; with ``ssh_persist_s`` > 0 the
+    process-wide pool (``ssh_pool``) keeps it that long for the next job instead.
     """
     if not options.ssh_multiplex or options.ssh_control is not None:
         yield options
+        return
+    if options.ssh_persist_s > 0:
+        from mvp_core.transfer_engine.ssh_pool import shared_masters  # imports this module
+
+        with shared_masters.session(endpoint, options, cancel) as pooled:
+            yield pooled
         return
     try:
         sock_dir = tempfile.mkdtemp(prefix=DIR_PREFIX)  # mode 0700
@@ -90,12 +97,12 @@ def ssh_session(endpoint: SshEndpoint, options: EngineOptions,
     control_path = os.path.join(sock_dir, SOCKET_NAME)
     proc = None
     try:
-        if len(os.fsencode(control_path)) <= _MAX_SOCKET_PATH:
+        if len(os.fsencode(control_path)) <= MAX_SOCKET_PATH:
             try:
                 proc = start_background(master_argv(endpoint, options, control_path))
             except TransferError:
                 proc = None
-        if proc is not None and _wait_ready(proc, control_path, options, cancel):
+        if proc is not None and wait_ready(proc, control_path, options, cancel):
             yield dataclasses.replace(
                 options, ssh_control=(endpoint_key(endpoint), control_path))
         else:
@@ -106,7 +113,7 @@ def ssh_session(endpoint: SshEndpoint, options: EngineOptions,
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], control_path: str, options: EngineOptions,
+def wait_ready(proc: subprocess.Popen[bytes], control_path: str, options: EngineOptions,
                 cancel: CancelToken | None) -> bool:
     """True once the master listens (authenticated); False if it died or took too long."""
     deadline = time.monotonic() + options.ssh_connect_timeout_s + _START_SLACK_S

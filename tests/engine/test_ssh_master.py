@@ -31,6 +31,7 @@ from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.ssh import run_remote, ssh_base_argv
 from mvp_core.transfer_engine.ssh_master import DIR_PREFIX, SOCKET_NAME, ssh_session
+from mvp_core.transfer_engine.ssh_pool import shared_masters
 from tests.engine.conftest import temp_leftovers
 from tests.fixtures.sshd import SshServer, _keygen, start_sshd, stop_sshd
 from tests.fixtures.system import process_table
@@ -222,3 +223,119 @@ def test_dirs_of_killed_jobs_are_swept_live_ones_kept(verbose_sshd: SshServer) -
                 for p in d.iterdir():
                     p.unlink()
                 d.rmdir()
+
+
+# --- The worker's pool (ssh_persist_s > 0): one connection for jobs in a row. ---
+
+@pytest.fixture
+def pooled(engine_options: EngineOptions) -> Iterator[EngineOptions]:
+    """Options that use the process-wide pool; the pool is emptied after the test and
+    nothing (master, socket dir) may outlive that."""
+    before = _socket_dirs()
+    try:
+        yield dataclasses.replace(engine_options, ssh_persist_s=30.0)
+    finally:
+        shared_masters.close()
+    assert _our_masters() == []
+    assert _socket_dirs() - before == set()
+
+
+def _copy_job(tmp_path: Path, server: SshServer, name: str, n_audio: int = 3
+              ) -> tuple[TransferJob, dict[str, tuple[str, int, int, str]], Path]:
+    src = make_session_tree(tmp_path / f"src {name}", n_audio=n_audio)
+    dest = tmp_path / f"dest {name}"
+    job = TransferJob(LocalEndpoint(src), server.endpoint(dest), job_id=f"pool-{name}")
+    return job, tree_snapshot(src), dest / src.name
+
+
+def test_pooled_jobs_in_a_row_share_one_connection(tmp_path: Path, verbose_sshd: SshServer,
+                                                   pooled: EngineOptions) -> None:
+    before = _accepted(verbose_sshd)
+    for name, strategy in (("a", TransferStrategy.DIRECT), ("b", TransferStrategy.ZIP_FIRST),
+                           ("c", TransferStrategy.DIRECT)):
+        job, reference, delivered = _copy_job(tmp_path, verbose_sshd, name)
+        execute_plan(decide_strategy(job, force=strategy), options=pooled)
+        assert tree_snapshot(delivered) == reference
+        assert len(_our_masters()) == 1  # kept between jobs
+    assert _wait_count(verbose_sshd, before, 1) == 1
+    assert shared_masters.count() == 1
+
+
+def test_idle_master_is_stopped_after_persist(tmp_path: Path, verbose_sshd: SshServer,
+                                              pooled: EngineOptions) -> None:
+    options = dataclasses.replace(pooled, ssh_persist_s=0.5)
+    job, reference, delivered = _copy_job(tmp_path, verbose_sshd, "idle")
+    execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=options)
+    assert tree_snapshot(delivered) == reference
+    deadline = time.monotonic() + 10
+    while (_our_masters() or shared_masters.count()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _our_masters() == [] and shared_masters.count() == 0
+    assert _socket_dirs() == set()  # this test's private temp dir: its socket dir is gone
+
+
+def test_dead_master_is_replaced_by_the_next_job(tmp_path: Path, verbose_sshd: SshServer,
+                                                 pooled: EngineOptions) -> None:
+    before = _accepted(verbose_sshd)
+    job, reference, delivered = _copy_job(tmp_path, verbose_sshd, "first")
+    execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=pooled)
+    assert tree_snapshot(delivered) == reference
+    [master_pid] = [pid for pid, p in process_table().items()
+                    if p.ppid == os.getpid() and b"-M" in p.argv]
+    os.kill(master_pid, 9)  # the connection dropped between jobs
+    job, reference, delivered = _copy_job(tmp_path, verbose_sshd, "second")
+    execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=pooled)
+    assert tree_snapshot(delivered) == reference
+    assert _wait_count(verbose_sshd, before, 2) == 2
+    assert len(_our_masters()) == 1
+
+
+def test_cancel_keeps_the_shared_master_for_the_next_job(
+        tmp_path: Path, verbose_sshd: SshServer, pooled: EngineOptions) -> None:
+    src = tmp_path / "slow src"
+    src.mkdir()
+    (src / "big.wav").write_bytes(os.urandom(4 << 20))
+    before = _accepted(verbose_sshd)
+    cancel = CancelToken()
+    timer = threading.Timer(1.5, cancel.cancel)
+    timer.start()
+    try:
+        with pytest.raises(TransferCancelledError):
+            execute_plan(decide_strategy(TransferJob(LocalEndpoint(src),
+                                                     verbose_sshd.endpoint(tmp_path / "x")),
+                                         force=TransferStrategy.DIRECT),
+                         options=dataclasses.replace(pooled, bwlimit_kib_s=256), cancel=cancel)
+    finally:
+        timer.cancel()
+    assert src.exists() and not (tmp_path / "x" / "slow src").exists()
+    rsyncs = [p for p in process_table().values()
+              if p.argv[:1] == (b"rsync",) and any(b"slow src" in a for a in p.argv)]
+    assert rsyncs == []
+    job, reference, delivered = _copy_job(tmp_path, verbose_sshd, "after cancel")
+    execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=pooled)
+    assert tree_snapshot(delivered) == reference
+    assert _wait_count(verbose_sshd, before, 1) == 1
+
+
+def test_concurrent_jobs_share_one_master(tmp_path: Path, verbose_sshd: SshServer,
+                                          pooled: EngineOptions) -> None:
+    jobs = [_copy_job(tmp_path, verbose_sshd, f"c{i}", n_audio=20) for i in range(3)]
+    errors: list[BaseException] = []
+
+    def run(job: TransferJob) -> None:
+        try:
+            execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=pooled)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    before = _accepted(verbose_sshd)
+    threads = [threading.Thread(target=run, args=(job,)) for job, _ref, _dest in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    for _job, reference, delivered in jobs:
+        assert tree_snapshot(delivered) == reference
+    assert _wait_count(verbose_sshd, before, 1) == 1
+    assert len(_our_masters()) == 1

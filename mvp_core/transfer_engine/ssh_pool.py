@@ -1,0 +1,188 @@
+"""Warm ssh masters shared by the jobs of one process, kept ``ssh_persist_s`` after use.
+
+Why: an ssh handshake (TCP, key exchange, auth) costs ~0.2 s on an idle LAN and
+~0.35 s at 20 ms RTT, more than the whole transfer of a small session. A studio's
+jobs go one after the other to the same host, so the worker keeps each master for a
+few seconds after its job and the next job to that host starts without a handshake.
+
+Masters are started and stopped by one long-lived thread of the pool: PR_SET_PDEATHSIG
+ties a master to the thread that forked it, and a job's thread ends with its job.
+They still die with the process (kill -9 included). ssh falls back to its own
+connection when a socket is gone, so correctness never depends on a master; a dead
+one is replaced at the next job. A cancelled job stops its own rsync/ssh clients,
+never the shared master.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from mvp_core.transfer_engine.endpoints import SshEndpoint
+from mvp_core.transfer_engine.errors import TransferError
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.results import CancelToken
+from mvp_core.transfer_engine.runner import start_background, stop_background
+from mvp_core.transfer_engine.ssh import endpoint_key
+from mvp_core.transfer_engine.ssh_master import (
+    DIR_PREFIX,
+    MAX_SOCKET_PATH,
+    SOCKET_NAME,
+    master_argv,
+    sweep_stale,
+    wait_ready,
+)
+
+_REAP_EVERY_S = 1.0
+
+
+@dataclasses.dataclass
+class _Master:
+    """One warm master: its process, socket, users and when it was last released."""
+
+    sock_dir: str
+    control_path: str
+    proc: subprocess.Popen[bytes]
+    persist_s: float
+    users: int = 0
+    idle_since: float = 0.0
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and Path(self.control_path).is_socket()
+
+
+class MasterPool:
+    """Masters keyed by everything that makes an ssh connection (host, port, user,
+    identity, known_hosts, timeouts); one per key, shared by concurrent jobs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._masters: dict[tuple[str, ...], _Master] = {}
+        self._starting: dict[tuple[str, ...], threading.Lock] = {}
+        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ketter-ssh-pool")
+        self._reaper: threading.Thread | None = None
+        self._closed = False
+
+    @contextmanager
+    def session(self, endpoint: SshEndpoint, options: EngineOptions,
+                cancel: CancelToken | None = None) -> Iterator[EngineOptions]:
+        """Run the block over the pool's master for ``endpoint`` (started if needed)."""
+        key = master_argv(endpoint, options, "")
+        master = self._acquire(key, endpoint, options, cancel)
+        if master is None:
+            yield options
+            return
+        try:
+            yield dataclasses.replace(
+                options, ssh_control=(endpoint_key(endpoint), master.control_path))
+        finally:
+            self._release(key, master)
+
+    def close(self) -> None:
+        """Stop every master now (process exit, tests)."""
+        with self._lock:
+            masters = list(self._masters.values())
+            self._masters.clear()
+        for master in masters:
+            _stop(master)
+
+    def count(self) -> int:
+        """How many masters the pool holds (tests and status)."""
+        with self._lock:
+            return len(self._masters)
+
+    def _acquire(self, key: tuple[str, ...], endpoint: SshEndpoint,
+                 options: EngineOptions, cancel: CancelToken | None) -> _Master | None:
+        with self._lock:
+            start_lock = self._starting.setdefault(key, threading.Lock())
+        with start_lock:  # one start per key; other jobs wait for it and share it
+            with self._lock:
+                master = self._masters.get(key)
+                if master is not None and master.alive():
+                    master.users += 1
+                    return master
+                stale = self._masters.pop(key, None)
+            if stale is not None:
+                self._owner.submit(_stop, stale)
+            master = self._start(endpoint, options, cancel)
+            if master is None:
+                return None
+            with self._lock:
+                master.users = 1
+                self._masters[key] = master
+            self._ensure_reaper()
+            return master
+
+    def _release(self, key: tuple[str, ...], master: _Master) -> None:
+        with self._lock:
+            master.users -= 1
+            if master.users == 0:
+                master.idle_since = time.monotonic()
+
+    def _start(self, endpoint: SshEndpoint, options: EngineOptions,
+               cancel: CancelToken | None) -> _Master | None:
+        try:
+            sock_dir = tempfile.mkdtemp(prefix=DIR_PREFIX)  # mode 0700
+            sweep_stale(Path(sock_dir).parent)
+        except OSError:
+            return None
+        control_path = os.path.join(sock_dir, SOCKET_NAME)
+        if len(os.fsencode(control_path)) > MAX_SOCKET_PATH:
+            shutil.rmtree(sock_dir, ignore_errors=True)
+            return None
+        argv = master_argv(endpoint, options, control_path)
+        try:
+            proc = self._owner.submit(start_background, argv).result()
+        except TransferError:
+            shutil.rmtree(sock_dir, ignore_errors=True)
+            return None
+        master = _Master(sock_dir, control_path, proc, options.ssh_persist_s)
+        if wait_ready(proc, control_path, options, cancel):
+            return master
+        self._owner.submit(_stop, master)
+        return None
+
+    def _ensure_reaper(self) -> None:
+        with self._lock:
+            if self._reaper is not None and self._reaper.is_alive():
+                return
+            self._reaper = threading.Thread(target=self._reap_forever, daemon=True,
+                                            name="ketter-ssh-reaper")
+            self._reaper.start()
+
+    def _reap_forever(self) -> None:
+        while True:
+            time.sleep(_REAP_EVERY_S)
+            now = time.monotonic()
+            with self._lock:
+                done = [k for k, m in self._masters.items()
+                        if not m.alive()
+                        or (m.users == 0 and now - m.idle_since >= m.persist_s)]
+                expired = [self._masters.pop(k) for k in done]
+                empty = not self._masters
+            for master in expired:
+                self._owner.submit(_stop, master)
+            if empty:
+                with self._lock:
+                    if not self._masters:
+                        self._reaper = None
+                        return
+
+
+def _stop(master: _Master) -> None:
+    stop_background(master.proc)
+    shutil.rmtree(master.sock_dir, ignore_errors=True)
+
+
+shared_masters = MasterPool()
+atexit.register(shared_masters.close)
