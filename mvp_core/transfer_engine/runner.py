@@ -123,6 +123,20 @@ def _emit(raw: bytes, tail: deque[str], on_line: LineCallback | None) -> None:
             pass
 
 
+def _reaper(proc: subprocess.Popen[bytes]) -> threading.Event:
+    """An event set as soon as ``proc`` has exited (a thread blocks in ``wait()``)."""
+    exited = threading.Event()
+
+    def reap() -> None:
+        try:
+            proc.wait()
+        finally:
+            exited.set()
+
+    threading.Thread(target=reap, name="ketter-reap", daemon=True).start()
+    return exited
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the child's process group, SIGKILL it if still alive after a grace period."""
     for sig, grace in ((signal.SIGTERM, _TERM_GRACE_S), (signal.SIGKILL, 5.0)):
@@ -201,17 +215,16 @@ def run_command(
     ]
     for t in pumps:
         t.start()
+    exited = _reaper(proc)
     cancelled = False
     try:
-        while True:
-            try:
-                proc.wait(timeout=_POLL_S)
+        # Woken the moment the child exits: ``Popen.wait(timeout)`` polls with sleeps
+        # of up to 50 ms, a cost every short remote command paid (~20 ms on average).
+        while not exited.wait(_POLL_S):
+            if cancel is not None and cancel.cancelled:
+                cancelled = True
+                _kill_group(proc)
                 break
-            except subprocess.TimeoutExpired:
-                if cancel is not None and cancel.cancelled:
-                    cancelled = True
-                    _kill_group(proc)
-                    break
     finally:
         if proc.returncode is None:  # KeyboardInterrupt or any other escape
             _kill_group(proc)
