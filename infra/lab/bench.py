@@ -346,6 +346,7 @@ def main() -> None:
         "git_head": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False,
                                    text=True, capture_output=True).stdout.strip(),
         "scale": os.environ.get("BENCH_SCALE", "1"), "repeats": args.repeats, "ketter_via": kinds,
+        "storage": os.environ.get("BENCH_STORAGE", "disk"),
         "rtts": {},
     }
     try:
@@ -425,7 +426,8 @@ def render_markdown(report: dict[str, object]) -> str:
     lines = [f"# Bench run {report['started_utc']}", "",
              f"Scale {report['scale']} (1 = issue 9 sizes), median of {report['repeats']}, "
              f"Ketter via {', '.join(report['ketter_via'])}; link {report['lab']['LAB_RATE']}, "  # type: ignore[index]
-             f"delay by {report['lab']['LAB_DELAY_MODE']}; 2 CPUs shared with other work. "  # type: ignore[index]
+             f"delay by {report['lab']['LAB_DELAY_MODE']}; data on {report.get('storage', 'disk')}; "  # type: ignore[index]
+             "2 CPUs shared with other work. "
              f"Elapsed {report.get('elapsed_s')} s.", ""]
     for rtt, entry in report["rtts"].items():  # type: ignore[union-attr]
         link = entry["link"]
