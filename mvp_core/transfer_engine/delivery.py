@@ -569,8 +569,15 @@ def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
         with clock.phase("delete_source"):
             delete_source(job, expected, options)
     # Last: until here the marker tells a retry that this job's tree is in place.
-    try:
-        rmtree(delivery.root, options)
-    except (TransferError, OSError):
-        pass  # only the marker (and a replaced tree) remain; the orphan sweep gets them
+    if not options.staging_cleanup_by_caller:
+        remove_staging_root(job, options)
     return expected
+
+
+def remove_staging_root(job: TransferJob, options: EngineOptions) -> bool:
+    """Remove a finished job's staging root (marker, a replaced old tree). Best effort:
+    what stays is only bookkeeping, and the orphan sweep removes it later."""
+    try:
+        return rmtree(staging_root(job), options)
+    except (TransferError, OSError):
+        return False

@@ -59,3 +59,9 @@ def discard_job_staging(job: TransferJob, options: EngineOptions) -> bool:
     job that will be retried: its retry resumes from the staging directory.
     """
     return delivery.discard(job, options)
+
+
+def remove_staging_root(job: TransferJob, options: EngineOptions) -> bool:
+    """After a DONE job is recorded: remove what its delivery left in the staging
+    root (see ``EngineOptions.staging_cleanup_by_caller``). Best effort."""
+    return delivery.remove_staging_root(job, options)

@@ -33,6 +33,12 @@ class EngineOptions:
     # MANY at 20 ms took 21.8 s with 128 MiB chunks, 22.0 s with 64, 25.8 s with 256
     # (fill and drain of the pipeline grow with the chunk; per-chunk costs with their count).
     zip_chunk_bytes: int = 128 * 1024 * 1024
+    # True: ``delivery.finish`` leaves the job's staging root (by then only the
+    # ``.ketter-delivered`` marker, and a tree ``replace`` set aside) for the caller to
+    # remove with ``execute.remove_staging_root`` once it has RECORDED the job as done.
+    # Until then a crash is still recognisable to a retry (the marker says the tree in
+    # place is this job's), and the job's end is not held up by one more round trip.
+    staging_cleanup_by_caller: bool = False
     # Set by ssh_master.ssh_session for the length of one job, never by callers:
     # (the endpoint key the master serves, its control socket path).
     ssh_control: tuple[tuple[object, ...], str] | None = None

@@ -26,6 +26,7 @@ and is retried after ``target_busy_retry_s``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import traceback
@@ -49,7 +50,11 @@ from mvp_core.db.models import (
 )
 from mvp_core.transfer_engine.delivery import finish_interrupted_move
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
-from mvp_core.transfer_engine.execute import cleanup_job_temp, execute_plan
+from mvp_core.transfer_engine.execute import (
+    cleanup_job_temp,
+    execute_plan,
+    remove_staging_root,
+)
 from mvp_core.transfer_engine.job import TransferJob
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy, decide_strategy
@@ -101,7 +106,10 @@ class JobRun:
         self.state = state
         self.settings = state.settings
         self.job_id = job_id
-        self.options: EngineOptions = self.settings.engine_options()
+        # The staging root (the delivered marker) goes only after DONE is recorded: a
+        # worker killed in between leaves a retry the proof that the tree is this job's.
+        self.options: EngineOptions = dataclasses.replace(
+            self.settings.engine_options(), staging_cleanup_by_caller=True)
         self.timed_out = False
 
     # ------------------------------------------------------------------ entry point
@@ -234,7 +242,7 @@ class JobRun:
                 "transient": False,
                 "traceback_tail": traceback.format_exc()[-2000:],
             })
-        return await self._done(result)
+        return await self._done(result, delivered=transfer_job)
 
     async def _finished_earlier(self, snap: Snapshot, transfer_job: TransferJob
                                 ) -> TransferResult | None:
@@ -295,7 +303,10 @@ class JobRun:
 
     # ------------------------------------------------------------------ endings
 
-    async def _done(self, result: TransferResult) -> str:
+    async def _done(self, result: TransferResult, *, delivered: TransferJob | None = None
+                    ) -> str:
+        """Record DONE; then remove the staging root ``delivered`` left (best effort:
+        the orphan sweep gets what stays)."""
         payload = {
             "strategy": result.strategy.value,
             "streams": result.streams,
@@ -306,7 +317,7 @@ class JobRun:
             "phase_timings": {k: round(v, 3) for k, v in result.phase_timings.items()},
             "warnings": list(result.warnings),
         }
-        await self._finish(
+        recorded = await self._finish(
             JobStatus.DONE, EventType.DONE,
             f"{result.files_transferred} files, {result.bytes_transferred} bytes "
             f"in {result.duration_s:.2f}s",
@@ -314,6 +325,8 @@ class JobRun:
             files_copied=result.files_transferred, bytes_copied=result.bytes_transferred,
             duration_s=result.duration_s,
         )
+        if recorded and delivered is not None:
+            await asyncio.to_thread(remove_staging_root, delivered, self.options)
         return "DONE"
 
     async def _stopped(self, snap: Snapshot, err: TransferCancelledError) -> str:
@@ -365,7 +378,8 @@ class JobRun:
         return "FAILED"
 
     async def _finish(self, status: JobStatus, event_type: EventType, message: str,
-                      payload: dict[str, Any], **values: Any) -> None:
+                      payload: dict[str, Any], **values: Any) -> bool:
+        """Record the job's end; False when the job is no longer this worker's."""
         level = values.pop("level", EventLevel.INFO)
         ok = await self.state.db_persistent(
             lambda s: repo.finish_job(
@@ -376,6 +390,7 @@ class JobRun:
         )
         if not ok:
             log.warning("job %s: not ours any more; %s not recorded", self.job_id, status.value)
+        return bool(ok)
 
     async def _give_back(self, message: str) -> None:
         try:

@@ -27,7 +27,11 @@ from mvp_core.transfer_engine.errors import (
     TargetExistsError,
     VerificationError,
 )
-from mvp_core.transfer_engine.execute import discard_job_staging, execute_plan
+from mvp_core.transfer_engine.execute import (
+    discard_job_staging,
+    execute_plan,
+    remove_staging_root,
+)
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
@@ -418,3 +422,35 @@ def test_leftovers_of_an_earlier_attempt_are_not_delivered(
     _run(job, strategy, options)
     assert_trees_identical(src, out / src.name)
     assert entries(out) == [src.name]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+def test_caller_removes_the_staging_root_after_recording_done(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions,
+        strategy: TransferStrategy) -> None:
+    """``staging_cleanup_by_caller`` (the worker): the job ends with the tree in place
+    and only the marker in its staging root; a retry before the caller's cleanup (the
+    worker died before recording DONE) recognises the tree as its own, moves no byte
+    and does not fail "target exists"; the caller's cleanup then leaves the final name
+    alone."""
+    src = make_session_tree(tmp_path / "src", "Night Mix", n_audio=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    job = TransferJob(LocalEndpoint(src), sshd.endpoint(out), job_id="caller-cleans")
+    keep = dataclasses.replace(options, staging_cleanup_by_caller=True)
+    _run(job, strategy, keep)
+    assert_trees_identical(src, out / "Night Mix")
+    root = out / staging_name("caller-cleans")
+    assert entries(out) == sorted([root.name, "Night Mix"])
+    assert entries(root) == [DELIVERED_MARK]
+
+    events: list[PhaseEvent] = []
+    again = _run(job, strategy, keep, on_phase=events.append)
+    assert again.files_transferred == sum(1 for p in src.rglob("*") if p.is_file())
+    assert "send" not in [e.phase for e in events] and "deliver" not in [e.phase for e in events]
+    assert [e.details.get("resumed") for e in events if e.phase == "verify"] == [True, True]
+
+    assert remove_staging_root(job, keep) is True
+    assert entries(out) == ["Night Mix"]
+    assert_trees_identical(src, out / "Night Mix")
+    assert remove_staging_root(job, keep) is False  # idempotent

@@ -57,7 +57,9 @@ def test_api_refuses_an_existing_local_target_and_replace_is_explicit(
     assert done["status"] == "DONE", done
     assert client.get(f"/jobs/{done['id']}").json()["on_existing"] == "replace"
     assert_trees_identical(src, portals.local_dst_base / "Mix A")
-    assert entries(portals.local_dst_base) == ["Mix A"]
+    # The staging root (marker, the replaced tree) goes right after DONE is recorded.
+    wait_until(lambda: entries(portals.local_dst_base) == ["Mix A"], timeout=10,
+               what="only the delivered tree left")
     phases = [(e["payload"].get("phase"), e["payload"].get("status"))
               for e in ketter_stack.events(client, done["id"])]
     assert ("deliver", "done") in phases
@@ -122,4 +124,5 @@ def test_killed_worker_leaves_only_staging_and_the_retry_delivers(
     done = stack.wait_job(client, job.json()["id"], FINAL, timeout=60)
     assert done["status"] == "DONE" and done["attempts"] == 2, done
     assert_trees_identical(source, remote / "Long Mix")
-    assert entries(remote) == ["Long Mix"]
+    wait_until(lambda: entries(remote) == ["Long Mix"], timeout=10,
+               what="only the delivered tree left")

@@ -108,7 +108,8 @@ def test_kill9_in_every_phase_new_worker_finishes(
     else:
         assert_trees_identical(reference, source)
     assert temp_files(stack.env) == [], "temp zips (or their rsync temps) left behind"
-    assert [p.name for p in portals.ssh_dst_base.iterdir()] == ["Crash Mix"], "staging left"
+    wait_until(lambda: [p.name for p in portals.ssh_dst_base.iterdir()] == ["Crash Mix"],
+               timeout=10, what="no staging left")
     types = event_types(stack.events(client, job["id"]))
     assert "recovered" in types and types.count("started") == 2 and types[-1] == "done", types
 
@@ -142,6 +143,7 @@ def test_kill9_after_delivery_before_done_is_truthful(
     assert_trees_identical(reference, portals.ssh_dst_base / "Last Mix")
     if mode == "copy":
         assert_trees_identical(reference, source)
-    assert [p.name for p in portals.ssh_dst_base.iterdir()] == ["Last Mix"], "staging left"
+    wait_until(lambda: [p.name for p in portals.ssh_dst_base.iterdir()] == ["Last Mix"],
+               timeout=10, what="no staging left")
     wait_until(lambda: temp_files(stack.env) == [], timeout=5, what="no temp files")
     assert final["status"] == "DONE", final
