@@ -237,6 +237,9 @@ def bench_dataset(lab: Lab, ds: bench_data.Dataset, src: Path, dest_base: Path,
             ok = got == want
             runs[name].append({"seconds": round(sample.seconds, 3), "complete": ok, **sample.details})
             log(f"{ds.name} {name} #{rep + 1}: {sample.seconds:.2f} s{'' if ok else f' INCOMPLETE {got} != {want}'}")
+            # Checked: gone at once, so one copy of the dataset exists at a time (a tmpfs
+            # holds the sources, one destination and the zip temp, not six destinations).
+            shutil.rmtree(dest, ignore_errors=True)
         clean(dest_base)
     summary: dict[str, object] = {}
     for name, rs in runs.items():
