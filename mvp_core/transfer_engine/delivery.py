@@ -55,7 +55,8 @@ from mvp_core.transfer_engine.errors import (
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
+from mvp_core.transfer_engine.runner import Conversation
+from mvp_core.transfer_engine.ssh import raise_for_remote, remote_command_argv, run_remote
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
     prepare_target,
@@ -64,7 +65,13 @@ from mvp_core.transfer_engine.steps import (
     destination_of,
     list_source,
 )
-from mvp_core.transfer_engine.verify import TreeListing, list_tree, verify_destination
+from mvp_core.transfer_engine.verify import (
+    TreeListing,
+    check_listing,
+    list_tree,
+    parse_find_output,
+    verify_destination,
+)
 
 STAGING_PREFIX = ".ketter-"
 DELIVERED_MARK = ".ketter-delivered"
@@ -187,6 +194,13 @@ _MKDIR = 'mkdir -p -- "$1" && : > "$1"/.ketter-probe && rm -f -- "$1"/.ketter-pr
 # $1 the marker, then _RENAME of $2 -> $3.
 _MARK_RENAME = ': > "$1" || exit 3; shift; ' + _RENAME
 _TOUCH = ': > "$1"'
+# Verify and deliver in one ssh session: list $1 (NUL records, then an empty record as
+# the end mark), wait for our verdict on stdin, and only on "go" run _MARK_RENAME of
+# $2 (marker), $3 -> $4. EOF (we died, or aborted) or anything else: exit 5, nothing done.
+_LIST_END = b"\0\0"
+_LIST_THEN_RENAME = (
+    "find \"$1\" -printf '%y/%s/%P\\0' || exit 4; printf '\\000\\000'; "
+    'IFS= read -r nod || exit 5; [ "$nod" = go ] || exit 5; shift; ' + _MARK_RENAME)
 # $1 make the root even if the final name exists (replace); $2 how many dirs follow to
 # create and check (the target first); then final, staged, marker, old tree (one 0/1
 # each) and the staging root, made (a trailing 1) when the final name is free or $1=1.
@@ -464,6 +478,60 @@ def _mark_and_rename_remote(delivery: Delivery, options: EngineOptions) -> None:
     raise_for_remote(result, root, "rename into place")
 
 
+class _VerifyThenRename:
+    """One ssh session for a plain rename over ssh: ``listing`` (verify's remote half,
+    started at once so it runs while the source is walked), then ``rename`` on our
+    word. Saves the second session's round trips; ``close`` without ``rename`` leaves
+    the staged tree as it is."""
+
+    def __init__(self, delivery: Delivery, options: EngineOptions) -> None:
+        root = delivery.root
+        assert isinstance(root, SshEndpoint)
+        self.root = root
+        self.delivery = delivery
+        script_args = (_path(delivery.staged), _path(_child(root, DELIVERED_MARK)),
+                       _path(delivery.staged), _path(delivery.final))
+        self.talk = Conversation(remote_command_argv(
+            root, ("sh", "-c", _LIST_THEN_RENAME, "sh", *script_args), options),
+            what="list and rename")
+        self.done = False
+
+    def listing(self, cancel: CancelToken | None) -> TreeListing | None:
+        """The staged tree as found there; None when it does not exist."""
+        data = self.talk.read_until(_LIST_END, cancel)
+        if data is not None:
+            return parse_find_output(data)
+        result = self.talk.finish()
+        self.done = True
+        if result.exit_code == 4 and "No such file or directory" in result.stderr_tail \
+                and not result.stdout:
+            return None
+        raise_for_remote(result, self.root, "list files")
+        raise CommandFailedError("list files: the listing ended early", **result.evidence())
+
+    def rename(self) -> None:
+        """Marker, then rename into place (same guarantees as ``_mark_and_rename_remote``)."""
+        self.talk.reply(b"go\n")
+        result = self.talk.finish()
+        self.done = True
+        if result.exit_code == 17:
+            raise TargetExistsError(
+                f"{self.delivery.final} appeared while the job ran; it was left as it is",
+                **result.evidence())
+        raise_for_remote(result, self.root, "rename into place")
+
+    def close(self) -> None:
+        if not self.done:
+            self.done = True
+            self.talk.abort()
+
+
+def _one_session(delivery: Delivery, options: EngineOptions, where: Endpoint) -> bool:
+    """Verify and deliver share one ssh session: a plain rename of the staged tree."""
+    return (not delivery.delivered and not delivery.in_place and where is delivery.staged
+            and _renames_in_one_trip(delivery))
+
+
 def discard(job: TransferJob, options: EngineOptions) -> bool:
     """Remove this job's staging root (after putting back an old tree ``replace`` had
     set aside). Idempotent; True when something was removed."""
@@ -551,6 +619,8 @@ def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
     expected = fallback
     if delivery.delivered or move or options.verify_copy:
         where = delivery.final if delivery.delivered else delivery.written
+        if _one_session(delivery, options, where):
+            return _finish_in_one_session(delivery, options, clock, cancel)
         with clock.phase("verify", where="target" if where is delivery.final else "staging",
                          resumed=delivery.delivered) as info:
             expected = list_source(job, options, cancel)
@@ -561,6 +631,35 @@ def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
             raise TransferCancelledError("cancelled before the tree was put in place")
         with clock.phase("deliver") as info:
             info["how"] = commit(delivery, options)
+    return _after_delivery(delivery, options, clock, expected, cancel)
+
+
+def _finish_in_one_session(delivery: Delivery, options: EngineOptions, clock: PhaseClock,
+                           cancel: CancelToken | None) -> TreeListing:
+    """``finish`` for a plain rename over ssh: the same phases and order (verify in
+    staging, then deliver), one ssh session for both."""
+    job = delivery.job
+    session = _VerifyThenRename(delivery, options)
+    try:
+        with clock.phase("verify", where="staging", resumed=False) as info:
+            expected = list_source(job, options, cancel)
+            check_listing(expected, session.listing(cancel), delivery.staged)
+            info.update(files=expected.n_files, bytes=expected.total_bytes)
+        if cancel is not None and cancel.cancelled:
+            raise TransferCancelledError("cancelled before the tree was put in place")
+        with clock.phase("deliver") as info:
+            session.rename()
+            info["how"] = "rename"
+    finally:
+        session.close()
+    return _after_delivery(delivery, options, clock, expected, cancel)
+
+
+def _after_delivery(delivery: Delivery, options: EngineOptions, clock: PhaseClock,
+                    expected: TreeListing | None, cancel: CancelToken | None) -> TreeListing:
+    """After the rename: (move) delete the source, then the staging root."""
+    job = delivery.job
+    move = job.mode is TransferMode.MOVE
     if expected is None:
         expected = list_source(job, options, cancel)
     if move:

@@ -285,3 +285,121 @@ def stop_background(proc: subprocess.Popen[bytes]) -> None:
             pass
     if proc.returncode is None:
         proc.wait()
+
+
+class Conversation:
+    """A child that prints, waits for one reply on stdin, then acts on it.
+
+    Why: over ssh every new remote command costs about two round trips before it
+    starts; a script that lists a tree, waits for our verdict and then renames it does
+    verify and deliver in one session. Started like ``run_command`` (own process group,
+    PDEATHSIG), so the caller must wait for it (``finish``) in the thread that started
+    it. If we die or ``abort``, its stdin closes and the script must treat that EOF as
+    "no": nothing is done on a reply that never came.
+    """
+
+    def __init__(self, argv: Sequence[str], *, what: str, tail_lines: int = 40) -> None:
+        self.argv = tuple(argv)
+        self.what = what
+        self._started = time.monotonic()
+        try:
+            self._proc = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509
+            )
+        except FileNotFoundError as exc:
+            raise RemoteCommandMissingError(
+                f"{self.argv[0]} is not installed on this machine", argv=self.argv) from exc
+        except OSError as exc:
+            raise CommandFailedError(f"cannot start {self.argv[0]}: {exc}",
+                                     argv=self.argv) from exc
+        self._out = bytearray()
+        self._err_tail: deque[str] = deque(maxlen=tail_lines)
+        self._lock = threading.Lock()
+        self._seen = threading.Condition(self._lock)
+        self._eof = False
+        self._exited = _reaper(self._proc)
+        self._pumps = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=_pump, args=(self._proc.stderr, self._err_tail, None),
+                             daemon=True),
+        ]
+        for t in self._pumps:
+            t.start()
+        self._replied = False
+
+    def _read_stdout(self) -> None:
+        read = self._proc.stdout.read1  # type: ignore[union-attr]
+        while True:
+            chunk = read(65536)
+            with self._seen:
+                if chunk:
+                    self._out += chunk
+                else:
+                    self._eof = True
+                self._seen.notify_all()
+            if not chunk:
+                return
+
+    def read_until(self, sentinel: bytes, cancel: CancelToken | None = None) -> bytes | None:
+        """Output up to ``sentinel`` (excluded); None if the child ended without it."""
+        searched = 0
+        with self._seen:
+            while True:
+                cut = self._out.find(sentinel, searched)
+                if cut >= 0:
+                    return bytes(self._out[:cut])
+                searched = max(0, len(self._out) - len(sentinel) + 1)
+                if self._eof:
+                    return None
+                self._seen.wait(_POLL_S)
+                if cancel is not None and cancel.cancelled:
+                    break
+        self.abort()
+        raise TransferCancelledError(f"cancelled during {self.what}", argv=self.argv)
+
+    def reply(self, data: bytes) -> None:
+        """Send the one reply and close stdin (EOF ends the child's read)."""
+        if self._replied:
+            return
+        self._replied = True
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(data)
+            stdin.close()
+        except OSError:  # the child is gone; ``finish`` reports how it ended
+            pass
+
+    def abort(self) -> None:
+        """No reply (stdin closed: the child must do nothing), then wait for it."""
+        self.reply(b"")
+        if not self._exited.wait(_TERM_GRACE_S):
+            _kill_group(self._proc)
+        self.finish()
+
+    def finish(self, cancel: CancelToken | None = None) -> CommandResult:
+        """Wait for the child to end; its exit code and all it printed."""
+        self.reply(b"")  # never leave it waiting for a reply
+        while not self._exited.wait(_POLL_S):
+            if cancel is not None and cancel.cancelled:
+                _kill_group(self._proc)
+                break
+        if self._proc.returncode is None:
+            _kill_group(self._proc)
+        for t in self._pumps:
+            t.join(timeout=5.0)
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
+        with self._seen:
+            out = bytes(self._out)
+        return CommandResult(
+            argv=self.argv,
+            exit_code=self._proc.returncode if self._proc.returncode is not None else -9,
+            stdout_tail="\n".join(out.decode("utf-8", "replace").splitlines()[-40:]),
+            stderr_tail="\n".join(self._err_tail),
+            duration_s=time.monotonic() - self._started,
+            stdout=out,
+        )

@@ -115,7 +115,13 @@ def verify_destination(
     cancel: CancelToken | None = None,
 ) -> TreeListing:
     """Raise ``VerificationError`` unless ``destination`` holds every expected entry."""
-    actual = list_tree(destination, options, cancel=cancel)
+    return check_listing(expected, list_tree(destination, options, cancel=cancel), destination)
+
+
+def check_listing(expected: TreeListing, actual: TreeListing | None,
+                  destination: Endpoint) -> TreeListing:
+    """Raise ``VerificationError`` unless ``actual`` (the destination's listing, None
+    when it does not exist) holds every expected entry."""
     if actual is None:
         raise VerificationError(f"destination does not exist after the transfer: {destination}")
     problems = compare(expected, actual)

@@ -454,3 +454,48 @@ def test_caller_removes_the_staging_root_after_recording_done(
     assert entries(out) == ["Night Mix"]
     assert_trees_identical(src, out / "Night Mix")
     assert remove_staging_root(job, keep) is False  # idempotent
+
+
+@pytest.mark.parametrize("strike", [("verify", "done"), ("deliver", "started")],
+                         ids=lambda s: "-".join(s))
+def test_killed_while_the_remote_waits_for_the_go_renames_nothing(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions,
+        strike: tuple[str, str]) -> None:
+    """Over ssh, verify and deliver share one session: the remote script has listed the
+    staged tree and waits for our word. A worker killed then sends none: its stdin closes,
+    and the script must take that as "no" (nothing renamed, no marker)."""
+    src = make_session_tree(tmp_path / "src", n_audio=4, audio_size=16 * 1024)
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    _killed_child(tmp_path, sshd, options, src, out, TransferStrategy.DIRECT, strike)
+    time.sleep(1.0)  # give a wrongly obedient remote script time to rename
+    root = out / staging_name("crash")
+    assert entries(out) == [root.name]
+    assert entries(root) == [src.name]  # the staged tree, no delivered marker
+    assert tree_snapshot(src) == reference
+
+    job = TransferJob(LocalEndpoint(src), sshd.endpoint(out), TransferMode.MOVE, job_id="crash")
+    _run(job, TransferStrategy.DIRECT, options)  # the retry delivers
+    assert tree_snapshot(out / src.name) == reference
+    assert entries(out) == [src.name]
+    assert not src.exists()
+
+
+def test_a_staged_tree_that_does_not_match_is_never_renamed_over_ssh(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions) -> None:
+    """The one-session path refuses like the two-session one: a file missing from the
+    staged tree fails verification and nothing appears under the final name."""
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = out / staging_name("mismatch") / src.name / "Audio Files" / "Kick_0001.wav"
+
+    def on_phase(event: PhaseEvent) -> None:
+        if (event.phase, event.status) == ("send", "done"):
+            victim.unlink()  # lost between the send and the verify
+
+    job = TransferJob(LocalEndpoint(src), sshd.endpoint(out), job_id="mismatch")
+    with pytest.raises(VerificationError, match="missing: Audio Files/Kick_0001.wav"):
+        _run(job, TransferStrategy.DIRECT, options, on_phase=on_phase)
+    assert entries(out) == []  # nothing renamed; the failed job's staging dir is gone
+    assert (src / "Audio Files" / "Kick_0001.wav").exists()

@@ -15,7 +15,7 @@ import pytest
 
 from mvp_core.transfer_engine.errors import RemoteCommandMissingError, TransferCancelledError
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.runner import run_command
+from mvp_core.transfer_engine.runner import Conversation, run_command
 
 
 def _alive(pid: int) -> bool:
@@ -187,3 +187,54 @@ def test_kill_9_of_a_worker_stops_rsync_on_both_sides(tmp_path: Path, sshd) -> N
         for pid in watched:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- Conversation: print, wait for one reply, act only on it. ---
+
+_ASK = ('printf "listing\\000\\000"; IFS= read -r nod || exit 5; [ "$nod" = go ] || exit 5; '
+        ': > "$1"; echo acted')
+
+
+def test_conversation_acts_on_go_only(tmp_path: Path) -> None:
+    flag = tmp_path / "acted"
+    talk = Conversation(("sh", "-c", _ASK, "sh", str(flag)), what="ask")
+    assert talk.read_until(b"\0\0") == b"listing"
+    assert not flag.exists()  # it waits for the word
+    talk.reply(b"go\n")
+    result = talk.finish()
+    assert result.exit_code == 0 and flag.exists()
+    assert result.stdout.endswith(b"acted\n")
+
+
+@pytest.mark.parametrize("how", ["abort", "no", "finish without reply"])
+def test_conversation_without_go_does_nothing(tmp_path: Path, how: str) -> None:
+    flag = tmp_path / "acted"
+    talk = Conversation(("sh", "-c", _ASK, "sh", str(flag)), what="ask")
+    assert talk.read_until(b"\0\0") == b"listing"
+    if how == "abort":
+        talk.abort()
+        result = talk.finish()
+    elif how == "no":
+        talk.reply(b"no\n")
+        result = talk.finish()
+    else:
+        result = talk.finish()  # closes stdin first: EOF is "no"
+    assert result.exit_code == 5 and not flag.exists()
+
+
+def test_conversation_that_ends_before_the_mark(tmp_path: Path) -> None:
+    talk = Conversation(("sh", "-c", 'echo "no such dir" >&2; exit 4'), what="ask")
+    assert talk.read_until(b"\0\0") is None
+    result = talk.finish()
+    assert result.exit_code == 4 and "no such dir" in result.stderr_tail
+
+
+def test_conversation_cancelled_while_waiting_for_output(tmp_path: Path) -> None:
+    cancel = CancelToken()
+    talk = Conversation(("sh", "-c", "sleep 30; printf 'x\\000\\000'"), what="ask")
+    threading.Timer(0.3, cancel.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(TransferCancelledError):
+        talk.read_until(b"\0\0", cancel)
+    assert time.monotonic() - started < 10
+    assert talk.finish().exit_code != 0
