@@ -23,6 +23,10 @@ tree out only after the new one is verified; ``merge`` writes straight into the
 existing tree (today's rsync semantics, not atomic). Source basenames starting with
 ``.ketter-`` are refused: the prefix is reserved for staging names.
 
+Over ssh, verifying the staged tree and renaming it share one session
+(``_VerifyThenRename``): the remote script lists, waits for our "go" and only then
+renames, so a worker that dies in between renames nothing.
+
 Local operations use ``renameat2(RENAME_NOREPLACE)``; remote ones are small fixed
 ``sh -c`` scripts whose paths travel as positional arguments (never spliced into the
 script), the whole command quoted once by ``ssh.run_remote``.
