@@ -34,6 +34,7 @@ from mvp_core.transfer_engine.ssh_master import DIR_PREFIX, SOCKET_NAME, ssh_ses
 from mvp_core.transfer_engine.ssh_pool import shared_masters
 from tests.engine.conftest import temp_leftovers
 from tests.fixtures.sshd import SshServer, _keygen, start_sshd, stop_sshd
+from tests.fixtures.stack import wait_until
 from tests.fixtures.system import process_table
 from tests.fixtures.trees import make_session_tree, tree_snapshot
 
@@ -113,8 +114,9 @@ def test_one_connection_per_job(tmp_path: Path, verbose_sshd: SshServer,
     if multiplex:
         assert connections == 1
     else:  # the old behaviour, so the count above proves something
-        # a move over plain ssh: prepare, rsync, verify, deliver, staging root (DIRECT)
-        assert connections >= 5, connections
+        # a move over plain ssh: prepare, rsync, verify + deliver (one session), staging
+        # root (DIRECT)
+        assert connections >= 4, connections
 
 
 def test_ssh_to_local_job_uses_one_connection(tmp_path: Path, verbose_sshd: SshServer,
@@ -274,6 +276,15 @@ def test_idle_master_is_stopped_after_persist(tmp_path: Path, verbose_sshd: SshS
     assert _socket_dirs() == set()  # this test's private temp dir: its socket dir is gone
 
 
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped yet (SIGKILL is not instant: a check right after
+    os.kill may still see the master alive and the next job would ride its socket)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_dead_master_is_replaced_by_the_next_job(tmp_path: Path, verbose_sshd: SshServer,
                                                  pooled: EngineOptions) -> None:
     before = _accepted(verbose_sshd)
@@ -283,6 +294,7 @@ def test_dead_master_is_replaced_by_the_next_job(tmp_path: Path, verbose_sshd: S
     [master_pid] = [pid for pid, p in process_table().items()
                     if p.ppid == os.getpid() and b"-M" in p.argv]
     os.kill(master_pid, 9)  # the connection dropped between jobs
+    wait_until(lambda: _dead(master_pid), timeout=10, what="the master gone")
     job, reference, delivered = _copy_job(tmp_path, verbose_sshd, "second")
     execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT), options=pooled)
     assert tree_snapshot(delivered) == reference
