@@ -123,9 +123,9 @@ def test_kill9_after_delivery_before_done_is_truthful(
 
     The new attempt must not touch the delivered copy, leave no staging dir, and end
     DONE: the job's own history proves the copy was verified before the rename (and
-    before the source was deleted). For the move, today it ends FAILED "source does not
-    exist" instead (docs/reliability.md, known gaps): nothing is lost, but an operator
-    reading FAILED on a move whose source is gone is told the wrong story.
+    before the source was deleted). For the move, the marker, the final tree and the
+    missing source tell the worker the previous attempt finished (b93a375): DONE, not
+    FAILED "source does not exist".
     """
     stack, client = ketter_stack, api_client
     source = make_session_tree(portals.local_src_base, "Last Mix", n_audio=6)
