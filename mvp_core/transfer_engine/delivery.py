@@ -530,7 +530,7 @@ class _VerifyThenRename:
             self.talk.abort()
 
 
-def _one_session(delivery: Delivery, options: EngineOptions, where: Endpoint) -> bool:
+def _one_session(delivery: Delivery, where: Endpoint) -> bool:
     """Verify and deliver share one ssh session: a plain rename of the staged tree."""
     return (not delivery.delivered and not delivery.in_place and where is delivery.staged
             and _renames_in_one_trip(delivery))
@@ -623,7 +623,7 @@ def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
     expected = fallback
     if delivery.delivered or move or options.verify_copy:
         where = delivery.final if delivery.delivered else delivery.written
-        if _one_session(delivery, options, where):
+        if _one_session(delivery, where):
             return _finish_in_one_session(delivery, options, clock, cancel)
         with clock.phase("verify", where="target" if where is delivery.final else "staging",
                          resumed=delivery.delivered) as info:
