@@ -123,6 +123,39 @@ def _emit(raw: bytes, tail: deque[str], on_line: LineCallback | None) -> None:
             pass
 
 
+def _spawn(argv: tuple[str, ...], *, stdin: int, output: int, cwd: str | None = None
+           ) -> subprocess.Popen[bytes]:
+    """Start a child the one careful way: own process group, dies with us; a missing
+    program becomes ``RemoteCommandMissingError``."""
+    try:
+        return subprocess.Popen(
+            argv, stdin=stdin, stdout=output, stderr=output, cwd=cwd,
+            start_new_session=True,
+            # Only prctl + getppid run between fork and exec: async-signal-safe enough,
+            # and the one way to tie the child's life to ours (see module docstring).
+            preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509
+        )
+    except FileNotFoundError as exc:
+        raise RemoteCommandMissingError(
+            f"{argv[0]} is not installed on this machine", argv=argv) from exc
+    except OSError as exc:
+        raise CommandFailedError(f"cannot start {argv[0]}: {exc}", argv=argv) from exc
+
+
+def _await_exit(proc: subprocess.Popen[bytes], exited: threading.Event,
+                cancel: CancelToken | None) -> bool:
+    """Wait until ``proc`` exits, or kill its group when ``cancel`` fires (True then).
+
+    Woken the moment the child exits (``_reaper``): ``Popen.wait(timeout)`` polls with
+    sleeps of up to 50 ms, a cost every short remote command paid (~20 ms on average).
+    """
+    while not exited.wait(_POLL_S):
+        if cancel is not None and cancel.cancelled:
+            _kill_group(proc)
+            return True
+    return False
+
+
 def _reaper(proc: subprocess.Popen[bytes]) -> threading.Event:
     """An event set as soon as ``proc`` has exited (a thread blocks in ``wait()``)."""
     exited = threading.Event()
@@ -181,24 +214,8 @@ def run_command(
     if cancel is not None and cancel.cancelled:
         raise TransferCancelledError(f"cancelled before {label} started", argv=argv)
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            start_new_session=True,
-            # Only prctl + getppid run between fork and exec: async-signal-safe enough,
-            # and the one way to tie the child's life to ours (see module docstring).
-            preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509
-        )
-    except FileNotFoundError as exc:
-        raise RemoteCommandMissingError(
-            f"{argv[0]} is not installed on this machine", argv=argv
-        ) from exc
-    except OSError as exc:
-        raise CommandFailedError(f"cannot start {argv[0]}: {exc}", argv=argv) from exc
+    proc = _spawn(argv, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                  output=subprocess.PIPE, cwd=cwd)
 
     out_tail: deque[str] = deque(maxlen=tail_lines)
     err_tail: deque[str] = deque(maxlen=tail_lines)
@@ -218,13 +235,7 @@ def run_command(
     exited = _reaper(proc)
     cancelled = False
     try:
-        # Woken the moment the child exits: ``Popen.wait(timeout)`` polls with sleeps
-        # of up to 50 ms, a cost every short remote command paid (~20 ms on average).
-        while not exited.wait(_POLL_S):
-            if cancel is not None and cancel.cancelled:
-                cancelled = True
-                _kill_group(proc)
-                break
+        cancelled = _await_exit(proc, exited, cancel)
     finally:
         if proc.returncode is None:  # KeyboardInterrupt or any other escape
             _kill_group(proc)
@@ -260,18 +271,7 @@ def start_background(argv: Sequence[str]) -> subprocess.Popen[bytes]:
     pipes (nobody reads them, so they could never fill and block it). The caller
     must end it with ``stop_background`` from the same thread.
     """
-    argv = tuple(argv)
-    try:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509
-        )
-    except FileNotFoundError as exc:
-        raise RemoteCommandMissingError(
-            f"{argv[0]} is not installed on this machine", argv=argv) from exc
-    except OSError as exc:
-        raise CommandFailedError(f"cannot start {argv[0]}: {exc}", argv=argv) from exc
+    return _spawn(tuple(argv), stdin=subprocess.DEVNULL, output=subprocess.DEVNULL)
 
 
 def stop_background(proc: subprocess.Popen[bytes]) -> None:
@@ -302,18 +302,7 @@ class Conversation:
         self.argv = tuple(argv)
         self.what = what
         self._started = time.monotonic()
-        try:
-            self._proc = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True,
-                preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509
-            )
-        except FileNotFoundError as exc:
-            raise RemoteCommandMissingError(
-                f"{self.argv[0]} is not installed on this machine", argv=self.argv) from exc
-        except OSError as exc:
-            raise CommandFailedError(f"cannot start {self.argv[0]}: {exc}",
-                                     argv=self.argv) from exc
+        self._proc = _spawn(self.argv, stdin=subprocess.PIPE, output=subprocess.PIPE)
         self._out = bytearray()
         self._err_tail: deque[str] = deque(maxlen=tail_lines)
         self._lock = threading.Lock()
@@ -382,10 +371,7 @@ class Conversation:
     def finish(self, cancel: CancelToken | None = None) -> CommandResult:
         """Wait for the child to end; its exit code and all it printed."""
         self.reply(b"")  # never leave it waiting for a reply
-        while not self._exited.wait(_POLL_S):
-            if cancel is not None and cancel.cancelled:
-                _kill_group(self._proc)
-                break
+        _await_exit(self._proc, self._exited, cancel)
         if self._proc.returncode is None:
             _kill_group(self._proc)
         for t in self._pumps:
