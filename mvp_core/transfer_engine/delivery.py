@@ -59,7 +59,7 @@ from mvp_core.transfer_engine.errors import (
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.runner import Conversation
+from mvp_core.transfer_engine.runner import CommandResult, Conversation
 from mvp_core.transfer_engine.ssh import raise_for_remote, remote_command_argv, run_remote
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
@@ -73,6 +73,7 @@ from mvp_core.transfer_engine.verify import (
     TreeListing,
     check_listing,
     list_tree,
+    listing_from_find,
     parse_find_output,
     verify_destination,
 )
@@ -476,6 +477,12 @@ def _mark_and_rename_remote(delivery: Delivery, options: EngineOptions) -> None:
     result = _sh(root, _MARK_RENAME, (_path(_child(root, DELIVERED_MARK)), _path(delivery.staged),
                                       _path(delivery.final)),
                  options, "rename into place")
+    _raise_for_mark_rename(result, delivery, root)
+
+
+def _raise_for_mark_rename(result: CommandResult, delivery: Delivery,
+                           root: SshEndpoint) -> None:
+    """What a remote ``_MARK_RENAME`` ended with: 17 = the final name appeared."""
     if result.exit_code == 17:
         raise TargetExistsError(f"{delivery.final} appeared while the job ran; it was left as it is",
                                 **result.evidence())
@@ -507,22 +514,16 @@ class _VerifyThenRename:
             return parse_find_output(data)
         result = self.talk.finish()
         self.done = True
-        if result.exit_code == 4 and "No such file or directory" in result.stderr_tail \
-                and not result.stdout:
-            return None
-        raise_for_remote(result, self.root, "list files")
-        raise CommandFailedError("list files: the listing ended early", **result.evidence())
+        if result.exit_code == 0:  # the script always prints the end mark before it exits
+            raise CommandFailedError("list files: the listing ended early", **result.evidence())
+        return listing_from_find(result, self.root)
 
     def rename(self) -> None:
         """Marker, then rename into place (same guarantees as ``_mark_and_rename_remote``)."""
         self.talk.reply(b"go\n")
         result = self.talk.finish()
         self.done = True
-        if result.exit_code == 17:
-            raise TargetExistsError(
-                f"{self.delivery.final} appeared while the job ran; it was left as it is",
-                **result.evidence())
-        raise_for_remote(result, self.root, "rename into place")
+        _raise_for_mark_rename(result, self.delivery, self.root)
 
     def close(self) -> None:
         if not self.done:

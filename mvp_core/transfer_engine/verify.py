@@ -17,6 +17,7 @@ from mvp_core.transfer_engine.errors import SourceMissingError, VerificationErro
 from mvp_core.transfer_engine.manifest import DIR, FILE, OTHER, SYMLINK, Manifest, build_manifest
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
+from mvp_core.transfer_engine.runner import CommandResult
 from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
 
 Listing = dict[str, tuple[str, int]]
@@ -75,17 +76,23 @@ def list_tree(
     if isinstance(endpoint, SshEndpoint):
         result = run_remote(endpoint, remote_find_argv(str(endpoint.path)), options,
                             what="list files", cancel=cancel, check=False, capture_stdout=True)
-        if result.exit_code != 0:
-            if "No such file or directory" in result.stderr_tail and not result.stdout:
-                return None
-            raise_for_remote(result, endpoint, "list files")
-        return parse_find_output(result.stdout)
+        return listing_from_find(result, endpoint)
     try:
         return from_manifest(build_manifest(endpoint.path))
     except SourceMissingError:
         if not os.path.lexists(endpoint.path):
             return None
         raise
+
+
+def listing_from_find(result: CommandResult, endpoint: SshEndpoint) -> TreeListing | None:
+    """A remote ``find`` listing's result: the tree, None when its root does not exist,
+    or the typed error of a failed command."""
+    if result.exit_code != 0:
+        if "No such file or directory" in result.stderr_tail and not result.stdout:
+            return None
+        raise_for_remote(result, endpoint, "list files")
+    return parse_find_output(result.stdout)
 
 
 def compare(expected: TreeListing, actual: TreeListing) -> list[str]:
