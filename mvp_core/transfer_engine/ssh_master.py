@@ -88,20 +88,17 @@ def ssh_session(endpoint: SshEndpoint, options: EngineOptions,
         with shared_masters.session(endpoint, options, cancel) as pooled:
             yield pooled
         return
-    try:
-        sock_dir = tempfile.mkdtemp(prefix=DIR_PREFIX)  # mode 0700
-        sweep_stale(Path(sock_dir).parent)
-    except OSError:
+    paths = private_control_path()
+    if paths is None:
         yield options
         return
-    control_path = os.path.join(sock_dir, SOCKET_NAME)
+    sock_dir, control_path = paths
     proc = None
     try:
-        if len(os.fsencode(control_path)) <= MAX_SOCKET_PATH:
-            try:
-                proc = start_background(master_argv(endpoint, options, control_path))
-            except TransferError:
-                proc = None
+        try:
+            proc = start_background(master_argv(endpoint, options, control_path))
+        except TransferError:
+            proc = None
         if proc is not None and wait_ready(proc, control_path, options, cancel):
             yield dataclasses.replace(
                 options, ssh_control=(endpoint_key(endpoint), control_path))
@@ -113,8 +110,24 @@ def ssh_session(endpoint: SshEndpoint, options: EngineOptions,
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
+def private_control_path() -> tuple[str, str] | None:
+    """A new socket dir of our own (mode 0700; stale ones of killed jobs swept) and the
+    control path in it; None (nothing left behind) when none can be made or the path is
+    too long for a unix socket. The caller removes the dir."""
+    try:
+        sock_dir = tempfile.mkdtemp(prefix=DIR_PREFIX)
+        sweep_stale(Path(sock_dir).parent)
+    except OSError:
+        return None
+    control_path = os.path.join(sock_dir, SOCKET_NAME)
+    if len(os.fsencode(control_path)) > MAX_SOCKET_PATH:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        return None
+    return sock_dir, control_path
+
+
 def wait_ready(proc: subprocess.Popen[bytes], control_path: str, options: EngineOptions,
-                cancel: CancelToken | None) -> bool:
+               cancel: CancelToken | None) -> bool:
     """True once the master listens (authenticated); False if it died or took too long."""
     deadline = time.monotonic() + options.ssh_connect_timeout_s + _START_SLACK_S
     path = Path(control_path)

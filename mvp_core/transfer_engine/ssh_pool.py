@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,14 +32,7 @@ from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.runner import start_background, stop_background
 from mvp_core.transfer_engine.ssh import endpoint_key
-from mvp_core.transfer_engine.ssh_master import (
-    DIR_PREFIX,
-    MAX_SOCKET_PATH,
-    SOCKET_NAME,
-    master_argv,
-    sweep_stale,
-    wait_ready,
-)
+from mvp_core.transfer_engine.ssh_master import master_argv, private_control_path, wait_ready
 
 _REAP_EVERY_S = 1.0
 
@@ -131,15 +122,10 @@ class MasterPool:
 
     def _start(self, endpoint: SshEndpoint, options: EngineOptions,
                cancel: CancelToken | None) -> _Master | None:
-        try:
-            sock_dir = tempfile.mkdtemp(prefix=DIR_PREFIX)  # mode 0700
-            sweep_stale(Path(sock_dir).parent)
-        except OSError:
+        paths = private_control_path()
+        if paths is None:
             return None
-        control_path = os.path.join(sock_dir, SOCKET_NAME)
-        if len(os.fsencode(control_path)) > MAX_SOCKET_PATH:
-            shutil.rmtree(sock_dir, ignore_errors=True)
-            return None
+        sock_dir, control_path = paths
         argv = master_argv(endpoint, options, control_path)
         try:
             proc = self._owner.submit(start_background, argv).result()
