@@ -27,6 +27,15 @@ Over ssh, verifying the staged tree and renaming it share one session
 (``_VerifyThenRename``): the remote script lists, waits for our "go" and only then
 renames, so a worker that dies in between renames nothing.
 
+A small DIRECT job over ssh skips ``prepare``'s round trip (``assume_fresh``): its
+rsync runs behind a guard (``guard_rsync_path``) that checks, in rsync's own session,
+that the final name and the reserved names are free and makes the staging root, then
+``exec``s rsync. Anything else (the name exists, an earlier attempt got as far as
+delivering, the root cannot be made) stops the guard before rsync starts, with
+``GUARD_REFUSED`` on stderr: the caller then runs the full ``prepare`` (which raises
+the proper error, or resumes) and sends again. At 20 ms RTT that saves ~85 ms of a
+2,000-file job's ~0.6 s.
+
 Local operations use ``renameat2(RENAME_NOREPLACE)``; remote ones are small fixed
 ``sh -c`` scripts whose paths travel as positional arguments (never spliced into the
 script), the whole command quoted once by ``ssh.run_remote``.
@@ -40,6 +49,7 @@ import dataclasses
 import errno
 import os
 import re
+import shlex
 import shutil
 import stat
 from collections.abc import Iterator
@@ -234,6 +244,27 @@ _CHUNK_STATE = (
 )
 
 
+# The guard in front of a fresh job's remote rsync (see the module doc): final name,
+# delivered mark and old tree absent, staging root made, then rsync itself.
+GUARD_REFUSED = "ketter-guard: target not fresh, look first"
+_GUARD = (
+    'f=$1; m=$2; o=$3; r=$4; shift 4; '
+    'for p in "$f" "$m" "$o"; do if [ -e "$p" ] || [ -L "$p" ]; then '
+    f'echo "{GUARD_REFUSED}" >&2; exit 97; fi; done; '
+    f'mkdir -p -- "$r" 2>/dev/null || {{ echo "{GUARD_REFUSED}" >&2; exit 97; }}; '
+    'exec "$@"'
+)
+
+
+class TargetNotFresh(TransferError):
+    """The guard found the target not fresh: run ``prepare`` and send again. Never
+    leaves the engine; transient so ``discard_on_failure`` keeps what a previous
+    attempt staged (the guard wrote nothing)."""
+
+    code = "target_not_fresh"
+    transient = True
+
+
 def _sh(endpoint: SshEndpoint, script: str, args: tuple[str, ...], options: EngineOptions,
         what: str, cancel: CancelToken | None = None):  # type: ignore[no-untyped-def]
     return run_remote(endpoint, ("sh", "-c", script, "sh", *args), options, what=what,
@@ -336,6 +367,13 @@ def _prepare_and_look(job: TransferJob, looked_at: tuple[Endpoint, ...], root: E
     return tuple(c == "1" for c in flags[:-1]), flags[-1] == "1"
 
 
+def _check_name(job: TransferJob) -> None:
+    name = job.source.name
+    if name.startswith(STAGING_PREFIX):
+        raise InvalidEndpointError(
+            f"source names starting with {STAGING_PREFIX!r} are reserved for staging: {name!r}")
+
+
 def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None = None, *,
             resumable: bool, chunk_plan: str | None = None,
             target_dirs: tuple[PurePosixPath, ...] | None = None) -> Delivery:
@@ -352,10 +390,8 @@ def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None
     ssh that, the look at the target and the staging root's mkdir take one round trip.
     Without it, call after the target directory itself was prepared.
     """
+    _check_name(job)
     name = job.source.name
-    if name.startswith(STAGING_PREFIX):
-        raise InvalidEndpointError(
-            f"source names starting with {STAGING_PREFIX!r} are reserved for staging: {name!r}")
     final = destination_of(job)
     root = staging_root(job)
     staged = _child(root, name)
@@ -393,6 +429,24 @@ def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None
         if not root_made:
             _mkdir(root, options, cancel)
     return delivery
+
+
+def assume_fresh(job: TransferJob) -> Delivery:
+    """The delivery of a job whose final name is free and nothing was staged yet,
+    without looking: only for a send run behind ``guard_rsync_path``, which checks."""
+    assert isinstance(job.target, SshEndpoint)
+    _check_name(job)
+    root = staging_root(job)
+    return Delivery(job, destination_of(job), root, _child(root, job.source.name),
+                    existed=False, in_place=False, delivered=False)
+
+
+def guard_rsync_path(delivery: Delivery) -> str:
+    """rsync's ``--rsync-path`` for ``assume_fresh``'s delivery: the guard, then rsync."""
+    root = delivery.root
+    return shlex.join(("sh", "-c", _GUARD, "ketter-guard", _path(delivery.final),
+                       _path(_child(root, DELIVERED_MARK)), _path(_child(root, OLD_TREE)),
+                       _path(root), "rsync"))
 
 
 def chunk_mark_name(digest: str, index: int) -> str:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from mvp_core.transfer_engine import delivery as deliver
 from mvp_core.transfer_engine import streams as streams_plan
-from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint
-from mvp_core.transfer_engine.errors import TransferCancelledError
+from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
+from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
 from mvp_core.transfer_engine.job import TransferJob
 from mvp_core.transfer_engine.manifest import FILE, Manifest
 from mvp_core.transfer_engine.options import EngineOptions
@@ -91,47 +91,92 @@ def _run_transfer(
     clock = PhaseClock(on_phase)
     source: TreeListing = (from_manifest(manifest) if manifest is not None
                            else list_source(job, options, cancel))
+    send = _Send(job, source, options, clock, progress, cancel)
+    if _guard_worth(job, source, options):
+        try:
+            return send.run(deliver.assume_fresh(job), guarded=True, started=started)
+        except deliver.TargetNotFresh:
+            pass  # not fresh: look properly (raises the right error, or resumes)
     # The target prepared, looked at and its staging root made: one round trip over ssh.
     delivery = deliver.prepare(job, options, cancel, resumable=True, target_dirs=())
-    warnings: tuple[str, ...] = ()
-    used = 0
-    with deliver.discard_on_failure(job, options, clock):
-        if not delivery.delivered:
-            plan = plan_job_streams(job, source, options, in_place=delivery.in_place)
-            lists, note = _write_lists(job, plan, options) if len(plan) > 1 else ([], None)
-            if note is not None:
-                plan = [_one_rsync(source)]
-            used = len(plan)
-            # The staged tree is this job's alone: whatever an earlier attempt left that
-            # the source lacks (a killed rsync's temp file) goes.
-            extra = () if delivery.in_place else ("--delete",)
-            try:
-                with clock.phase("send", files=source.n_files, bytes=source.total_bytes,
-                                 streams=used) as info, \
-                        diagnose_no_space(delivery.write_dir, source.total_bytes, options):
-                    if used == 1:
-                        _result, warnings = run_rsync(
-                            job.source, delivery.write_dir, options,
-                            bytes_total=source.total_bytes, files_total=source.n_files,
-                            progress=progress, cancel=cancel, extra=extra)
-                    else:
-                        warnings = _run_streams(
-                            job, plan, lists, delivery.write_dir, options, extra=extra,
-                            source=source, progress=progress, cancel=cancel, info=info)
-            finally:
-                _remove(lists)
-            if note is not None:
-                warnings = (note, *warnings)
-        final = deliver.finish(delivery, options, clock, fallback=source, cancel=cancel)
-    return TransferResult(
-        strategy=TransferStrategy.DIRECT,
-        files_transferred=final.n_files,
-        bytes_transferred=final.total_bytes,
-        duration_s=time.monotonic() - started,
-        phase_timings=dict(clock.timings),
-        warnings=warnings,
-        streams=used,
-    )
+    return send.run(delivery, guarded=False, started=started)
+
+
+def _guard_worth(job: TransferJob, source: TreeListing, options: EngineOptions) -> bool:
+    """Send before looking at the target (``delivery.assume_fresh``): over ssh, for a
+    job one rsync carries, where the saved round trip is a visible share of the job."""
+    return (isinstance(job.target, SshEndpoint) and isinstance(job.source, LocalEndpoint)
+            and len(plan_job_streams(job, source, options)) == 1)
+
+
+@dataclasses.dataclass
+class _Send:
+    """One attempt's send, verify and delivery into a decided ``Delivery``."""
+
+    job: TransferJob
+    source: TreeListing
+    options: EngineOptions
+    clock: PhaseClock
+    progress: ProgressCallback | None
+    cancel: CancelToken | None
+
+    def run(self, delivery: deliver.Delivery, *, guarded: bool, started: float
+            ) -> TransferResult:
+        job, source, options, clock = self.job, self.source, self.options, self.clock
+        warnings: tuple[str, ...] = ()
+        used = 0
+        with deliver.discard_on_failure(job, options, clock):
+            if not delivery.delivered:
+                plan = plan_job_streams(job, source, options, in_place=delivery.in_place)
+                lists, note = _write_lists(job, plan, options) if len(plan) > 1 else ([], None)
+                if note is not None:
+                    plan = [_one_rsync(source)]
+                used = len(plan)
+                # The staged tree is this job's alone: whatever an earlier attempt left
+                # that the source lacks (a killed rsync's temp file) goes.
+                extra = () if delivery.in_place else ("--delete",)
+                try:
+                    with clock.phase("send", files=source.n_files, bytes=source.total_bytes,
+                                     streams=used, guarded=guarded) as info, \
+                            diagnose_no_space(delivery.write_dir, source.total_bytes, options):
+                        if used == 1:
+                            warnings = self._one(delivery, extra, guarded)
+                        else:
+                            warnings = _run_streams(
+                                job, plan, lists, delivery.write_dir, options, extra=extra,
+                                source=source, progress=self.progress, cancel=self.cancel,
+                                info=info)
+                finally:
+                    _remove(lists)
+                if note is not None:
+                    warnings = (note, *warnings)
+            final = deliver.finish(delivery, options, clock, fallback=source,
+                                   cancel=self.cancel)
+        return TransferResult(
+            strategy=TransferStrategy.DIRECT,
+            files_transferred=final.n_files,
+            bytes_transferred=final.total_bytes,
+            duration_s=time.monotonic() - started,
+            phase_timings=dict(clock.timings),
+            warnings=warnings,
+            streams=used,
+        )
+
+    def _one(self, delivery: deliver.Delivery, extra: tuple[str, ...], guarded: bool
+             ) -> tuple[str, ...]:
+        """The single rsync; behind the guard, its refusal becomes ``TargetNotFresh``."""
+        try:
+            _result, warnings = run_rsync(
+                self.job.source, delivery.write_dir, self.options,
+                bytes_total=self.source.total_bytes, files_total=self.source.n_files,
+                progress=self.progress, cancel=self.cancel, extra=extra,
+                rsync_path=deliver.guard_rsync_path(delivery) if guarded else None)
+        except TransferError as exc:
+            if guarded and deliver.GUARD_REFUSED in exc.stderr_tail:
+                raise deliver.TargetNotFresh("the target is not fresh",
+                                        stderr_tail=exc.stderr_tail) from exc
+            raise
+        return warnings
 
 
 def _one_rsync(source: TreeListing) -> Stream:

@@ -12,7 +12,10 @@ Flags and why:
 - ``--info=progress2 --no-inc-recursive``: one whole-transfer progress line with
   honest totals (the file list is built before sending starts);
 - ``--timeout``: give up after that many seconds without I/O (a stalled link);
-- ``-e`` is ``shlex.join(ssh argv)``: rsync splits it like a shell would.
+- ``-e`` is ``shlex.join(ssh argv)``: rsync splits it like a shell would;
+- ``--rsync-path`` (only when asked): a remote command line that runs before the
+  remote rsync and ``exec``s it (``delivery.guard_rsync_path``), so a look at the
+  target rides in rsync's own ssh session instead of costing one more.
 
 Exit codes come from rsync's ``errcode.h``; every code is classified in one table,
 and stderr patterns refine it (disk full, missing source, unwritable target).
@@ -151,10 +154,12 @@ def build_argv(
     *,
     partial_dir: str | None = PARTIAL_DIR,
     extra: tuple[str, ...] = (),
+    rsync_path: str | None = None,
 ) -> tuple[str, ...]:
     """rsync argv copying ``source`` INTO the directory ``target`` (``target/<basename>``).
 
     ``extra``: more options (e.g. filters), placed before the paths.
+    ``rsync_path``: the remote side's command line (see the module doc).
     """
     remote = source if isinstance(source, SshEndpoint) else target
     rsh = rsync_rsh(remote, options) if isinstance(remote, SshEndpoint) else None
@@ -165,6 +170,7 @@ def build_argv(
         + ((f"--timeout={options.rsync_io_timeout_s}",) if options.rsync_io_timeout_s else ())
         + ((f"--bwlimit={options.bwlimit_kib_s}",) if options.bwlimit_kib_s else ())
         + (("-e", rsh) if rsh else ())
+        + ((f"--rsync-path={rsync_path}",) if rsync_path and rsh else ())
         + extra
         + ("--", endpoint_arg(source), endpoint_arg(target, trailing_slash=True))
     )
@@ -237,9 +243,11 @@ def run_rsync(
     cancel: CancelToken | None = None,
     partial_dir: str | None = PARTIAL_DIR,
     extra: tuple[str, ...] = (),
+    rsync_path: str | None = None,
 ) -> tuple[CommandResult, tuple[str, ...]]:
     """Run rsync, feeding progress; raise a typed error on failure, return warnings."""
-    argv = build_argv(source, target, options, partial_dir=partial_dir, extra=extra)
+    argv = build_argv(source, target, options, partial_dir=partial_dir, extra=extra,
+                      rsync_path=rsync_path)
 
     def on_line(line: str) -> None:
         if progress is None:

@@ -89,7 +89,7 @@ def _settings_class(settings: Settings) -> type:
         keep_result = 0
         # How long an idle worker waits between looks at the queue: it is pure latency
         # added to every job's start (the lab's 1-file job), and one ZRANGEBYSCORE per look.
-        poll_delay = 0.05
+        poll_delay = 0.01
         health_check_interval = 60
 
     return WorkerSettings

@@ -165,11 +165,38 @@ def test_existing_target_refused_before_any_byte(tmp_path: Path, sshd: SshServer
         _run(job, strategy, options, on_phase=events.append)
     assert not info.value.transient
     assert info.value.as_dict()["code"] == "target_exists"
-    assert events == []  # no phase started: nothing zipped, sent or unzipped
+    if strategy is TransferStrategy.DIRECT and where == "ssh":
+        # A small job over ssh sends behind the guard, which refused before rsync ran.
+        assert [(e.phase, e.status, e.details.get("guarded"), e.details.get("error"))
+                for e in events] == [("send", "started", True, None),
+                                     ("send", "failed", True, "TargetNotFresh")]
+    else:
+        assert events == []  # no phase started: nothing zipped, sent or unzipped
     assert tree_snapshot(out / src.name) == old
     assert tree_snapshot(out) == out_before  # no staging dir either
     assert tree_snapshot(src) == source_before
     assert not [p for p in temp_leftovers(options) if p.is_file()]
+
+
+def test_guarded_send_resumes_what_an_earlier_attempt_staged(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions) -> None:
+    """A small DIRECT job over ssh sends behind the guard (no separate look at the
+    target): the guard lets a retry through when only its own staging tree is there,
+    and rsync resumes it, dropping what the source lacks."""
+    src = make_session_tree(tmp_path / "src", n_audio=4)
+    out = tmp_path / "out"
+    staged = out / staging_name("again") / src.name
+    (staged / "Audio Files").mkdir(parents=True)
+    (staged / "Audio Files" / "stray from a killed rsync.tmp").write_bytes(b"half")
+    first = min(src.rglob("*.wav"))
+    (staged / first.relative_to(src)).write_bytes(first.read_bytes()[:100])
+    job = TransferJob(LocalEndpoint(src), sshd.endpoint(out), job_id="again")
+    events: list[PhaseEvent] = []
+    _run(job, TransferStrategy.DIRECT, options, on_phase=events.append)
+    sends = [(e.status, e.details.get("guarded")) for e in events if e.phase == "send"]
+    assert sends == [("started", True), ("done", True)]
+    assert_trees_identical(src, out / src.name)
+    assert entries(out) == [src.name]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
@@ -447,7 +474,11 @@ def test_caller_removes_the_staging_root_after_recording_done(
     events: list[PhaseEvent] = []
     again = _run(job, strategy, keep, on_phase=events.append)
     assert again.files_transferred == sum(1 for p in src.rglob("*") if p.is_file())
-    assert "send" not in [e.phase for e in events] and "deliver" not in [e.phase for e in events]
+    # DIRECT's guarded send is refused by the guard (final name present) before rsync
+    # runs: no send completes, nothing is delivered twice.
+    assert [(e.status, e.details.get("error")) for e in events if e.phase == "send"] in (
+        [], [("started", None), ("failed", "TargetNotFresh")])
+    assert "deliver" not in [e.phase for e in events]
     assert [e.details.get("resumed") for e in events if e.phase == "verify"] == [True, True]
 
     assert remove_staging_root(job, keep) is True
