@@ -3,7 +3,12 @@
 Pure: a manifest and a chunk size in, a ``ChunkPlan`` out; the same tree always gives
 the same chunks (files in manifest order, i.e. sorted by path, packed greedily).
 
-- A file is never split; a file bigger than the chunk size is a chunk of its own.
+- A file is never split; a file bigger than the chunk size is a chunk of its own,
+  sent AS IS (``Chunk.as_is``): rsync sends the file itself into the staged tree, no
+  zip is built for it. Zipping one file saves no round trip (the per-file toll zips
+  are for) and costs a full copy of it on each side: temp space the size of a render,
+  twice, plus the zip's and unzip's pass over every byte. A tree with such a file is
+  chunked even when it would fit one chunk.
 - A tree whose files fit in one chunk stays ONE chunk holding every entry in manifest
   order: exactly the single zip of before.
 - With several chunks, every directory entry (and the root's, see ``Chunk.has_root``)
@@ -12,6 +17,8 @@ the same chunks (files in manifest order, i.e. sorted by path, packed greedily).
   could not take chunk 1's files, and its mtime would move when they land. Earlier
   chunks create parent directories plainly; the last one creates the empty ones; a
   directories-only rsync then gives every directory its mode and mtime (zip_first).
+  When the last file chunk is an as-is one, the directory entries get a last chunk
+  of their own (a zip of directories only, quick to extract).
 - ``digest`` names the plan (tree listing with sizes, modes, mtimes, and the split):
   a retry resumes only chunks extracted under the same digest; a changed source
   starts over.
@@ -34,6 +41,7 @@ class Chunk:
     index: int
     entries: tuple[ManifestEntry, ...]
     has_root: bool  # carries the root directory's own entry (the last chunk does)
+    as_is: bool = False  # one file bigger than a chunk: sent itself, not zipped
 
     @property
     def content_bytes(self) -> int:
@@ -90,12 +98,17 @@ def plan_chunks(manifest: Manifest, chunk_bytes: int, *, root_name: str = "") ->
         weight += w
     if current:
         groups.append(current)
-    if len(groups) <= 1:
+    as_is = [len(g) == 1 and _weight(g[0]) > chunk_bytes for g in groups]
+    if len(groups) <= 1 and not any(as_is):
         chunks: tuple[Chunk, ...] = (Chunk(0, manifest.entries, has_root=True),)
     else:
+        if as_is[-1]:  # the directories need a zip of their own
+            groups.append([])
+            as_is.append(False)
         last = len(groups) - 1
         chunks = tuple(
-            Chunk(i, tuple(group) + (others if i == last else ()), has_root=i == last)
+            Chunk(i, tuple(group) + (others if i == last else ()), has_root=i == last,
+                  as_is=as_is[i])
             for i, group in enumerate(groups))
     return ChunkPlan(chunks, chunk_bytes, _digest(manifest, chunks, root_name))
 
@@ -104,7 +117,7 @@ def _digest(manifest: Manifest, chunks: tuple[Chunk, ...], root_name: str) -> st
     h = hashlib.sha256()
     h.update(f"ketter-chunks/1\0{root_name}\0{len(chunks)}\0".encode("utf-8", "surrogateescape"))
     for chunk in chunks:
-        h.update(f"chunk {chunk.index} {int(chunk.has_root)}\0".encode())
+        h.update(f"chunk {chunk.index} {int(chunk.has_root)} {int(chunk.as_is)}\0".encode())
         for e in chunk.entries:
             h.update(f"{e.rel_path}\0{e.kind}\0{e.size}\0{e.mode}\0{e.mtime_ns}\0"
                      .encode("utf-8", "surrogateescape"))

@@ -130,7 +130,7 @@ class ProgressLine:
         self.stream.flush()
 
     def phase(self, event: PhaseEvent) -> None:
-        if event.status == "started":
+        if event.status in ("started", "skipped"):  # skipped: taken again another way
             return
         self.end_line()
         took = f" in {event.duration_s:.2f} s" if event.duration_s is not None else ""

@@ -68,7 +68,7 @@ from mvp_core.transfer_engine.errors import (
 )
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
-from mvp_core.transfer_engine.results import CancelToken
+from mvp_core.transfer_engine.results import CancelToken, PhaseSkipped
 from mvp_core.transfer_engine.runner import CommandResult, Conversation
 from mvp_core.transfer_engine.ssh import raise_for_remote, remote_command_argv, run_remote
 from mvp_core.transfer_engine.steps import (
@@ -256,10 +256,10 @@ _GUARD = (
 )
 
 
-class TargetNotFresh(TransferError):
+class TargetNotFresh(TransferError, PhaseSkipped):
     """The guard found the target not fresh: run ``prepare`` and send again. Never
     leaves the engine; transient so ``discard_on_failure`` keeps what a previous
-    attempt staged (the guard wrote nothing)."""
+    attempt staged (the guard wrote nothing); ends the send phase as skipped."""
 
     code = "target_not_fresh"
     transient = True

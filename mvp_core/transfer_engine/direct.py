@@ -104,8 +104,12 @@ def _run_transfer(
 
 def _guard_worth(job: TransferJob, source: TreeListing, options: EngineOptions) -> bool:
     """Send before looking at the target (``delivery.assume_fresh``): over ssh, for a
-    job one rsync carries, where the saved round trip is a visible share of the job."""
+    job one rsync carries, where the saved round trip is a visible share of the job.
+    Only over a live master, which proved the host key and the login: without one the
+    guarded rsync would be the job's first contact, and a refused key would read as a
+    failed send (then a failed cleanup) instead of the one error before any phase."""
     return (isinstance(job.target, SshEndpoint) and isinstance(job.source, LocalEndpoint)
+            and options.ssh_control is not None
             and len(plan_job_streams(job, source, options)) == 1)
 
 

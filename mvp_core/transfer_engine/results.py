@@ -35,9 +35,15 @@ class PhaseEvent:
     ``delete_source``), with its duration once ended and any details worth logging."""
 
     phase: str
-    status: str  # "started" | "done" | "failed"
+    status: str  # "started" | "done" | "failed" | "skipped" (see PhaseSkipped)
     duration_s: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+class PhaseSkipped(Exception):
+    """Raised out of a phase that turned out not to be the right step yet (DIRECT's
+    guarded send finding the target not fresh): the phase ends ``skipped``, not
+    ``failed``, and the caller takes another way."""
 
 
 class PhaseCallback(Protocol):

@@ -36,7 +36,7 @@ from mvp_core.transfer_engine.errors import (
 from mvp_core.transfer_engine.job import TransferJob, TransferMode
 from mvp_core.transfer_engine.manifest import DIR
 from mvp_core.transfer_engine.options import EngineOptions
-from mvp_core.transfer_engine.results import CancelToken, PhaseCallback, PhaseEvent
+from mvp_core.transfer_engine.results import CancelToken, PhaseCallback, PhaseEvent, PhaseSkipped
 from mvp_core.transfer_engine.runner import CommandResult
 from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
 from mvp_core.transfer_engine.verify import TreeListing, list_tree, verify_destination
@@ -67,6 +67,12 @@ class PhaseClock:
         extra: dict[str, Any] = {}
         try:
             yield extra
+        except PhaseSkipped as exc:
+            duration = time.monotonic() - started
+            self._add(name, duration)
+            self.emit(PhaseEvent(name, "skipped", duration,
+                                 {**details, **extra, "reason": str(exc)}))
+            raise
         except BaseException as exc:
             duration = time.monotonic() - started
             self._add(name, duration)

@@ -5,7 +5,10 @@ The tree is split into chunks (``chunks``: whole files, about
 chunks flow through a pipeline of threads: while chunks k and k+1 are sent, chunk k+2
 is built and chunk k-1 is extracted. Phases, one event pair per chunk (details
 ``chunk``/``chunks``): ``zip`` (build in ``options.temp_dir``), ``send`` (rsync of
-the zip into ``options.remote_temp_dir``; no such stage when the target is local),
+the zip into ``options.remote_temp_dir``; no such stage when the target is local;
+detail ``as_is``: a file bigger than a chunk is not zipped, rsync sends the file
+itself straight into the tree being written, resumable like DIRECT, and its chunk
+marker is written once it is there: see ``chunks`` for why),
 ``unzip`` (remote over ssh, or local; on success the chunk's marker is written and its
 zip removed, in the same ssh session). Then ``restore_directories`` (several chunks,
 or a merge: one directories-only rsync gives every directory its mode and mtime),
@@ -47,6 +50,7 @@ and ``cleanup_job_temp`` can find them after a crash.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import queue
@@ -59,6 +63,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from mvp_core.transfer_engine import delivery as deliver
+from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.chunks import Chunk, ChunkPlan, plan_chunks
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
@@ -80,7 +85,7 @@ from mvp_core.transfer_engine.results import (
     ProgressCallback,
     TransferResult,
 )
-from mvp_core.transfer_engine.rsync import DIRECTORIES_ONLY, run_rsync
+from mvp_core.transfer_engine.rsync import DIRECTORIES_ONLY, files_from_args, run_rsync
 from mvp_core.transfer_engine.ssh import run_remote
 from mvp_core.transfer_engine.ssh_master import job_ssh_session
 from mvp_core.transfer_engine.steps import (
@@ -108,6 +113,8 @@ PIPELINE_DEPTH = 2
 # Concurrent chunk sends at most (see the module doc for why 2).
 MAX_SEND_STREAMS = 2
 _POLL_S = 0.1
+# An as-is chunk's rsync list, beside the zips: ketter-<job>+00003.files.
+AS_IS_LIST_SUFFIX = ".files"
 
 T = TypeVar("T")
 
@@ -156,7 +163,9 @@ _REMOTE_CLEANUP = ('rm -f -- "$1"/"$2".zip "$1"/."$2".zip.* "$1"/"$2"+*.zip "$1"
 
 
 def _is_job_zip(name: str, stem: str) -> bool:
-    return name == f"{stem}.zip" or (name.startswith(f"{stem}+") and name.endswith(".zip"))
+    """A temp file of this job here: a zip, or an as-is chunk's rsync list."""
+    return name == f"{stem}.zip" or (name.startswith(f"{stem}+")
+                                      and name.endswith((".zip", AS_IS_LIST_SUFFIX)))
 
 
 def cleanup_temp(job: TransferJob, options: EngineOptions, *,
@@ -299,13 +308,19 @@ def _serialised(callback: Callable[[T], None] | None) -> Callable[[T], None] | N
 
 @dataclasses.dataclass
 class _Zip:
-    """One built chunk zip on its way through the pipeline."""
+    """One built chunk zip on its way through the pipeline; for an as-is chunk
+    (``Chunk.as_is``) ``local`` is the rsync list naming its one source file."""
 
     chunk: Chunk
     local: Path
     remote: PurePosixPath | None
     size: int
     entries: int
+
+    @property
+    def temp_bytes(self) -> int:
+        """Temp space it holds on each side: its zip, or nothing for an as-is chunk."""
+        return 0 if self.chunk.as_is else self.size
 
 
 class _JobProgress:
@@ -500,7 +515,8 @@ class _Pipeline:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise NoSpaceError(f"cannot create the temp dir {directory}: {exc}") from exc
-        biggest = sorted((c.estimated_zip_bytes for c in self.todo), reverse=True)
+        biggest = sorted((c.estimated_zip_bytes for c in self.todo if not c.as_is),
+                         reverse=True)
         _check_free_space(directory, sum(biggest[:self.slots]))
 
     # ------------------------------------------------------------ the stages
@@ -511,6 +527,10 @@ class _Pipeline:
     def _build(self, outbox: queue.Queue[_Zip | None]) -> None:
         count = len(self.plan)
         for chunk in self.todo:
+            if chunk.as_is:  # no zip: the send stage rsyncs the file itself
+                self._check_stop()
+                outbox.put(self._as_is(chunk))
+                continue
             self._acquire(self.local_slots)
             self._check_stop()
             estimate = chunk.estimated_zip_bytes
@@ -536,6 +556,29 @@ class _Pipeline:
             outbox.put(item)
         outbox.put(None)  # each sender puts it back for the next one
 
+    def _as_is(self, chunk: Chunk) -> _Zip:
+        """An as-is chunk's item: its rsync list (``--files-from``) written, nothing built."""
+        (entry,) = chunk.entries
+        path = local_zip_path(self.job, self.options, chunk.index,
+                              len(self.plan)).with_suffix(AS_IS_LIST_SUFFIX)
+        try:
+            path.write_bytes(streams_plan.encode_list(self.job.source.name, [entry.rel_path]))
+        except OSError as exc:
+            raise NoSpaceError(f"cannot write {path}: {exc}") if exc.errno == errno.ENOSPC \
+                else TransferError(f"cannot write {path}: {exc}") from exc
+        self.progress.zip(chunk.content_bytes, finished=True)
+        return _Zip(chunk, path, None, entry.size, 1)
+
+    def _copy_as_is(self, item: _Zip, progress: Callable[[Progress], None] | None) -> None:
+        """rsync an as-is chunk's file straight into the tree being written (resumable
+        through rsync's partial dir, like DIRECT)."""
+        parent = LocalEndpoint(Path(self.job.source.path).absolute().parent)
+        _result, sent_warnings = run_rsync(
+            parent, self.delivery.write_dir, self.options, bytes_total=item.size,
+            files_total=1, progress=progress, cancel=self.stop,
+            extra=files_from_args(item.local))
+        self.warnings.extend(sent_warnings)
+
     def _send(self, inbox: queue.Queue[_Zip | None], outbox: queue.Queue[_Zip | None]) -> None:
         """One of S senders: take a remote slot, then the next built chunk, rsync it."""
         assert isinstance(self.job.target, SshEndpoint)
@@ -551,28 +594,35 @@ class _Pipeline:
                 inbox.put(None)  # for the other senders
                 return
             self._check_stop()
-            self._account(remote=item.size)
+            self._account(remote=item.temp_bytes)
             index, content, size = item.chunk.index, item.chunk.content_bytes, max(item.size, 1)
 
             def report(p: Progress, index: int = index, content: int = content,
                        size: int = size) -> None:
                 self.progress.send(index, content * min(p.bytes_done, size) // size)
 
+            as_is = item.chunk.as_is
             self._sending(+1)
             try:
-                with self.clock.phase("send", **self._details(item.chunk), bytes=item.size), \
-                        diagnose_no_space(remote_tmp, item.size, self.options):
-                    _result, sent_warnings = run_rsync(
-                        LocalEndpoint(item.local), remote_tmp, self.options,
-                        bytes_total=item.size, files_total=1, progress=report,
-                        cancel=self.stop, partial_dir=None)
-                    self.warnings.extend(sent_warnings)
+                with self.clock.phase("send", **self._details(item.chunk), bytes=item.size,
+                                      as_is=as_is), \
+                        diagnose_no_space(self.delivery.write_dir if as_is else remote_tmp,
+                                          item.size, self.options):
+                    if as_is:
+                        self._copy_as_is(item, report)
+                    else:
+                        _result, sent_warnings = run_rsync(
+                            LocalEndpoint(item.local), remote_tmp, self.options,
+                            bytes_total=item.size, files_total=1, progress=report,
+                            cancel=self.stop, partial_dir=None)
+                        self.warnings.extend(sent_warnings)
             finally:
                 self._sending(-1)
             self.progress.send(index, content, finished=True)
-            item.local.unlink(missing_ok=True)
-            self._account(local=-item.size)
-            self.local_slots.release()
+            item.local.unlink(missing_ok=True)  # the zip, or an as-is chunk's list
+            if not as_is:
+                self._account(local=-item.size)
+                self.local_slots.release()
             outbox.put(item)
 
     def _extract(self, inbox: queue.Queue[_Zip | None]) -> None:
@@ -589,6 +639,9 @@ class _Pipeline:
             self._check_stop()
             marker = str(Path(str(marks.path)) / deliver.chunk_mark_name(self.plan.digest,
                                                                        item.chunk.index))
+            if item.chunk.as_is:
+                self._land_as_is(item, marker)
+                continue
             self.interrupted = item
             with self.clock.phase("unzip", **self._details(item.chunk), entries=item.entries):
                 if item.remote is not None:
@@ -608,6 +661,24 @@ class _Pipeline:
             else:
                 self._account(local=-item.size)
                 self.local_slots.release()
+
+    def _land_as_is(self, item: _Zip, marker: str) -> None:
+        """An as-is chunk is in the tree once rsync is done: record it (a local target
+        has no send stage, so rsync it first), then free its remote slot."""
+        target = self.delivery.writing_job.target
+        if isinstance(target, SshEndpoint):
+            run_remote(target, ("sh", "-c", ': > "$1"', "sh", marker), self.options,
+                       what="record the sent chunk", cancel=self.stop)
+            self.progress.unzip(item.chunk.content_bytes)
+            self.remote_slots.release()
+            return
+        with self.clock.phase("send", **self._details(item.chunk), bytes=item.size,
+                              as_is=True):
+            self._copy_as_is(item, None)
+        item.local.unlink(missing_ok=True)
+        _mark_local(marker)
+        self.progress.send(item.chunk.index, item.chunk.content_bytes, finished=True)
+        self.progress.unzip(item.chunk.content_bytes)
 
     # ------------------------------------------------------------ after a failure
 

@@ -114,6 +114,26 @@ def test_only_a_directory_tree_is_one_chunk() -> None:
     assert len(plan) == 1 and plan.chunks[0].has_root
 
 
+def test_a_file_bigger_than_a_chunk_is_sent_as_is() -> None:
+    """Its chunk holds it alone and is flagged as is (no zip); when it is the last file,
+    the directories get a zip of their own; a tree of one such file is chunked too."""
+    small = [_entry(f"a/f{i}", 1000) for i in range(6)]
+    dirs = [_entry(d, 0, DIR) for d in ("a", "b", "z")]
+    m = _manifest(*small, _entry("b/render.mov", 20_000), _entry("z/stem.wav", 30_000), *dirs)
+    plan = plan_chunks(m, 4000)
+    assert [[e.rel_path for e in c.entries] for c in plan.chunks if c.as_is] == [
+        ["b/render.mov"], ["z/stem.wav"]]
+    last = plan.chunks[-1]
+    assert not last.as_is and last.has_root and list(last.entries) == dirs
+    assert [e for c in plan.chunks for e in c.entries if e.kind == FILE] == [
+        e for e in m.entries if e.kind == FILE]
+    alone = plan_chunks(_manifest(_entry("only.wav", 9000)), 4000)
+    assert [c.as_is for c in alone.chunks] == [True, False] and alone.chunked
+    # The same files under a bigger chunk size: nothing as is, another plan.
+    roomy = plan_chunks(m, 64_000)
+    assert not any(c.as_is for c in roomy.chunks) and roomy.digest != plan.digest
+
+
 def test_chunk_zip_names_are_the_single_name_or_numbered() -> None:
     assert chunk_zip_name("job 7", 0, 1) == zip_name("job 7") == "ketter-job_7.zip"
     assert chunk_zip_name("job 7", 3, 12) == "ketter-job_7+00003.zip"
@@ -484,6 +504,96 @@ def test_a_retry_resumes_from_the_first_chunk_not_extracted(
     assert result.files_transferred == plan.n_files
     assert temp_leftovers(chunked) == []
     assert not src.exists()
+
+
+BIG = 5 * CHUNK  # well over the temp bound: a zip of it could not hide under BOUND
+
+
+def _with_big_files(root: Path) -> list[str]:
+    """Two files bigger than a chunk: one mid-tree, one the last file in path order."""
+    os.chmod(root / "Locked Stems", 0o755)
+    made = []
+    for rel in ("Bounces/Mix v2 (final).wav", "zz Render 'final'.mov"):
+        path = root / rel
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(os.urandom(BIG))
+        os.utime(path, (1_000_000_500, 1_000_000_500))
+        made.append(rel)
+    os.chmod(root / "Locked Stems", 0o555)
+    for d in (root, root / "Bounces"):
+        os.utime(d, (1_100_000_000, 1_100_000_000))
+    return made
+
+
+@pytest.mark.parametrize("where", ["ssh", "local"])
+def test_big_files_go_as_is_without_a_zip_or_temp_space(
+        tmp_path: Path, sshd: SshServer, chunked: EngineOptions, src: Path, where: str) -> None:
+    big = _with_big_files(src)
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    target = sshd.endpoint(out) if where == "ssh" else LocalEndpoint(out)
+    job = TransferJob(LocalEndpoint(src), target, TransferMode.MOVE, job_id="as-is")
+    plan = decide_strategy(job, force=ZIP)
+    chunks = plan_chunks(plan.manifest or build_manifest(src), CHUNK, root_name=src.name)
+    as_is = [c.index for c in chunks.chunks if c.as_is]
+    assert [chunks.chunks[i].entries[0].rel_path for i in as_is] == big
+    events: list[PhaseEvent] = []
+    with _TempSampler(chunked) as sampler:
+        result = execute_plan(plan, options=chunked, on_phase=events.append)
+    assert tree_snapshot(out / src.name) == reference
+    assert not src.exists() and sorted(os.listdir(out)) == [src.name]
+    assert result.files_transferred == plan.n_files
+    assert temp_leftovers(chunked) == []  # lists gone with the zips
+    n = len(chunks)
+    assert sorted(_done(events, "zip")) == sorted(_done(events, "unzip")) == sorted(
+        set(range(n)) - set(as_is))
+    sends = {e.details["chunk"]: e.details["as_is"] for e in events
+             if (e.phase, e.status) == ("send", "done")}
+    assert {k for k, flag in sends.items() if flag} == set(as_is)
+    if where == "ssh":
+        assert set(sends) == set(range(n))
+    details = _cleanup_details(events)
+    peak_local, peak_remote = details["peak_local_temp_bytes"], details["peak_remote_temp_bytes"]
+    assert isinstance(peak_local, int) and isinstance(peak_remote, int)
+    assert peak_local <= BOUND < BIG and peak_remote <= BOUND
+    assert sampler.peaks[0] <= BOUND and sampler.peaks[1] <= BOUND
+    _assert_no_processes(tmp_path, sshd)
+
+
+def test_a_killed_as_is_send_resumes_on_retry(tmp_path: Path, sshd: SshServer,
+                                              chunked: EngineOptions, src: Path) -> None:
+    """The big file's rsync killed mid-way (a dropped link): a transient failure; the
+    retry sends only what no marker covers and delivers the identical tree."""
+    _with_big_files(src)
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), sshd.endpoint(out), TransferMode.MOVE,
+                      job_id="big-again")
+    killed: list[int] = []
+    first: list[PhaseEvent] = []
+
+    def on_phase(e: PhaseEvent) -> None:
+        first.append(e)
+        if (e.phase, e.status) == ("send", "started") and e.details["as_is"] and not killed:
+            name = chunk_zip_name("big-again", e.details["chunk"], e.details["chunks"])
+            listed = name.removesuffix(".zip") + ".files"
+            threading.Thread(target=_kill_rsync_of, args=(listed, killed), daemon=True).start()
+
+    with pytest.raises(CommandFailedError) as info:
+        execute_plan(decide_strategy(job, force=ZIP),
+                     options=dataclasses.replace(chunked, bwlimit_kib_s=64), on_phase=on_phase)
+    assert killed and info.value.transient
+    assert temp_leftovers(chunked) == []
+    marked = os.listdir(out / staging_name("big-again") / CHUNK_MARKS)
+    second: list[PhaseEvent] = []
+    execute_plan(decide_strategy(job, force=ZIP), options=chunked, on_phase=second.append)
+    n = _cleanup_details(second)["chunks"]
+    assert isinstance(n, int)
+    assert _cleanup_details(second)["chunks_resumed"] == len(marked)
+    assert len(_done(second, "send")) == n - len(marked)
+    assert tree_snapshot(out / src.name) == reference
+    assert sorted(os.listdir(out)) == [src.name]
+    _assert_no_processes(tmp_path, sshd)
 
 
 def test_a_changed_source_starts_over(tmp_path: Path, sshd: SshServer,
