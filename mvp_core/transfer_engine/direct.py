@@ -177,8 +177,8 @@ class _Send:
                 rsync_path=deliver.guard_rsync_path(delivery) if guarded else None)
         except TransferError as exc:
             if guarded and deliver.GUARD_REFUSED in exc.stderr_tail:
-                raise deliver.TargetNotFresh("the target is not fresh",
-                                        stderr_tail=exc.stderr_tail) from exc
+                raise deliver.TargetNotFresh("the target is not fresh: looking first",
+                                             stderr_tail=exc.stderr_tail) from exc
             raise
         return warnings
 

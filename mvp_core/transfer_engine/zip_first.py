@@ -564,8 +564,9 @@ class _Pipeline:
         try:
             path.write_bytes(streams_plan.encode_list(self.job.source.name, [entry.rel_path]))
         except OSError as exc:
-            raise NoSpaceError(f"cannot write {path}: {exc}") if exc.errno == errno.ENOSPC \
-                else TransferError(f"cannot write {path}: {exc}") from exc
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"no space for {path}: {exc}") from exc
+            raise TransferError(f"cannot write {path}: {exc}") from exc
         self.progress.zip(chunk.content_bytes, finished=True)
         return _Zip(chunk, path, None, entry.size, 1)
 
