@@ -570,14 +570,24 @@ def test_a_killed_as_is_send_resumes_on_retry(tmp_path: Path, sshd: SshServer,
     job = TransferJob(LocalEndpoint(src), sshd.endpoint(out), TransferMode.MOVE,
                       job_id="big-again")
     killed: list[int] = []
+    struck: list[str] = []
     first: list[PhaseEvent] = []
 
     def on_phase(e: PhaseEvent) -> None:
         first.append(e)
-        if (e.phase, e.status) == ("send", "started") and e.details["as_is"] and not killed:
+        if (e.phase, e.status) == ("send", "started") and e.details["as_is"] and not struck:
             name = chunk_zip_name("big-again", e.details["chunk"], e.details["chunks"])
             listed = name.removesuffix(".zip") + ".files"
-            threading.Thread(target=_kill_rsync_of, args=(listed, killed), daemon=True).start()
+            struck.append(listed)
+
+            def strike() -> None:
+                # Once rsync is well under way (~5 s for this file at 64 KiB/s): killed
+                # before it sets its signal handlers, it dies of the signal itself (no
+                # rsync exit code: not what a dropped link looks like).
+                time.sleep(0.5)
+                _kill_rsync_of(listed, killed)
+
+            threading.Thread(target=strike, daemon=True).start()
 
     with pytest.raises(CommandFailedError) as info:
         execute_plan(decide_strategy(job, force=ZIP),
