@@ -329,10 +329,12 @@ def _mkdir(endpoint: Endpoint, options: EngineOptions, cancel: CancelToken | Non
             f"cannot create the staging dir {endpoint}: {exc.strerror}") from exc
 
 
-def _touch(endpoint: Endpoint, options: EngineOptions) -> None:
+def touch(endpoint: Endpoint, options: EngineOptions, *, what: str = "mark the delivery",
+          cancel: CancelToken | None = None) -> None:
+    """Create the empty marker file ``endpoint`` (a delivery's, a sent chunk's)."""
     if isinstance(endpoint, SshEndpoint):
-        result = _sh(endpoint, _TOUCH, (_path(endpoint),), options, "mark the delivery")
-        raise_for_remote(result, endpoint, "mark the delivery")
+        result = _sh(endpoint, _TOUCH, (_path(endpoint),), options, what, cancel)
+        raise_for_remote(result, endpoint, what)
         return
     with open(endpoint.path, "wb") as mark:
         os.fsync(mark.fileno())
@@ -497,7 +499,7 @@ def commit(delivery: Delivery, options: EngineOptions) -> str:
     if _renames_in_one_trip(delivery):
         _mark_and_rename_remote(delivery, options)
         return "rename"
-    _touch(_child(delivery.root, DELIVERED_MARK), options)
+    touch(_child(delivery.root, DELIVERED_MARK), options)
     how = "rename"
     if delivery.existed:
         how = "replace"
@@ -523,7 +525,7 @@ def _renames_in_one_trip(delivery: Delivery) -> bool:
 
 def _mark_and_rename_remote(delivery: Delivery, options: EngineOptions) -> None:
     """Marker then rename: one ssh round trip instead of two (each costs RTTs on a real
-    link), same order and guarantees as ``_touch`` then ``rename_noreplace``. The
+    link), same order and guarantees as ``touch`` then ``rename_noreplace``. The
     staging root (with the marker) stays until the very end of ``finish``: a worker
     killed after the rename must find the marker to report DONE, not "target exists"."""
     root = delivery.root

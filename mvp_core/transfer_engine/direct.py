@@ -91,26 +91,27 @@ def _run_transfer(
     clock = PhaseClock(on_phase)
     source: TreeListing = (from_manifest(manifest) if manifest is not None
                            else list_source(job, options, cancel))
-    send = _Send(job, source, options, clock, progress, cancel)
-    if _guard_worth(job, source, options):
+    # The streams of a send into staging: split once, whichever way the target is looked at.
+    plan = plan_job_streams(job, source, options)
+    send = _Send(job, source, plan, options, clock, progress, cancel, started)
+    if _guard_worth(job, plan, options):
         try:
-            return send.run(deliver.assume_fresh(job), guarded=True, started=started)
+            return send.run(deliver.assume_fresh(job), guarded=True)
         except deliver.TargetNotFresh:
             pass  # not fresh: look properly (raises the right error, or resumes)
     # The target prepared, looked at and its staging root made: one round trip over ssh.
     delivery = deliver.prepare(job, options, cancel, resumable=True, target_dirs=())
-    return send.run(delivery, guarded=False, started=started)
+    return send.run(delivery, guarded=False)
 
 
-def _guard_worth(job: TransferJob, source: TreeListing, options: EngineOptions) -> bool:
+def _guard_worth(job: TransferJob, plan: list[Stream], options: EngineOptions) -> bool:
     """Send before looking at the target (``delivery.assume_fresh``): over ssh, for a
     job one rsync carries, where the saved round trip is a visible share of the job.
     Only over a live master, which proved the host key and the login: without one the
     guarded rsync would be the job's first contact, and a refused key would read as a
     failed send (then a failed cleanup) instead of the one error before any phase."""
     return (isinstance(job.target, SshEndpoint) and isinstance(job.source, LocalEndpoint)
-            and options.ssh_control is not None
-            and len(plan_job_streams(job, source, options)) == 1)
+            and options.ssh_control is not None and len(plan) == 1)
 
 
 @dataclasses.dataclass
@@ -119,19 +120,21 @@ class _Send:
 
     job: TransferJob
     source: TreeListing
+    staged_plan: list[Stream]  # plan_job_streams for a send into staging
     options: EngineOptions
     clock: PhaseClock
     progress: ProgressCallback | None
     cancel: CancelToken | None
+    started: float
 
-    def run(self, delivery: deliver.Delivery, *, guarded: bool, started: float
-            ) -> TransferResult:
+    def run(self, delivery: deliver.Delivery, *, guarded: bool) -> TransferResult:
         job, source, options, clock = self.job, self.source, self.options, self.clock
         warnings: tuple[str, ...] = ()
         used = 0
         with deliver.discard_on_failure(job, options, clock):
             if not delivery.delivered:
-                plan = plan_job_streams(job, source, options, in_place=delivery.in_place)
+                plan = (plan_job_streams(job, source, options, in_place=True)
+                        if delivery.in_place else self.staged_plan)
                 lists, note = _write_lists(job, plan, options) if len(plan) > 1 else ([], None)
                 if note is not None:
                     plan = [_one_rsync(source)]
@@ -160,7 +163,7 @@ class _Send:
             strategy=TransferStrategy.DIRECT,
             files_transferred=final.n_files,
             bytes_transferred=final.total_bytes,
-            duration_s=time.monotonic() - started,
+            duration_s=time.monotonic() - self.started,
             phase_timings=dict(clock.timings),
             warnings=warnings,
             streams=used,

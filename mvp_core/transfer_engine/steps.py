@@ -67,18 +67,13 @@ class PhaseClock:
         extra: dict[str, Any] = {}
         try:
             yield extra
-        except PhaseSkipped as exc:
-            duration = time.monotonic() - started
-            self._add(name, duration)
-            self.emit(PhaseEvent(name, "skipped", duration,
-                                 {**details, **extra, "reason": str(exc)}))
-            raise
         except BaseException as exc:
             duration = time.monotonic() - started
             self._add(name, duration)
+            status, why = (("skipped", {"reason": str(exc)}) if isinstance(exc, PhaseSkipped)
+                           else ("failed", {"error": type(exc).__name__}))
             try:
-                self.emit(PhaseEvent(name, "failed", duration,
-                                     {**details, **extra, "error": type(exc).__name__}))
+                self.emit(PhaseEvent(name, status, duration, {**details, **extra, **why}))
             except Exception:  # noqa: BLE001, S110 - a callback must not hide the failure
                 pass
             raise

@@ -668,8 +668,8 @@ class _Pipeline:
         has no send stage, so rsync it first), then free its remote slot."""
         target = self.delivery.writing_job.target
         if isinstance(target, SshEndpoint):
-            run_remote(target, ("sh", "-c", ': > "$1"', "sh", marker), self.options,
-                       what="record the sent chunk", cancel=self.stop)
+            deliver.touch(dataclasses.replace(target, path=PurePosixPath(marker)), self.options,
+                          what="record the sent chunk", cancel=self.stop)
             self.progress.unzip(item.chunk.content_bytes)
             self.remote_slots.release()
             return
