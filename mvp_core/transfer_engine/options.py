@@ -19,6 +19,10 @@ class EngineOptions:
     # Verify the destination against the source listing after a copy too (a move
     # always verifies before deleting anything).
     verify_copy: bool = True
+    # What verification compares: "checksum" (every file's content hash on both sides,
+    # read back from the target's disk) or "size" (names, kinds and sizes only: faster,
+    # blind to same-size changes).
+    verify: str = "checksum"
     # One ssh connection per job: a master started for the job, every ssh of the job
     # (rsync's too) runs as a session over it (see ssh_master). False: one per command.
     ssh_multiplex: bool = True

@@ -81,6 +81,16 @@ class CancelToken:
 
 
 @dataclass(frozen=True)
+class DeliveredFile:
+    """One line of a job's manifest: relative path, size, mtime (ns) and content hash."""
+
+    path: str
+    size: int
+    mtime_ns: int | None
+    hash: str | None
+
+
+@dataclass(frozen=True)
 class TransferResult:
     strategy: TransferStrategy
     files_transferred: int
@@ -91,6 +101,10 @@ class TransferResult:
     # DIRECT: how many rsync streams carried the files (0: nothing was sent, an earlier
     # attempt had already delivered the tree). ZIP_FIRST: 1.
     streams: int = 1
+    # The delivery receipt: every delivered file with its size, mtime and content hash
+    # (empty with verify=size), and the hash algorithm used (None: sizes only).
+    files: tuple[DeliveredFile, ...] = ()
+    algorithm: str | None = None
 
     @property
     def throughput_bytes_per_s(self) -> float:

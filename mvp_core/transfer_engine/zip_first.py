@@ -63,6 +63,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from mvp_core.transfer_engine import delivery as deliver
+from mvp_core.transfer_engine import preflight
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.chunks import Chunk, ChunkPlan, plan_chunks
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
@@ -241,6 +242,7 @@ def _run_zip_first(
     blocker = zip_blocker(manifest)
     if blocker:
         raise UnsupportedTreeError(f"ZIP_FIRST cannot carry this tree: {blocker}")
+    preflight.check_before_send(job, from_manifest(manifest), options, cancel)
 
     # Stages report from their own threads: callbacks are called one at a time.
     clock = PhaseClock(_serialised(on_phase))
@@ -287,11 +289,13 @@ def _run_zip_first(
                                cancel=cancel)
     return TransferResult(
         strategy=TransferStrategy.ZIP_FIRST,
-        files_transferred=final.n_files,
-        bytes_transferred=final.total_bytes,
+        files_transferred=final.listing.n_files,
+        bytes_transferred=final.listing.total_bytes,
         duration_s=time.monotonic() - started,
         phase_timings=dict(clock.timings),
-        warnings=tuple(warnings),
+        warnings=(*warnings, *clock.warnings),
+        files=final.files,
+        algorithm=final.algorithm,
     )
 
 

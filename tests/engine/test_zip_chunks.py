@@ -341,7 +341,7 @@ def test_many_chunks_deliver_an_identical_tree_within_bounded_temp_space(
     else:
         assert _done(events, "send") == []
     phases = [e.phase for e in events if e.status == "done"]
-    assert phases[-5:] == ["restore_directories", "cleanup", "verify", "deliver",
+    assert phases[-6:] == ["restore_directories", "cleanup", "verify", "deliver", "flush",
                            "delete_source"]
     assert set(result.phase_timings) >= {"zip", "unzip", "cleanup", "verify"}
 
