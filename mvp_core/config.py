@@ -7,6 +7,7 @@ The API dependency, the worker's start-up and the CLI's ``main`` call
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
             max_avg_size_bytes=self.zip_threshold_avg_size_bytes,
         )
 
+    # What verification compares by default (a job may choose): "checksum" hashes every
+    # file on both sides; "size" compares names and sizes only (faster, blind to
+    # same-size changes). See docs/delivery.md.
+    verify: Literal["checksum", "size"] = "checksum"
+
     def engine_options(self) -> EngineOptions:
         """Engine knobs, as the pure engine wants them."""
         return EngineOptions(
@@ -88,6 +94,7 @@ class Settings(BaseSettings):
             direct_streams=self.direct_streams,
             zip_chunk_bytes=self.zip_chunk_bytes,
             ssh_persist_s=self.ssh_persist_s,
+            verify=self.verify,
         )
 
 

@@ -208,6 +208,7 @@ class JobRun:
                 finished = await self._finished_earlier(snap, transfer_job)
                 if finished is not None:
                     return await self._done(finished)
+            self.options = dataclasses.replace(self.options, verify=snap.job.verify.value)
             plan = await asyncio.to_thread(
                 decide_strategy, transfer_job, self.settings.zip_thresholds(),
                 force=_FORCED.get(snap.job.requested_strategy),
@@ -316,6 +317,7 @@ class JobRun:
             "throughput_bytes_per_s": round(result.throughput_bytes_per_s, 1),
             "phase_timings": {k: round(v, 3) for k, v in result.phase_timings.items()},
             "warnings": list(result.warnings),
+            "verified": result.algorithm or "size",
         }
         recorded = await self._finish(
             JobStatus.DONE, EventType.DONE,
@@ -324,6 +326,8 @@ class JobRun:
             payload,
             files_copied=result.files_transferred, bytes_copied=result.bytes_transferred,
             duration_s=result.duration_s,
+            manifest=(result.algorithm, [repo.ManifestLine(f.path, f.size, f.mtime_ns, f.hash)
+                                         for f in result.files]),
         )
         if recorded and delivered is not None:
             await asyncio.to_thread(remove_staging_root, delivered, self.options)
@@ -381,13 +385,19 @@ class JobRun:
                       payload: dict[str, Any], **values: Any) -> bool:
         """Record the job's end; False when the job is no longer this worker's."""
         level = values.pop("level", EventLevel.INFO)
-        ok = await self.state.db_persistent(
-            lambda s: repo.finish_job(
+        manifest = values.pop("manifest", None)
+
+        def record(s: Any) -> bool:
+            ended = repo.finish_job(
                 s, job_id=self.job_id, worker_id=self.state.worker_id, status=status,
                 event_type=event_type, message=message, payload=payload, level=level, **values,
-            ),
-            what=f"job {self.job_id} {status.value}",
-        )
+            )
+            if ended and manifest is not None:  # the receipt lands with DONE, in one commit
+                repo.record_manifest(s, job_id=self.job_id, algorithm=manifest[0],
+                                     files=manifest[1])
+            return ended
+
+        ok = await self.state.db_persistent(record, what=f"job {self.job_id} {status.value}")
         if not ok:
             log.warning("job %s: not ours any more; %s not recorded", self.job_id, status.value)
         return bool(ok)
