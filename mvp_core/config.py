@@ -7,8 +7,8 @@ The API dependency, the worker's start-up and the CLI's ``main`` call
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict

@@ -96,7 +96,7 @@ OLD_TREE = ".ketter-old"
 CHUNK_MARKS = ".ketter-chunks"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 # Names the engine itself puts in a target directory that are not staging roots.
-_NOT_STAGING = frozenset({".ketter-partial"})
+_NOT_STAGING = (".ketter-partial",)  # rsync's partial dirs, ".ketter-partial-1" included
 
 
 def staging_name(job_id: str) -> str:
@@ -109,7 +109,7 @@ def staging_name(job_id: str) -> str:
 
 
 def is_staging_name(name: str) -> bool:
-    return name.startswith(STAGING_PREFIX) and name not in _NOT_STAGING
+    return name.startswith(STAGING_PREFIX) and not name.startswith(_NOT_STAGING)
 
 
 def _child(endpoint: Endpoint, name: str) -> Endpoint:
@@ -411,7 +411,7 @@ def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None
                                                              options, cancel)
     if m_exists and not n_exists and f_exists:
         return Delivery(job, final, root, staged, existed=True, in_place=False, delivered=True)
-    if o_exists and not f_exists:
+    if _swap_stopped_half_way(o_exists, f_exists, n_exists):
         rename_noreplace(old, final, options)  # a replace stopped half-way: old tree back
         f_exists = True
     if f_exists and job.on_existing is OnExisting.FAIL:
@@ -600,13 +600,20 @@ def discard(job: TransferJob, options: EngineOptions) -> bool:
     root = staging_root(job)
     old = _child(root, OLD_TREE)
     final = destination_of(job)
-    o_exists, f_exists, m_exists, n_exists = exists_many(
-        (old, final, _child(root, DELIVERED_MARK), _child(root, job.source.name)), options)
-    if o_exists and not f_exists:
+    o_exists, f_exists, n_exists = exists_many(
+        (old, final, _child(root, job.source.name)), options)
+    if _swap_stopped_half_way(o_exists, f_exists, n_exists):
         rename_noreplace(old, final, options)
-    # Otherwise an old tree here was already swapped out (the new one is in place).
-    del m_exists, n_exists
+    # Otherwise an old tree here was already swapped out: the new one was put in place
+    # (and may since have been moved on by its users; the old one must not come back).
     return rmtree(root, options)
+
+
+def _swap_stopped_half_way(old: bool, final: bool, staged: bool) -> bool:
+    """``replace`` set the old tree aside and died before the new one went in: the old
+    tree is there, the final name free and the new tree still staged. Once the new tree
+    left staging it was delivered, and a free final name means users moved it on."""
+    return old and not final and staged
 
 
 def finish_interrupted_move(job: TransferJob, options: EngineOptions) -> TreeListing | None:
@@ -651,15 +658,18 @@ def list_staging(target: Endpoint, options: EngineOptions) -> list[str]:
 
 
 @contextmanager
-def discard_on_failure(job: TransferJob, options: EngineOptions, clock: PhaseClock
-                       ) -> Iterator[None]:
-    """A failed or cancelled attempt removes its staging root; a transient failure keeps
-    it for the retry of the same job (rsync resumes it). A cleanup error never hides
-    the cause."""
+def discard_on_failure(job: TransferJob, options: EngineOptions, clock: PhaseClock,
+                       cancel: CancelToken | None = None) -> Iterator[None]:
+    """A failed or cancelled attempt removes its staging root; a transient failure, or a
+    stop that will be resumed (``CancelToken.interrupt``: a worker shutting down), keeps
+    it for the next attempt of the same job. A cleanup error never hides the cause."""
     try:
         yield
     except BaseException as exc:
         if isinstance(exc, TransferError) and exc.transient:
+            raise
+        if (isinstance(exc, TransferCancelledError) and cancel is not None
+                and cancel.resumable):
             raise
         try:
             with clock.phase("discard_staging") as info:

@@ -48,7 +48,7 @@ from mvp_core.transfer_engine.results import (
     ProgressCallback,
     TransferResult,
 )
-from mvp_core.transfer_engine.rsync import files_from_args, run_rsync
+from mvp_core.transfer_engine.rsync import files_from_args, partial_dir_for, run_rsync
 from mvp_core.transfer_engine.ssh_master import job_ssh_session
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
@@ -93,6 +93,9 @@ def _run_transfer(
     source: TreeListing = (from_manifest(manifest) if manifest is not None
                            else list_source(job, options, cancel))
     preflight.check_before_send(job, source, options, cancel)
+    for loss in preflight.fidelity_losses(manifest):
+        clock.warn(loss)
+    options = dataclasses.replace(options, partial_dir=partial_dir_for(source.entries))
     # The streams of a send into staging: split once, whichever way the target is looked at.
     plan = plan_job_streams(job, source, options)
     send = _Send(job, source, plan, options, clock, progress, cancel, started)
@@ -133,7 +136,7 @@ class _Send:
         job, source, options, clock = self.job, self.source, self.options, self.clock
         warnings: tuple[str, ...] = ()
         used = 0
-        with deliver.discard_on_failure(job, options, clock):
+        with deliver.discard_on_failure(job, options, clock, self.cancel):
             if not delivery.delivered:
                 plan = (plan_job_streams(job, source, options, in_place=True)
                         if delivery.in_place else self.staged_plan)

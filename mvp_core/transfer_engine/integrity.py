@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
-import errno
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor

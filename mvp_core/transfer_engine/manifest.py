@@ -27,6 +27,8 @@ class ManifestEntry:
     mode: int
     mtime_ns: int
     ino: int = 0
+    nlink: int = 1
+    blocks: int = 0  # 512-byte units actually allocated (a sparse file has fewer)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ def build_manifest(root: Path) -> Manifest:
                 kind = _kind(est.st_mode)
                 entries.append(ManifestEntry(rel, kind, est.st_size if kind == FILE else 0,
                                              stat.S_IMODE(est.st_mode), est.st_mtime_ns,
-                                             est.st_ino))
+                                             est.st_ino, est.st_nlink,
+                                             getattr(est, "st_blocks", 0)))
                 if kind == DIR:
                     stack.append((dirent.path, rel))
     entries.sort(key=lambda e: e.rel_path)

@@ -43,6 +43,9 @@ class EngineOptions:
     # Until then a crash is still recognisable to a retry (the marker says the tree in
     # place is this job's), and the job's end is not held up by one more round trip.
     staging_cleanup_by_caller: bool = False
+    # rsync's --partial-dir name; set per job by the engine (``rsync.partial_dir_for``)
+    # so that no source entry is hidden by it.
+    partial_dir: str = ".ketter-partial"
     # Set by ssh_master.ssh_session for the length of one job, never by callers:
     # (the endpoint key the master serves, its control socket path).
     ssh_control: tuple[tuple[object, ...], str] | None = None

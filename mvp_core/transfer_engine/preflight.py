@@ -22,6 +22,7 @@ from mvp_core.transfer_engine import content, integrity, remote_sh
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import InvalidEndpointError, TargetExistsError
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
+from mvp_core.transfer_engine.manifest import FILE, Manifest
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
@@ -43,6 +44,46 @@ def check_before_send(job: TransferJob, source: TreeListing, options: EngineOpti
         integrity.check_deletable(job.source, source, options, cancel)
     if options.verify == integrity.CHECKSUM:
         content.algorithm_for((job.source, job.target), options, cancel)
+
+
+_SPARSE_MIN = 1024 * 1024  # below this a hole is not worth a warning
+_SHOWN = 3
+
+
+def fidelity_losses(manifest: Manifest | None) -> list[str]:
+    """What rsync -a and zip do not carry, said instead of silently dropped: hard links
+    (each delivered as its own copy), sparse files (delivered in full) and extended
+    attributes (not carried: Finder tags, quarantine flags, resource forks)."""
+    if manifest is None or not isinstance(manifest.root, Path):
+        return []
+    files = [e for e in manifest.entries if e.kind == FILE]
+    linked = [e.rel_path for e in files if e.nlink > 1]
+    sparse = [e.rel_path for e in files
+              if e.size >= _SPARSE_MIN and e.blocks * 512 < e.size // 2]
+    attrs: list[str] = []
+    for e in files:
+        try:
+            names = os.listxattr(manifest.root / e.rel_path if e.rel_path else manifest.root,
+                                 follow_symlinks=False)
+        except (OSError, AttributeError):
+            continue
+        if [n for n in names if not n.startswith("security.")]:
+            attrs.append(e.rel_path)
+    out = []
+    if linked:
+        out.append(f"{len(linked)} file(s) are hard links ({_examples(linked)}): each is "
+                   "delivered as a separate copy")
+    if sparse:
+        out.append(f"{len(sparse)} sparse file(s) ({_examples(sparse)}) are delivered in "
+                   "full: they take their whole size at the target")
+    if attrs:
+        out.append(f"{len(attrs)} file(s) carry extended attributes ({_examples(attrs)}) "
+                   "that are not carried")
+    return out
+
+
+def _examples(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
 
 
 def _same_storage_error(job: TransferJob) -> InvalidEndpointError:

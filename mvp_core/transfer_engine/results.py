@@ -60,9 +60,21 @@ class CancelToken:
     def __init__(self, parent: CancelToken | None = None) -> None:
         self._event = threading.Event()
         self._parent = parent
+        self._resumable = False
 
     def cancel(self) -> None:
         self._event.set()
+
+    def interrupt(self) -> None:
+        """Stop, but keep what was staged: the job will run again and resume (a graceful
+        worker shutdown), unlike a user's cancel, which discards it."""
+        self._resumable = True
+        self._event.set()
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped by ``interrupt``: the staging directory stays for the next attempt."""
+        return self._resumable or (self._parent is not None and self._parent.resumable)
 
     @property
     def cancelled(self) -> bool:

@@ -278,8 +278,9 @@ class JobRun:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            # The worker is shutting down: stop rsync/zip before the job is given back.
-            token.cancel()
+            # The worker is shutting down: stop rsync/zip before the job is given back,
+            # keeping what was staged so the next attempt resumes it.
+            token.interrupt()
             await asyncio.wait({task}, timeout=SHUTDOWN_WAIT_S)
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: it is the expected TransferCancelledError

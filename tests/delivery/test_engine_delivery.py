@@ -265,6 +265,8 @@ def test_a_replace_cut_between_its_renames_puts_the_old_tree_back(
 
     # The same state met by a retry: old back first, then swapped for the new tree.
     shutil.move(out / src.name, root / OLD_TREE)
+    (root / src.name).mkdir()
+    (root / src.name / "half.wav").write_bytes(b"half")
     _run(job, TransferStrategy.DIRECT, options)
     assert_trees_identical(src, out / src.name)
     assert entries(out) == [src.name]

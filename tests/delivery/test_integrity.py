@@ -27,7 +27,7 @@ from mvp_core.transfer_engine.errors import (
     TargetExistsError,
     VerificationError,
 )
-from mvp_core.transfer_engine.execute import execute_plan
+from mvp_core.transfer_engine.execute import discard_job_staging, execute_plan
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
@@ -311,7 +311,7 @@ def test_same_storage_under_two_names_is_refused(tmp_path: Path, sshd: SshServer
 @contextmanager
 def _bind_mount(src: Path, mountpoint: Path) -> Iterator[bool]:
     mountpoint.mkdir(parents=True)
-    done = subprocess.run(["mount", "--bind", str(src), str(mountpoint)],
+    done = subprocess.run(["mount", "--bind", str(src), str(mountpoint)], check=False,
                           capture_output=True).returncode == 0
     try:
         yield done
@@ -357,6 +357,68 @@ def test_move_of_a_source_that_cannot_be_emptied_is_refused_before_any_byte(
     assert len(list(src.rglob("*.wav"))) == 6
 
 
+# ---------------------------------------------------------------- 15. a folder named like ours
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_a_source_holding_a_ketter_partial_folder_is_delivered_whole(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions, strategy: TransferStrategy,
+        where: str) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    (src / "Audio Files" / ".ketter-partial").mkdir()
+    (src / "Audio Files" / ".ketter-partial" / "kept.wav").write_bytes(b"RIFF kept")
+    (src / ".ketter-partial").write_bytes(b"a file, even")
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), target_for(where, out, sshd), MOVE, job_id="j18")
+    _run(job, strategy, options)
+    assert tree_snapshot(out / src.name) == reference
+    assert not src.exists()
+
+
+# ---------------------------------------------------------------- 14. one temp dir on both sides
+
+
+@pytest.mark.parametrize("chunk_bytes", [0, 16 * 1024], ids=["one-zip", "chunks"])
+def test_zip_first_to_an_ssh_host_sharing_our_temp_dir(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions, chunk_bytes: int) -> None:
+    """ssh to this very host with one /tmp: the zip sent must not be its own copy."""
+    src = make_session_tree(tmp_path / "src", n_audio=8, audio_size=8192)
+    reference = tree_snapshot(src)
+    shared = dataclasses.replace(options, remote_temp_dir=str(options.temp_dir),
+                                 **({"zip_chunk_bytes": chunk_bytes} if chunk_bytes else {}))
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), sshd.endpoint(out), MOVE, job_id="j17")
+    _run(job, ZIP, shared)
+    assert tree_snapshot(out / src.name) == reference
+    assert not src.exists()
+    assert temp_leftovers(shared) == []
+
+
+# ---------------------------------------------------------------- 8. the sweep and a replaced tree
+
+
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_cleanup_of_a_done_replace_never_brings_the_old_tree_back(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions, where: str) -> None:
+    """DONE, its staging root (holding the replaced tree) left for later; the delivered
+    tree is then moved on by its users: the sweep must not put yesterday's tree back."""
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    out = tmp_path / "out"
+    (out / src.name).mkdir(parents=True)
+    (out / src.name / "old.wav").write_bytes(b"yesterday")
+    job = TransferJob(LocalEndpoint(src), target_for(where, out, sshd), COPY, job_id="j16",
+                      on_existing=OnExisting.REPLACE)
+    _run(job, DIRECT, dataclasses.replace(options, staging_cleanup_by_caller=True))
+    assert (out / staging_name("j16") / ".ketter-old" / "old.wav").exists()
+    (out / src.name).rename(tmp_path / "moved on")
+    assert discard_job_staging(job, options) is True
+    assert entries(out) == []
+    assert sorted(p.name for p in (tmp_path / "moved on").iterdir()) == sorted(
+        p.name for p in src.iterdir())
+
+
 # ---------------------------------------------------------------- 10. cancel racing the rename
 
 
@@ -379,3 +441,25 @@ def test_cancel_after_the_rename_is_ignored_and_the_job_finishes(
     assert any("cancel arrived after" in w for w in result.warnings)
     assert tree_snapshot(out / src.name) == reference
     assert not src.exists()
+
+
+# ---------------------------------------------------------------- fidelity losses are said
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+def test_hard_links_sparse_files_and_xattrs_are_reported_not_silently_dropped(
+        tmp_path: Path, options: EngineOptions, strategy: TransferStrategy) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    os.link(src / TAKE, src / "Audio Files" / "Kick link.wav")
+    with open(src / "Bounced Files" / "Render.mov", "wb") as f:
+        f.truncate(4 * 1024 * 1024)  # all hole
+    os.setxattr(src / "Test Session.ptx", "user.com.apple.FinderInfo", b"tagged")
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), LocalEndpoint(out), COPY, job_id="j19")
+    result = _run(job, strategy, options)
+    said = " | ".join(result.warnings)
+    assert "hard links" in said and "Kick link.wav" in said
+    assert "sparse" in said and "Render.mov" in said
+    assert "extended attributes" in said and "Test Session.ptx" in said
+    # The content itself is whole and verified.
+    assert (out / src.name / "Bounced Files" / "Render.mov").stat().st_size == 4 * 1024 * 1024
