@@ -57,7 +57,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from mvp_core.transfer_engine import integrity
+from mvp_core.transfer_engine import integrity, remote_sh
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -718,7 +718,10 @@ def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
             integrity.check_unchanged(fallback, expected, job.source)
             # Staging holds this job's tree alone: anything else in it is not delivered.
             strict = where is delivery.staged
-            verify_destination(expected, where, options, cancel=cancel, strict=strict)
+            actual = list_tree(where, options, cancel=cancel)
+            if strict and actual is not None:
+                actual = _prune_strays(expected, actual, where, options, clock)
+            check_listing(expected, actual, where, strict=strict)
             check = _check_content(expected, job, where, options, cancel, info)
             info.update(files=expected.n_files, bytes=expected.total_bytes)
     if not delivery.in_place and not delivery.delivered:
@@ -727,6 +730,39 @@ def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
         with clock.phase("deliver") as info:
             info["how"] = commit(delivery, options)
     return _after_delivery(delivery, options, clock, expected, check, cancel)
+
+
+def _prune_strays(expected: TreeListing, actual: TreeListing, staged: Endpoint,
+                  options: EngineOptions, clock: PhaseClock) -> TreeListing:
+    """Remove from the staged tree what the source does not hold (a killed receiver's
+    hidden temp file ``.Take.wav.Ab12Cd``): the staging dir is the job's alone, and
+    only the source's entries may be delivered. Returns the listing without them."""
+    extra = sorted(rel for rel in actual.entries if rel not in expected.entries)
+    tops = [rel for rel in extra
+            if not any(rel.startswith(other + "/") for other in extra if other != rel)]
+    if not tops or not actual.is_dir:
+        return actual
+    _prune(staged, tops, options)
+    clock.warn(f"removed {len(tops)} stray entr{'y' if len(tops) == 1 else 'ies'} from "
+               f"staging before delivery (not in the source): "
+               + ", ".join(repr(r) for r in tops[:5]))
+    kept = {rel: v for rel, v in actual.entries.items() if rel not in extra}
+    return TreeListing(actual.is_dir, kept, {r: s for r, s in actual.stamps.items() if r in kept})
+
+
+def _prune(staged: Endpoint, rels: list[str], options: EngineOptions) -> None:
+    """Remove ``rels`` under the staged tree, keeping each parent folder's times."""
+    if isinstance(staged, SshEndpoint):
+        base = PurePosixPath(staged.path)
+        result = _sh(staged, remote_sh.PRUNE, tuple(str(base / r) for r in rels), options,
+                     "remove strays from staging")
+        raise_for_remote(result, staged, "remove strays from staging")
+        return
+    for rel in rels:
+        path = Path(staged.path) / rel
+        st = os.stat(path.parent)
+        _rmtree_local(str(path))
+        os.utime(path.parent, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _check_content(expected: TreeListing, job: TransferJob, where: Endpoint,
@@ -753,7 +789,10 @@ def _finish_in_one_session(delivery: Delivery, options: EngineOptions, clock: Ph
                          content=options.verify) as info:
             expected = list_source(job, options, cancel)
             integrity.check_unchanged(fallback, expected, job.source)
-            check_listing(expected, session.listing(cancel), delivery.staged, strict=True)
+            actual = session.listing(cancel)
+            if actual is not None:
+                actual = _prune_strays(expected, actual, delivery.staged, options, clock)
+            check_listing(expected, actual, delivery.staged, strict=True)
             check = _check_content(expected, job, delivery.staged, options, cancel, info)
             info.update(files=expected.n_files, bytes=expected.total_bytes)
         if cancel is not None and cancel.cancelled:

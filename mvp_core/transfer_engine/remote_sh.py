@@ -14,6 +14,8 @@ What each needs on the remote host (POSIX ``sh``, ``find``, ``xargs -0``, plus):
 - ``STAT_LIST``: GNU ``find -printf`` (the same format as ``verify.remote_find_argv``).
 - ``DELETE_VERIFIED``: GNU ``find -printf`` to re-check each file just before its
   ``rm -f``; directories go with ``rmdir`` (only when empty), never ``rm -rf``.
+- ``PRUNE``: ``dirname``, ``mktemp``, ``touch -r``, ``rm -rf`` inside the job's own
+  staging dir only.
 - ``SYNC``: ``sync -f PATH`` (GNU coreutils >= 8.24), else a plain ``sync``.
 - ``DELETABLE``: GNU ``find -writable``; lists directories a move could not empty.
 - ``SAME_STORAGE``, ``PROBE_FILE``: ``test -e``, ``dirname``, ``mktemp``, ``touch -r``;
@@ -77,6 +79,14 @@ DELETE_VERIFIED = (
     'xargs -0 sh -c "$2" sh; '
     'if [ "$3" = 1 ] && ! rmdir -- "$r" 2>/dev/null; then '
     'find . \\( -type f -o -type l \\) -exec printf "R%s\\0" {} +; fi'
+)
+
+# $@ strays to remove from a staged tree; each one's folder keeps its times (they were
+# set from the source's).
+PRUNE = (
+    'for s; do p=$(dirname -- "$s"); r=$(mktemp) || exit 3; touch -r "$p" -- "$r"; '
+    'rm -rf -- "$s" 2>/dev/null || { chmod -R u+rwx -- "$s"; rm -rf -- "$s"; }; '
+    'touch -r "$r" -- "$p"; rm -f -- "$r"; done'
 )
 
 # $1 a path on the filesystem to flush.

@@ -463,3 +463,34 @@ def test_hard_links_sparse_files_and_xattrs_are_reported_not_silently_dropped(
     assert "extended attributes" in said and "Test Session.ptx" in said
     # The content itself is whole and verified.
     assert (out / src.name / "Bounced Files" / "Render.mov").stat().st_size == 4 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- 9. strays in staging
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_a_killed_receivers_temp_file_in_staging_is_never_delivered(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions, strategy: TransferStrategy,
+        where: str) -> None:
+    """What a receiver killed mid-file leaves (rsync's hidden temp name), found at verify."""
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    staged = out / staging_name("j20") / src.name
+
+    def stray() -> None:
+        # Left by an earlier attempt; the retry's send then gave the folder its time back.
+        folder = staged / "Audio Files"
+        st = os.stat(folder)
+        (folder / ".Kick_0001.wav.Ab12Cd").write_bytes(b"half a take")
+        (folder / ".ketter-partial").mkdir(exist_ok=True)
+        (folder / ".ketter-partial" / "Kick_0001.wav").write_bytes(b"half")
+        os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    job = TransferJob(LocalEndpoint(src), target_for(where, out, sshd), MOVE, job_id="j20")
+    result = _run(job, strategy, options, on_phase=_at("verify", "started", stray))
+    assert tree_snapshot(out / src.name) == reference
+    assert any("stray" in w and ".Kick_0001.wav.Ab12Cd" in w for w in result.warnings)
+    assert {f.path for f in result.files} == {
+        str(p.relative_to(out / src.name)) for p in (out / src.name).rglob("*") if p.is_file()}
