@@ -277,6 +277,20 @@ class JobEvent(Base):
     job: Mapped[Job] = relationship(back_populates="events")
 
 
+class Installation(Base):
+    """This Ketter installation's id (one row, made on first use): it is in every
+    staging and temp name, so two installations sharing a target never take or sweep
+    each other's work."""
+
+    __tablename__ = "installation"
+    __table_args__ = (CheckConstraint("one", name="single_row"),)
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, default=True,
+                                      server_default=text("true"))
+    id: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = _now_column()
+
+
 class JobFile(Base):
     """One line of a job's delivery receipt: a delivered file, its size, mtime and hash.
 

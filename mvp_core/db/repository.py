@@ -11,6 +11,7 @@ Errors a caller may show to a user are the three below; the API maps them to
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from mvp_core.db.models import (
     EventType,
     Job,
     JobEvent,
+    Installation,
     JobFile,
     JobMode,
     JobStatus,
@@ -417,6 +419,14 @@ def finish_job(
         level=level,
     )
     return True
+
+
+def installation_id(session: Session) -> str:
+    """This installation's id: read, or made once (8 hex digits; concurrent first
+    callers agree, the row is single)."""
+    session.execute(insert(Installation).values(one=True, id=secrets.token_hex(4))
+                    .on_conflict_do_nothing())
+    return str(session.scalar(select(Installation.id)))
 
 
 @dataclass(frozen=True)

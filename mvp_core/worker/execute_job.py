@@ -202,6 +202,7 @@ class JobRun:
             transfer_job = to_transfer_job(
                 snap.job, source_portal=snap.source, target_portal=snap.target,
                 default_known_hosts=self.settings.default_known_hosts,
+                installation=self.state.installation,
             )
             if claim.attempts > 1:
                 await self._cleanup(transfer_job)  # leftovers of an earlier attempt
@@ -424,6 +425,7 @@ class JobRun:
             transfer_job = to_transfer_job(
                 snap.job, source_portal=snap.source, target_portal=snap.target,
                 default_known_hosts=self.settings.default_known_hosts,
+                installation=self.state.installation,
             )
             await self._cleanup(transfer_job)
             if final:

@@ -494,3 +494,17 @@ def test_a_killed_receivers_temp_file_in_staging_is_never_delivered(
     assert any("stray" in w and ".Kick_0001.wav.Ab12Cd" in w for w in result.warnings)
     assert {f.path for f in result.files} == {
         str(p.relative_to(out / src.name)) for p in (out / src.name).rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------- 16. two installations, one target
+
+
+def test_staging_names_carry_the_installation() -> None:
+    from mvp_core.worker.job_mapping import engine_job_id
+    from mvp_core.worker.staging import staging_job_id
+
+    ours = staging_name(engine_job_id(12, "a1b2c3d4"))
+    assert ours == ".ketter-a1b2c3d4-job-12"
+    assert staging_job_id(ours, "a1b2c3d4") == 12
+    assert staging_job_id(ours, "ffffffff") is None  # another installation's: never swept
+    assert staging_job_id(".ketter-job-12", "a1b2c3d4") is None  # ids alone are not ours

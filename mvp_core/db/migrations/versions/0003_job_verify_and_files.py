@@ -1,4 +1,5 @@
-"""jobs.verify + jobs.manifest_algorithm, and job_files: the per-job delivery receipt.
+"""jobs.verify + jobs.manifest_algorithm, job_files (the per-job delivery receipt), and
+the installation id.
 
 Revision ID: 0003
 Revises: 0002
@@ -6,7 +7,8 @@ Create Date: 2026-12-03
 
 ``verify``: ``checksum`` (the default, and what every existing row gets) or ``size``.
 ``job_files``: every delivered file of a DONE job with its size, mtime and content
-hash (see docs/delivery.md). Frozen like 0001: values spelled out here.
+hash (see docs/delivery.md). ``installation``: one row, this installation's id, made
+on first use (``repository.installation_id``). Frozen like 0001: values spelled out here.
 """
 
 from __future__ import annotations
@@ -45,7 +47,19 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "installation",
+        sa.Column("one", sa.Boolean(), server_default=sa.text("true"), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
+                  nullable=False),
+        sa.CheckConstraint("one", name=op.f("ck_installation_single_row")),
+        sa.PrimaryKeyConstraint("one", name=op.f("pk_installation")),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("installation")
     op.drop_table("job_files")
     op.drop_column("jobs", "manifest_algorithm")
     op.drop_constraint(op.f("ck_jobs_verify"), "jobs", type_="check")
