@@ -97,6 +97,9 @@ def _load(session: Any, job_id: int, grace_s: float) -> Snapshot | None:
     return Snapshot(job, job.source_portal, job.target_portal, elsewhere)
 
 
+LATE_CANCEL = "cancel arrived after the tree was put in place"
+
+
 class _Stop(Exception):
     """Why the engine was asked to stop, when it was not the user."""
 
@@ -321,6 +324,11 @@ class JobRun:
             "warnings": list(result.warnings),
             "verified": result.algorithm or "size",
         }
+        if not any(w.startswith(LATE_CANCEL) for w in result.warnings) and await self.state.db(
+                lambda s: repo.cancel_requested(s, job_id=self.job_id)):
+            # Asked while the tree was going in place (or before the engine looked):
+            # the delivery happened, so the truth is DONE, with the cancel noted.
+            payload["warnings"].append(f"{LATE_CANCEL}: ignored, the job finished")
         recorded = await self._finish(
             JobStatus.DONE, EventType.DONE,
             f"{result.files_transferred} files, {result.bytes_transferred} bytes "

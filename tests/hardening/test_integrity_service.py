@@ -124,3 +124,28 @@ def test_verify_size_is_a_choice_per_job_and_a_bad_value_is_422(
     assert final["status"] == "DONE" and final["manifest_algorithm"] is None
     files = client.get(f"/jobs/{job['id']}/manifest").json()["files"]
     assert files and all(f["hash"] is None for f in files)
+
+
+@pytest.mark.parametrize("strategy", ["direct", "zip_first"])
+def test_a_cancel_racing_the_rename_ends_done_and_says_so(
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals, freezer: Freezer,
+        strategy: str) -> None:
+    """Held as the rename starts, the user cancels: the tree goes in place, so the truth
+    is DONE (the cancel came too late), never CANCELLED "source untouched"."""
+    stack, client = ketter_stack, api_client
+    src = make_session_tree(portals.local_src_base, "Race Mix", n_audio=4)
+    reference = tree_snapshot(src)
+    job = submit(client, portals, "Race Mix", strategy=strategy, mode="move")
+    freezer.at_phase_event(job["id"], "deliver", "started")
+    stack.start_worker()
+    freezer.wait_frozen()
+    assert client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+    freezer.release()
+
+    final = stack.wait_job(client, job["id"], FINAL, timeout=60)
+    assert final["status"] == "DONE", final
+    assert final["bytes_copied"] > 0
+    assert tree_snapshot(portals.ssh_dst_base / "Race Mix") == reference
+    assert not src.exists()
+    done = [e for e in stack.events(client, job["id"]) if e["event_type"] == "done"]
+    assert any("cancel arrived after" in w for w in done[0]["payload"]["warnings"]), done
