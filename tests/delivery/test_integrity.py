@@ -508,3 +508,63 @@ def test_staging_names_carry_the_installation() -> None:
     assert staging_job_id(ours, "a1b2c3d4") == 12
     assert staging_job_id(ours, "ffffffff") is None  # another installation's: never swept
     assert staging_job_id(".ketter-job-12", "a1b2c3d4") is None  # ids alone are not ours
+
+
+# ---------------------------------------------------------------- what the remote can hash
+
+
+@pytest.fixture(scope="module")
+def sshd_without_hash_tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real sshd whose sessions have rsync and the POSIX tools but no hash tool."""
+    import shutil as sh
+
+    from tests.fixtures.sshd import _PATH_TOOLS, start_sshd, stop_sshd
+
+    workdir = tmp_path_factory.mktemp("sshd_nohash")
+    bindir = workdir / "bin"
+    bindir.mkdir()
+    for tool in (*_PATH_TOOLS, "unzip"):
+        found = sh.which(tool)
+        if found and tool not in ("sha256sum", "xxhsum", "md5sum", "shasum", "md5"):
+            (bindir / tool).symlink_to(found)
+    server = start_sshd(workdir, extra_config=f"SetEnv PATH={bindir}\n")
+    try:
+        yield server
+    finally:
+        stop_sshd(server)
+
+
+def test_a_host_with_only_sha256sum_is_verified_with_sha256(
+        tmp_path: Path, sshd_without_unzip: SshServer, options: EngineOptions) -> None:
+    import hashlib
+
+    src = make_session_tree(tmp_path / "src", n_audio=4)
+    (src / "Audio Files" / "odd\nname\\.wav").write_bytes(b"RIFF odd")
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), sshd_without_unzip.endpoint(out), MOVE, job_id="j21")
+    result = _run(job, DIRECT, options)
+    assert result.algorithm == "sha256"
+    for f in result.files:
+        assert f.hash == hashlib.sha256((out / src.name / f.path).read_bytes()).hexdigest()
+    assert not src.exists()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+def test_a_host_with_no_hash_tool_is_refused_before_any_byte_unless_size_is_chosen(
+        tmp_path: Path, sshd_without_hash_tools: SshServer, options: EngineOptions,
+        strategy: TransferStrategy) -> None:
+    from mvp_core.transfer_engine.errors import RemoteCommandMissingError
+
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), sshd_without_hash_tools.endpoint(out), MOVE,
+                      job_id="j22")
+    events: list[PhaseEvent] = []
+    with pytest.raises(RemoteCommandMissingError, match="no hash tool.*verify=size"):
+        _run(job, strategy, options, on_phase=events.append)
+    assert not [e for e in events if e.phase in ("send", "zip")]
+    assert tree_snapshot(src) == reference and entries(out) == []
+    result = _run(job, strategy, dataclasses.replace(options, verify="size"))
+    assert result.algorithm is None
+    assert tree_snapshot(out / src.name) == reference
