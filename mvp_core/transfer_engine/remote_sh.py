@@ -16,6 +16,7 @@ What each needs on the remote host (POSIX ``sh``, ``find``, ``xargs -0``, plus):
   ``rm -f``; directories go with ``rmdir`` (only when empty), never ``rm -rf``.
 - ``PRUNE``: ``dirname``, ``mktemp``, ``touch -r``, ``rm -rf`` inside the job's own
   staging dir only.
+- ``WRITE_MHL``: ``mkdir``, ``cat``, ``printf``.
 - ``SYNC``: ``sync -f PATH`` (GNU coreutils >= 8.24), else a plain ``sync``.
 - ``DELETABLE``: GNU ``find -writable``; lists directories a move could not empty.
 - ``SAME_STORAGE``, ``PROBE_FILE``: ``test -e``, ``dirname``, ``mktemp``, ``touch -r``;
@@ -101,6 +102,13 @@ PRUNE = (
     'for s; do p=$(dirname -- "$s"); r=$(mktemp) || exit 3; touch -r "$p" -- "$r"; '
     'rm -rf -- "$s" 2>/dev/null || { chmod -R u+rwx -- "$s"; rm -rf -- "$s"; }; '
     'touch -r "$r" -- "$p"; rm -f -- "$r"; done'
+)
+
+# $1 the ascmhl folder to create (must not exist), $2 the generation's name, its content
+# on stdin, $3 the chain file's name, $4 its content (small: an argument).
+WRITE_MHL = (
+    'd=$1; mkdir -- "$d" || exit 3; cat > "$d/$2" || exit 3; '
+    "printf '%s' \"$4\" > \"$d/$3\" || exit 3"
 )
 
 # $1 a path on the filesystem to flush.

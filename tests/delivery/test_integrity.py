@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -568,3 +569,72 @@ def test_a_host_with_no_hash_tool_is_refused_before_any_byte_unless_size_is_chos
     result = _run(job, strategy, dataclasses.replace(options, verify="size"))
     assert result.algorithm is None
     assert tree_snapshot(out / src.name) == reference
+
+
+# ---------------------------------------------------------------- the ASC MHL receipt
+
+
+ASCMHL_VENV = Path(__file__).resolve().parents[2] / ".cache" / "ascmhl-venv"
+
+
+@pytest.fixture(scope="session")
+def ascmhl() -> Path:
+    """The reference ``ascmhl`` tool, in a venv of its own (it pins an old Click, ships
+    a top-level ``tests`` package and checks for updates at start: never in ours)."""
+    exe = ASCMHL_VENV / "bin" / "ascmhl"
+    if not exe.exists():
+        subprocess.run(["python3", "-m", "venv", str(ASCMHL_VENV)], check=True)
+        subprocess.run([str(ASCMHL_VENV / "bin" / "pip"), "install", "-q", "ascmhl==1.2"],
+                       check=True)
+    return exe
+
+
+def _ascmhl(exe: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # Its start-up update check (a GitHub call) goes to a closed local port and fails at
+    # once: no traffic leaves the machine and no test waits on it.
+    env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+           "NO_PROXY": "", "no_proxy": ""}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, check=False,
+                          env=env, timeout=120)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_the_delivered_folder_carries_an_asc_mhl_the_reference_tool_accepts(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions, strategy: TransferStrategy,
+        where: str, ascmhl: Path) -> None:
+    src = make_session_tree(tmp_path / "src", "Sessão Final", n_audio=5)
+    (src / "Audio Files" / "Take <1> & 'two'.wav").write_bytes(b"RIFF quoted")
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), target_for(where, out, sshd), MOVE, job_id="j23")
+    result = _run(job, strategy, dataclasses.replace(options, write_mhl=True))
+    delivered = out / src.name
+    names = sorted(p.name for p in (delivered / "ascmhl").iterdir())
+    assert names[1] == "ascmhl_chain.xml" and names[0].startswith("0001_") and len(names) == 2
+    assert {f.path for f in result.files} == {
+        str(p.relative_to(delivered)) for p in delivered.rglob("*")
+        if p.is_file() and p.parts[len(delivered.parts)] != "ascmhl"}
+    # The receiving side's check: no file missing or new, every hash as recorded. `create`
+    # verifies the history before it adds a generation (on a copy: it writes one).
+    check = tmp_path / "check" / src.name
+    shutil.copytree(delivered, check)
+    diff = _ascmhl(ascmhl, "diff", str(check))
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    ok = _ascmhl(ascmhl, "create", "-h", "xxh128", str(check))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = tmp_path / "bad" / src.name
+    shutil.copytree(delivered, bad)
+    _rewrite_in_place(bad / TAKE, keep_mtime=True)
+    caught = _ascmhl(ascmhl, "create", "-h", "xxh128", str(bad))
+    assert caught.returncode != 0 and "mismatch" in caught.stdout + caught.stderr
+
+
+def test_no_asc_mhl_where_it_could_not_be_faithful(
+        tmp_path: Path, sshd_without_unzip: SshServer, options: EngineOptions) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=2)
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), sshd_without_unzip.endpoint(out), COPY, job_id="j24")
+    result = _run(job, DIRECT, dataclasses.replace(options, write_mhl=True))
+    assert result.algorithm == "sha256"
+    assert any("ASC MHL not written" in w and "sha256" in w for w in result.warnings)
+    assert not (out / src.name / "ascmhl").exists()

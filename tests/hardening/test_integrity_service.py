@@ -86,15 +86,18 @@ def test_done_job_serves_its_manifest_as_json_and_csv(
         ketter_stack: Stack, api_client: httpx.Client, portals: Portals, strategy: str) -> None:
     stack, client = ketter_stack, api_client
     src = make_session_tree(portals.local_src_base, "Sessão Final", n_audio=7)
-    job = submit(client, portals, "Sessão Final", strategy=strategy, mode="move")
-    assert job["verify"] == "checksum"
+    job = submit(client, portals, "Sessão Final", strategy=strategy, mode="move",
+                 write_mhl=True)
+    assert job["verify"] == "checksum" and job["write_mhl"] is True
     stack.start_worker()
     final = stack.wait_job(client, job["id"], FINAL, timeout=60)
     assert final["status"] == "DONE", final
     assert final["manifest_algorithm"] == XXH128
     assert not src.exists()
     delivered = portals.ssh_dst_base / "Sessão Final"
-    on_disk = {str(p.relative_to(delivered)): p for p in delivered.rglob("*") if p.is_file()}
+    assert len(list((delivered / "ascmhl").glob("0001_*.mhl"))) == 1  # the receipt, inside
+    on_disk = {str(p.relative_to(delivered)): p for p in delivered.rglob("*")
+               if p.is_file() and "ascmhl" not in p.relative_to(delivered).parts}
 
     body = client.get(f"/jobs/{job['id']}/manifest").json()
     assert body["job_id"] == job["id"] and body["algorithm"] == XXH128
