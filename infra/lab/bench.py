@@ -461,9 +461,7 @@ def render_markdown(report: dict[str, object]) -> str:
                 lines.append(f"| {m} | {s['median_s']:.2f} | {s['mb_per_s']} | {s['min_s']:.2f}-{s['max_s']:.2f} "
                              f"| {s['ratio_to_best_baseline']:.2f} | {s.get('ratio_to_rsync', 0):.2f} | {note} |")
             cost = _verify_cost(d["summary"])
-            if cost:
-                lines += [cost, ""]
-            lines.append("")
+            lines += ["", cost, ""] if cost else [""]
         if "api_overhead_1file" in entry:
             o = entry["api_overhead_1file"]
             lines += [f"API + worker, 1-file (1 KiB) job submit -> DONE: median {o.get('median_s')} s "
