@@ -88,16 +88,6 @@ def run_unzip_local(zip_path: str, dest_dir: str, *, cancel: CancelToken | None 
     return raise_for_unzip(result, "this machine")
 
 
-def run_unzip_remote(endpoint: SshEndpoint, zip_path: str, dest_dir: str,
-                     options: EngineOptions, *, cancel: CancelToken | None = None
-                     ) -> tuple[str, ...]:
-    result = run_remote(endpoint, unzip_argv(zip_path, dest_dir), options, what="unzip",
-                        cancel=cancel, check=False, stop_with_us=True)
-    if result.exit_code == SSH_FAILED:
-        raise_for_remote(result, endpoint, "unzip")
-    return raise_for_unzip(result, endpoint.host)
-
-
 # One chunk of a pipelined ZIP_FIRST: unzip, and only if it succeeded (exit 0 or 1)
 # write the chunk's marker and remove its zip, in the same ssh session (one round
 # trip per chunk). Like ssh's stop-with-us wrapper, a watcher on our never-written
