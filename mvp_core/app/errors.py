@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
+from mvp_core.app.limits import clip_input
 from mvp_core.db.errors import KetterDbError, translate_db_error
 from mvp_core.db.repository import ConflictError, InvalidRequestError, NotFoundError
 from mvp_core.transfer_engine.errors import InvalidEndpointError
@@ -37,7 +38,15 @@ class SafeJSONResponse(JSONResponse):
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return SafeJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    detail = []
+    for error in errors:
+        error = dict(error)
+        if "input" in error:
+            error["input"] = clip_input(error["input"])
+        if len(repr(error.get("ctx"))) > 500:
+            error.pop("ctx")
+        detail.append(error)
+    return SafeJSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,6 +27,7 @@ from mvp_core.transfer_engine.errors import InvalidEndpointError
 
 MAX_ID = 2**31 - 1
 PATH_MAX = 4096
+URL_MAX = 2048
 
 
 def _no_control(value: str, what: str) -> str:
@@ -107,6 +109,22 @@ class PortalCreate(BaseModel):
         return self
 
 
+class PortalUpdate(BaseModel):
+    """``PATCH /portals/{id}``: the fields to change; the result must be a valid portal
+    (the same rules as at creation). ``null`` clears an optional field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    kind: PortalKind | None = None
+    base_path: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+    host: str | None = Field(default=None, min_length=1, max_length=255)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str | None = Field(default=None, min_length=1, max_length=64)
+    identity_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+    known_hosts_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+
+
 class PortalOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -120,6 +138,23 @@ class PortalOut(BaseModel):
     identity_file: str | None
     known_hosts_file: str | None
     created_at: datetime
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Things worth fixing that do not stop the portal from being stored, "
+                    "e.g. a local base_path missing on the API host.")
+
+
+def _check_url(value: str | None) -> str | None:
+    """An http(s) URL with a host: where a job-end webhook is POSTed."""
+    if value is None:
+        return None
+    _no_control(value, "notify_url")
+    if any(ord(c) <= 32 or ord(c) == 127 for c in value):
+        raise ValueError("notify_url must not contain spaces or control characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("notify_url must be an http:// or https:// URL with a host")
+    return value
 
 
 class JobCreate(BaseModel):
@@ -140,10 +175,21 @@ class JobCreate(BaseModel):
     mode: JobMode = JobMode.COPY
     strategy: RequestedStrategy = RequestedStrategy.AUTO
     on_existing: OnExisting = OnExisting.FAIL
+    notify_url: str | None = Field(
+        default=None, max_length=URL_MAX,
+        description="POSTed a signed JSON summary when the job ends (DONE, FAILED or "
+                    "CANCELLED), besides the server's KETTER_WEBHOOK_URL. Never returned.",
+        examples=["https://hooks.example.com/ketter"])
+
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_url(cls, value: str | None) -> str | None:
+        return _check_url(value)
 
 
 class JobOut(BaseModel):
-    """What is true about a job right now."""
+    """What is true about a job right now. ``phase``, ``files_done``,
+    ``speed_bytes_per_s`` and ``eta_s`` are live while RUNNING, null otherwise."""
 
     id: int
     status: JobStatus
@@ -172,6 +218,12 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     duration_s: float | None
     throughput_bytes_per_s: float | None
+    phase: str | None = Field(
+        description="The running phase: zip, send, unzip, verify, deliver, delete_source...")
+    files_done: int | None = Field(description="Files done so far in the running phase")
+    speed_bytes_per_s: float | None = Field(
+        description="The job's speed over the last ~10 s, on the scale of total_bytes")
+    eta_s: float | None = Field(description="Seconds left at the current speed")
 
     @classmethod
     def from_job(cls, job: Job) -> JobOut:
@@ -187,6 +239,11 @@ class JobOut(BaseModel):
             job.bytes_copied / job.duration_s
             if job.status is JobStatus.DONE and job.duration_s else None
         )
+        running = job.status is JobStatus.RUNNING
+        speed = job.speed_bytes_per_s if running else None
+        eta = None
+        if speed and speed > 0 and job.total_bytes > 0:
+            eta = round(max(job.total_bytes - job.progress_bytes, 0) / speed, 1)
         return cls(
             id=job.id,
             status=job.status,
@@ -215,6 +272,10 @@ class JobOut(BaseModel):
             finished_at=job.finished_at,
             duration_s=job.duration_s,
             throughput_bytes_per_s=throughput,
+            phase=job.phase if running else None,
+            files_done=job.files_done if running else None,
+            speed_bytes_per_s=round(speed, 1) if speed is not None else None,
+            eta_s=eta,
         )
 
 

@@ -67,4 +67,5 @@ def submit_job(session: Session, *, request: JobCreate) -> Job:
         target_path=target_rel,
         requested_strategy=request.strategy,
         on_existing=request.on_existing,
+        notify_url=request.notify_url,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from mvp_core.db import repository as repo
@@ -22,6 +23,32 @@ log = logging.getLogger(__name__)
 _ZIP_FIRST_PHASES = ("zip", "send", "unzip")
 # One ``progress`` event per this many progress writes (5 s at the default 1 s).
 PROGRESS_EVENT_EVERY = 5
+# The speed a job shows is its progress over this window (long enough to smooth rsync's
+# bursts, short enough to follow a link that slows down).
+SPEED_WINDOW_S = 10.0
+
+
+class SpeedMeter:
+    """Bytes per second over the last ``window_s`` of (time, bytes done) samples.
+
+    Progress that goes back (ZIP_FIRST's stage changes never do on the job's scale, but
+    a resumed phase may restart its count) starts the window again.
+    """
+
+    def __init__(self, window_s: float = SPEED_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, done: int) -> float | None:
+        if self.samples and done < self.samples[-1][1]:
+            self.samples.clear()
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+        first_t, first_done = self.samples[0]
+        if now - first_t < 0.5:
+            return None  # too soon to say
+        return max(done - first_done, 0) / (now - first_t)
 
 
 def overall_bytes(strategy: TransferStrategy, progress: Progress, total_bytes: int) -> int:
@@ -50,6 +77,7 @@ class ProgressWriter:
         self.event_every_s = PROGRESS_EVENT_EVERY * self.interval_s
         self._last_write = 0.0
         self._last_event = time.monotonic()
+        self.speed = SpeedMeter()
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
@@ -57,16 +85,20 @@ class ProgressWriter:
             return
         self._last_write = now
         done = overall_bytes(self.strategy, progress, self.total_bytes)
+        speed = self.speed.add(now, done)
         with_event = now - self._last_event >= self.event_every_s
         if with_event:
             self._last_event = now
         try:
-            self.state.unit(lambda s: self._write(s, progress, done, with_event))
+            self.state.unit(lambda s: self._write(s, progress, done, speed, with_event))
         except Exception as exc:  # noqa: BLE001 - progress is never worth failing a transfer
             log.warning("job %s: progress not recorded: %s", self.job_id, exc)
 
-    def _write(self, session: Any, progress: Progress, done: int, with_event: bool) -> None:
-        repo.record_progress(session, job_id=self.job_id, progress_bytes=done)
+    def _write(self, session: Any, progress: Progress, done: int, speed: float | None,
+               with_event: bool) -> None:
+        repo.record_progress(session, job_id=self.job_id, progress_bytes=done,
+                             phase=progress.phase, files_done=progress.files_done,
+                             speed_bytes_per_s=speed)
         if with_event:
             percent = round(100.0 * done / self.total_bytes, 1) if self.total_bytes else None
             repo.add_event(
@@ -80,6 +112,7 @@ class ProgressWriter:
                     "files_total": progress.files_total,
                     "job_progress_bytes": done,
                     "percent": percent,
+                    "speed_bytes_per_s": round(speed, 1) if speed is not None else None,
                 },
             )
 
@@ -100,13 +133,17 @@ class PhaseWriter:
             "details": _jsonable(event.details),
         }
         level = EventLevel.WARNING if event.status == "failed" else EventLevel.INFO
-        try:
-            self.state.unit(
-                lambda s: repo.add_event(
-                    s, job_id=self.job_id, event_type=EventType.PHASE, level=level,
-                    message=f"{event.phase} {event.status}{duration}", payload=payload,
-                )
+
+        def write(s: Any) -> None:
+            if event.status == "started":
+                repo.record_phase(s, job_id=self.job_id, phase=event.phase)
+            repo.add_event(
+                s, job_id=self.job_id, event_type=EventType.PHASE, level=level,
+                message=f"{event.phase} {event.status}{duration}", payload=payload,
             )
+
+        try:
+            self.state.unit(write)
         except Exception as exc:  # noqa: BLE001 - an event is never worth failing a transfer
             log.warning("job %s: phase event not recorded: %s", self.job_id, exc)
 

@@ -197,7 +197,7 @@ def test_not_found_and_out_of_range_ids(client: httpx.Client) -> None:
 def test_used_portal_cannot_be_deleted(client: httpx.Client, portals: Portals) -> None:
     assert client.post("/jobs", json=_job(portals)).status_code == 201
     response = client.delete(f"/portals/{portals.local_src}")
-    assert response.status_code == 409 and "used by 1 job" in response.text
+    assert response.status_code == 409 and "used by 1 unfinished job" in response.text
     assert client.get(f"/portals/{portals.local_src}").status_code == 200
 
 
