@@ -8,8 +8,15 @@ A and B are local paths or ``[user@]host[:port]:/path``; the result is
 ``B/<basename of A>``, which appears complete or not at all (docs/delivery.md).
 The plan and the summary go to stdout, progress to stderr.
 Exit status: 0 done, 1 failed, 2 usage error, 75 failed but worth retrying
-(transient: connection lost, timeout), 130 cancelled (Ctrl-C). A failure prints
-exactly one line, ``ketter: error: ...``, and no traceback.
+(transient: connection lost, timeout), 130 interrupted (Ctrl-C, SIGINT), 143 stopped
+(SIGTERM). A failure prints exactly one line, ``ketter: error: ...``, and no traceback.
+
+Ctrl-C or SIGTERM stops the transfer's children (rsync, ssh, unzip: each leads its own
+process group, so the terminal's signal reaches only us, and we stop them in order),
+then says what was kept: the staging directory ``B/.ketter-<job>/`` when the engine kept
+it (rerunning the same command resumes from it; the job id is derived from A and B), or
+that nothing was kept. A second Ctrl-C while stopping is ignored: stopping is quick,
+and a half-stopped transfer is worse than waiting for it.
 
 This is an edge of the system: ``main`` reads the settings once and passes plain
 values down; the engine itself never reads them.
@@ -18,19 +25,24 @@ values down; the engine itself never reads them.
 from __future__ import annotations
 
 import argparse
+import shlex
 import dataclasses
 import hashlib
 import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 
+from mvp_core.transfer_engine.delivery import staging_root
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, parse_endpoint
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
-from mvp_core.transfer_engine.execute import execute_plan
+from mvp_core.transfer_engine.execute import cleanup_job_temp, execute_plan
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import (
@@ -42,6 +54,8 @@ from mvp_core.transfer_engine.planner import (
 from mvp_core.transfer_engine.results import CancelToken, PhaseEvent, Progress, TransferResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSIENT, EXIT_CANCELLED = 0, 1, 2, 75, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
+_EXIT_FOR_SIGNAL = {signal.SIGINT: EXIT_CANCELLED, signal.SIGTERM: EXIT_TERMINATED}
 _FORCE = {"auto": None, "direct": TransferStrategy.DIRECT, "zip_first": TransferStrategy.ZIP_FIRST}
 
 
@@ -53,9 +67,10 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m mvp_core.transfer_engine.cli"
+                 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mvp_core.transfer_engine.cli",
+        prog=prog,
         description="Copy or move a folder or file to a target directory (local or ssh).")
     parser.add_argument("--from", dest="source", required=True,
                         help="source: /path or [user@]host[:port]:/path")
@@ -174,6 +189,10 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
         if args.dry_run:
             return EXIT_OK
         result = _execute_interruptibly(plan, options, None if args.quiet else line)
+    except Interrupted as stop:
+        line.end_line()
+        print(stopped_message(stop.signum, job, argv_hint=args), file=err)
+        return _EXIT_FOR_SIGNAL.get(stop.signum, EXIT_CANCELLED)
     except TransferCancelledError as exc:
         line.end_line()
         print(f"ketter: error: {exc}", file=err)
@@ -191,38 +210,162 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
     return EXIT_OK
 
 
+class Interrupted(Exception):
+    """The operator (Ctrl-C) or the system (SIGTERM) stopped the transfer."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+
+# After a signal the children get this long to end the transfer (a transient failure,
+# which keeps the staging dir for a resume) before the engine is cancelled outright.
+STOP_GRACE_S = 5.0
+
+
+@contextmanager
+def _signals_noted(received: list[int]) -> Iterator[None]:
+    """While the transfer runs, SIGINT and SIGTERM are noted in ``received`` (the
+    main loop acts on them) instead of raising.
+
+    A handler, not ``KeyboardInterrupt``: the exception could land anywhere in the main
+    thread (in Python 3.11 even inside ``Thread.join``, which then reports a live thread
+    as finished: the old "internal error: KeyError: 'result'").
+    """
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are delivered to the main thread only; nothing to install
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in _EXIT_FOR_SIGNAL}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _child_pids() -> list[int]:
+    """Our direct children (rsync, ssh, unzip...), from /proc; [] where there is none."""
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    children = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) "
+        if len(fields) > 1 and int(fields[1]) == me:
+            children.append(int(entry))
+    return children
+
+
+def _stop_children() -> None:
+    """SIGTERM each child's process group (each leads its own): rsync then exits 20,
+    ssh 255, both transient for the engine, which therefore keeps the staging dir."""
+    for pid in _child_pids():
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _execute_interruptibly(plan: TransferPlan, options: EngineOptions,
                            line: ProgressLine | None) -> TransferResult:
-    """Run in a thread so Ctrl-C cancels cleanly (children killed, temp zips removed)."""
+    """Run in a thread; on SIGINT/SIGTERM stop the children so the transfer fails as a
+    resumable one (staging kept), cancel the engine outright if that has not ended it
+    within ``STOP_GRACE_S``, then raise ``Interrupted`` (unless it finished first)."""
     cancel = CancelToken()
-    outcome: dict[str, object] = {}
+    received: list[int] = []
+    finished = threading.Event()
+    result: list[TransferResult] = []
+    error: list[BaseException] = []
 
     def work() -> None:
         try:
-            outcome["result"] = execute_plan(
+            result.append(execute_plan(
                 plan, options=options, cancel=cancel,
                 progress=line.progress if line else None,
-                on_phase=line.phase if line else None)
+                on_phase=line.phase if line else None))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            outcome["error"] = exc
+            error.append(exc)
+        finally:
+            finished.set()
 
-    worker = threading.Thread(target=work, name="ketter-transfer")
-    worker.start()
-    while worker.is_alive():
-        try:
-            worker.join(timeout=0.2)
-        except KeyboardInterrupt:
-            cancel.cancel()
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["result"]  # type: ignore[return-value]
+    stopping_since: float | None = None
+    with _signals_noted(received):
+        worker = threading.Thread(target=work, name="ketter-transfer", daemon=True)
+        worker.start()
+        while not finished.wait(0.1):
+            if received and stopping_since is None:
+                stopping_since = time.monotonic()
+                _stop_children()
+            elif stopping_since is not None and not cancel.cancelled and (
+                    time.monotonic() - stopping_since > STOP_GRACE_S):
+                cancel.cancel()
+    worker.join()
+    if result:
+        return result[0]  # it ended before the signal took effect: the work is done
+    if received:
+        if not cancel.cancelled:
+            try:  # the cancel path cleans up by itself; a transient failure does not
+                cleanup_job_temp(plan.job, options)
+            except (TransferError, OSError):
+                pass
+        raise Interrupted(received[0])
+    raise error[0]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: read the settings once, then plan and run."""
+def stopped_message(signum: int, job: TransferJob, *, argv_hint: argparse.Namespace) -> str:
+    """What an interrupted run leaves and how to go on, in a few lines."""
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    root = staging_root(job)
+    lines = [f"ketter: stopped ({name}): the transfer's processes were stopped; "
+             "temp zips removed; the source is untouched."]
+    if isinstance(root, LocalEndpoint):
+        kept: bool | None = os.path.lexists(root.path)
+    else:
+        kept = None  # asking the host would mean a new ssh connection while we stop
+    if kept is False:
+        lines.append("  nothing was kept in the target: rerunning the same command starts "
+                     "over.")
+    else:
+        where = "kept" if kept else "may remain"
+        lines.append(f"  staging directory {where}: {root}")
+        lines.append("  rerun the same command to resume from it (same --from and --to"
+                     + (", same --job-id" if argv_hint.job_id else "") + ");")
+        lines.append(f"  to discard it instead: rm -rf {_shell_path(root)}")
+    return "\n".join(lines)
+
+
+def _shell_path(endpoint: Endpoint) -> str:
+    if isinstance(endpoint, LocalEndpoint):
+        return shlex.quote(str(endpoint.path))
+    return f"{shlex.quote(str(endpoint.path))} (on {endpoint.host})"  # type: ignore[union-attr]
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Entry point: read the settings once, then plan and run (``prog``: the name the
+    help shows, e.g. ``ketter transfer``)."""
     from mvp_core.config import get_settings  # the edge: only here, never in the engine
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser(prog) if prog else build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return int(exc.code or 0)
     try:
         settings = get_settings()
     except Exception as exc:  # noqa: BLE001 - pydantic ValidationError on a bad KETTER_* value
