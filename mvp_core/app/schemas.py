@@ -6,7 +6,7 @@ as such; the key itself is never read by the API.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -243,7 +243,12 @@ class JobOut(BaseModel):
         speed = job.speed_bytes_per_s if running else None
         eta = None
         if speed and speed > 0 and job.total_bytes > 0:
-            eta = round(max(job.total_bytes - job.progress_bytes, 0) / speed, 1)
+            # Counted from the last progress write (rsync reports about once a second),
+            # so the ETA keeps counting down between writes; a skewed clock moves it 5 s
+            # at most.
+            age = min(max((datetime.now(UTC) - job.updated_at).total_seconds(), 0.0), 5.0)
+            left = max(job.total_bytes - job.progress_bytes, 0) / speed
+            eta = round(max(left - age, 0.0), 1)
         return cls(
             id=job.id,
             status=job.status,
