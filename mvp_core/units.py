@@ -30,7 +30,7 @@ def human_duration(seconds: float | None) -> str:
     s = max(float(seconds), 0.0)
     if s < 10:
         return f"{s:.1f} s"
-    whole = int(round(s))
+    whole = round(s)
     if whole < 60:
         return f"{whole} s"
     minutes, sec = divmod(whole, 60)

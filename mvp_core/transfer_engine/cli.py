@@ -25,10 +25,10 @@ values down; the engine itself never reads them.
 from __future__ import annotations
 
 import argparse
-import shlex
 import dataclasses
 import hashlib
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -55,7 +55,8 @@ from mvp_core.transfer_engine.results import CancelToken, PhaseEvent, Progress, 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSIENT, EXIT_CANCELLED = 0, 1, 2, 75, 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
-_EXIT_FOR_SIGNAL = {signal.SIGINT: EXIT_CANCELLED, signal.SIGTERM: EXIT_TERMINATED}
+_EXIT_FOR_SIGNAL: dict[int, int] = {signal.SIGINT: EXIT_CANCELLED,
+                                    signal.SIGTERM: EXIT_TERMINATED}
 _FORCE = {"auto": None, "direct": TransferStrategy.DIRECT, "zip_first": TransferStrategy.ZIP_FIRST}
 
 
@@ -332,8 +333,8 @@ def stopped_message(signum: int, job: TransferJob, *, argv_hint: argparse.Namesp
     """What an interrupted run leaves and how to go on, in a few lines."""
     name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     root = staging_root(job)
-    lines = [f"ketter: stopped ({name}): the transfer's processes were stopped; "
-             "temp zips removed; the source is untouched."]
+    lines = [(f"ketter: stopped ({name}): the transfer's processes were stopped; "
+              "temp zips removed; the source is untouched.")]
     if isinstance(root, LocalEndpoint):
         kept: bool | None = os.path.lexists(root.path)
     else:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.stack import BIN, ApiProcess, Stack, free_port, wait_until
 from tests.fixtures.sshd import SshServer
+from tests.fixtures.stack import BIN, ApiProcess, Stack, free_port, wait_until
 from tests.fixtures.trees import assert_trees_identical, make_session_tree
 
 KETTER = str(BIN / "ketter")

@@ -48,7 +48,7 @@ def receiver() -> Iterator[Receiver]:
     state: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             rec = state["r"]
             with rec.lock:
@@ -143,8 +143,8 @@ def test_one_signed_post_per_ended_job_and_retries_survive_two_failures(
     assert len(own_notes) == 2 and all(n["outcome"] == "HTTP 500" for n in own_notes)
     assert sum(1 for e in notes if e["payload"]["ok"]) == 3  # /all, /second, /own
     assert receiver.url + "/own" not in json.dumps(notes)  # URLs shown without their path
-    assert "job %d DONE: ok" % done in worker.log_text()
-    assert "job %d FAILED: SourceMissingError" % failed in worker.log_text()
+    assert f"job {done} DONE: ok" in worker.log_text()
+    assert f"job {failed} FAILED: SourceMissingError" in worker.log_text()
 
 
 def test_slack_format_and_signature() -> None:
