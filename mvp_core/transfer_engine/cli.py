@@ -11,12 +11,15 @@ Exit status: 0 done, 1 failed, 2 usage error, 75 failed but worth retrying
 (transient: connection lost, timeout), 130 interrupted (Ctrl-C, SIGINT), 143 stopped
 (SIGTERM). A failure prints exactly one line, ``ketter: error: ...``, and no traceback.
 
-Ctrl-C or SIGTERM stops the transfer's children (rsync, ssh, unzip: each leads its own
-process group, so the terminal's signal reaches only us, and we stop them in order),
-then says what was kept: the staging directory ``B/.ketter-<job>/`` when the engine kept
-it (rerunning the same command resumes from it; the job id is derived from A and B), or
-that nothing was kept. A second Ctrl-C while stopping is ignored: stopping is quick,
-and a half-stopped transfer is worse than waiting for it.
+Ctrl-C or SIGTERM first stops the transfer's children (rsync, ssh, unzip each lead
+their own process group, so the terminal's signal reaches only us): SIGTERM makes
+rsync exit 20 and ssh 255, a failure the engine treats as resumable, so it keeps the
+staging directory ``B/.ketter-<job>/``. If the engine has not stopped within
+``STOP_GRACE_S`` (no child was running: a zip in progress, say) it is cancelled
+outright, which discards staging. Either way the last lines say what was kept and how
+to go on (rerunning the same command resumes: the job id is derived from A and B).
+A second Ctrl-C while stopping changes nothing: stopping takes a moment, and a
+half-stopped transfer is worse than waiting for it.
 
 This is an edge of the system: ``main`` reads the settings once and passes plain
 values down; the engine itself never reads them.
@@ -40,7 +43,12 @@ from types import FrameType
 from typing import TextIO
 
 from mvp_core.transfer_engine.delivery import staging_root
-from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, parse_endpoint
+from mvp_core.transfer_engine.endpoints import (
+    Endpoint,
+    LocalEndpoint,
+    SshEndpoint,
+    parse_endpoint,
+)
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
 from mvp_core.transfer_engine.execute import cleanup_job_temp, execute_plan
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
@@ -219,7 +227,6 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-
 # After a signal the children get this long to end the transfer (a transient failure,
 # which keeps the staging dir for a resume) before the engine is cancelled outright.
 STOP_GRACE_S = 5.0
@@ -352,9 +359,9 @@ def stopped_message(signum: int, job: TransferJob, *, argv_hint: argparse.Namesp
 
 
 def _shell_path(endpoint: Endpoint) -> str:
-    if isinstance(endpoint, LocalEndpoint):
-        return shlex.quote(str(endpoint.path))
-    return f"{shlex.quote(str(endpoint.path))} (on {endpoint.host})"  # type: ignore[union-attr]
+    if isinstance(endpoint, SshEndpoint):
+        return f"{shlex.quote(str(endpoint.path))} (on {endpoint.host})"
+    return shlex.quote(str(endpoint.path))
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
