@@ -37,7 +37,7 @@ def _detail(response: httpx.Response) -> str:
             loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
             field = ".".join(loc)
             msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-            parts.append(f"{field}: {msg}" if field else msg)
+            parts.append(f"{field}: {msg}" if field and not msg.startswith(field) else msg)
         return "; ".join(parts) or "invalid request"
     return str(detail)[:500] if detail is not None else response.reason_phrase
 

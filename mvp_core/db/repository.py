@@ -52,7 +52,14 @@ class ConflictError(Exception):
 
 
 class InvalidRequestError(ValueError):
-    """The request is well-formed but refers to something unusable (HTTP 422)."""
+    """The request is well-formed but refers to something unusable (HTTP 422).
+
+    ``field``: the request field at fault, when known (the 422 points at it).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 # --------------------------------------------------------------------------- portals

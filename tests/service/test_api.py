@@ -365,3 +365,15 @@ def test_job_live_fields_are_null_unless_running_and_notify_url_is_checked(
         refused = client.post("/jobs", json=_job(portals, notify_url=bad))
         assert refused.status_code == 422, bad
         assert refused.json()["detail"][0]["loc"] == ["body", "notify_url"]
+
+
+def test_domain_422s_point_at_the_field(client: httpx.Client, portals: Portals) -> None:
+    cases = {
+        "source_portal_id": _job(portals, source_portal_id=999),
+        "source_path": _job(portals, source="Nope"),
+        "target_path": _job(portals, target="a/../../b"),
+    }
+    for field, body in cases.items():
+        refused = client.post("/jobs", json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", field], refused.text
