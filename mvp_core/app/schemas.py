@@ -55,14 +55,22 @@ class PortalCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
-    kind: PortalKind
-    base_path: str = Field(min_length=1, max_length=PATH_MAX)
-    host: str | None = Field(default=None, min_length=1, max_length=255)
-    port: int | None = Field(default=None, ge=1, le=65535)
-    username: str | None = Field(default=None, min_length=1, max_length=64)
-    identity_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
-    known_hosts_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+    name: str = Field(min_length=1, max_length=100, examples=["srvtrf"],
+                      description="Unique among portals; how operators refer to it")
+    kind: PortalKind = Field(description="local: a path on the worker host; ssh: a host")
+    base_path: str = Field(min_length=1, max_length=PATH_MAX, examples=["/srv/incoming"],
+                           description="Absolute; job paths are relative to it")
+    host: str | None = Field(default=None, min_length=1, max_length=255,
+                             examples=["srvtrf.lan"], description="ssh only")
+    port: int | None = Field(default=None, ge=1, le=65535, description="ssh only (22)")
+    username: str | None = Field(default=None, min_length=1, max_length=64,
+                                 examples=["ketter"], description="ssh only")
+    identity_file: str | None = Field(
+        default=None, min_length=1, max_length=PATH_MAX, examples=["/etc/ketter/id_ed25519"],
+        description="ssh only: path of the private key on the worker host (never read here)")
+    known_hosts_file: str | None = Field(
+        default=None, min_length=1, max_length=PATH_MAX,
+        description="ssh only: known_hosts on the worker host, for strict host key checks")
 
     @field_validator("name")
     @classmethod
@@ -169,12 +177,21 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source_portal_id: int = Field(ge=1, le=MAX_ID)
-    source_path: str = Field(min_length=1, max_length=PATH_MAX)
+    source_path: str = Field(min_length=1, max_length=PATH_MAX, examples=["Show 101/Mix v3"],
+                             description="A folder or file, relative to the source portal")
     target_portal_id: int = Field(ge=1, le=MAX_ID)
-    target_path: str = Field(default="", max_length=PATH_MAX)
-    mode: JobMode = JobMode.COPY
-    strategy: RequestedStrategy = RequestedStrategy.AUTO
-    on_existing: OnExisting = OnExisting.FAIL
+    target_path: str = Field(default="", max_length=PATH_MAX, examples=["deliveries"],
+                             description="The directory to deliver into, relative to the "
+                                         "target portal ('' = its base)")
+    mode: JobMode = Field(default=JobMode.COPY,
+                          description="move deletes the source after a verified delivery")
+    strategy: RequestedStrategy = Field(
+        default=RequestedStrategy.AUTO,
+        description="auto lets the planner choose DIRECT (rsync) or ZIP_FIRST (many small "
+                    "files)")
+    on_existing: OnExisting = Field(
+        default=OnExisting.FAIL,
+        description="When the output name exists: fail, replace (after verify) or merge")
     notify_url: str | None = Field(
         default=None, max_length=URL_MAX,
         description="POSTed a signed JSON summary when the job ends (DONE, FAILED or "
