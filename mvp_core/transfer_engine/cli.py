@@ -42,6 +42,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, TaskID, TaskProgressColumn, TextColumn
+from rich.progress import Progress as RichProgress
+
+from mvp_core.speed import SpeedMeter
 from mvp_core.transfer_engine.delivery import staging_root
 from mvp_core.transfer_engine.endpoints import (
     Endpoint,
@@ -110,7 +115,7 @@ def describe_plan(plan: TransferPlan) -> str:
     return "\n".join(lines)
 
 
-def describe_result(result: TransferResult) -> str:
+def describe_result(result: TransferResult, delivered: str | None = None) -> str:
     rate = result.throughput_bytes_per_s / 1e6
     phases = ", ".join(f"{name} {secs:.2f}s" for name, secs in result.phase_timings.items())
     lines = [
@@ -119,52 +124,142 @@ def describe_result(result: TransferResult) -> str:
          + (f", {result.streams} streams" if result.streams > 1 else "")),
         f"  phases: {phases}",
     ]
+    if result.strategy is TransferStrategy.ZIP_FIRST:
+        lines.append("  (zip, send and unzip overlap chunk by chunk: their times add up to "
+                     "more than the total)")
+    if delivered:
+        lines.append(f"  delivered: {delivered}")
     lines += [f"  warning: {w}" for w in result.warnings]
     return "\n".join(lines)
 
 
+_PIPELINE = ("zip", "send", "unzip")  # ZIP_FIRST's stages, run per chunk and overlapping
+
+
 class ProgressLine:
-    """A throttled progress line on stderr (rewritten in place on a terminal)."""
+    """Progress on stderr: a live bar on a terminal (stage, percent, bytes, files, speed,
+    ETA, and ZIP_FIRST's chunks per stage), a plain line every few seconds otherwise.
+
+    The bar shows the whole job: ZIP_FIRST's three stages share one bar (a third each),
+    since they overlap chunk by chunk. A phase that ends once is one line; one that
+    ends per chunk is counted, not printed each time.
+    """
 
     def __init__(self, stream: TextIO, interval_s: float = 0.25) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.interval_s = interval_s if self.tty else max(interval_s, 2.0)
         self.last = 0.0
-        self.shown: tuple[str, int, int | None] | None = None
-        self.dirty = False
+        self.lock = threading.Lock()
+        self.pipeline = False
+        self.total = 0
+        self.meter = SpeedMeter()
+        self.ended: dict[str, int] = {}
+        self.stage = "starting"
+        self._bar: RichProgress | None = None
+        self._task: TaskID | None = None
+
+    def start(self, plan: TransferPlan) -> None:
+        """Called once the plan is known (the bar's total, ZIP_FIRST or not)."""
+        self.pipeline = plan.strategy is TransferStrategy.ZIP_FIRST
+        self.total = plan.total_bytes or 0
+        if not self.tty:
+            return
+        console = Console(file=self.stream, highlight=False)
+        self._bar = RichProgress(
+            TextColumn("  [bold]{task.fields[stage]:<8}"), BarColumn(bar_width=30),
+            TaskProgressColumn(), TextColumn("{task.fields[numbers]}"),
+            console=console, transient=False, refresh_per_second=4)
+        self._task = self._bar.add_task("transfer", total=max(self.total, 1), stage="",
+                                        numbers="")
+        self._bar.start()
+
+    def _overall(self, p: Progress) -> tuple[int, int]:
+        """(done, total) on the job's scale (ZIP_FIRST: three stages in one bar)."""
+        total = self.total or p.bytes_total
+        fraction = p.bytes_done / p.bytes_total if p.bytes_total > 0 else 0.0
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self.pipeline and p.phase in _PIPELINE:
+            fraction = (_PIPELINE.index(p.phase) + fraction) / len(_PIPELINE)
+        return int(total * fraction), total
+
+    def _chunks(self) -> str:
+        if not self.pipeline:
+            return ""
+        counts = " · ".join(f"{name} {self.ended.get(name, 0)}" for name in _PIPELINE)
+        return f"  [chunks done: {counts}]"
 
     def progress(self, progress: Progress) -> None:
         p = progress
-        now = time.monotonic()
-        key = (p.phase, p.bytes_done, p.files_done)
-        finished = p.bytes_done >= p.bytes_total
-        if key == self.shown or (now - self.last < self.interval_s and not finished):
-            return
-        self.last, self.shown = now, key
-        pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 100.0
-        files = f", {p.files_done}/{p.files_total} files" if p.files_done is not None else ""
-        text = (f"  {p.phase}: {pct:5.1f}% {human_bytes(p.bytes_done)} of "
-                f"{human_bytes(p.bytes_total)}{files}")
-        if self.tty:
-            self.stream.write("\r" + text.ljust(70))
-            self.dirty = True
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        with self.lock:
+            now = time.monotonic()
+            done, total = self._overall(p)
+            speed = self.meter.add(now, done)
+            self.stage = p.phase
+            finished = done >= total
+            if now - self.last < self.interval_s and not finished:
+                return
+            self.last = now
+            eta = (total - done) / speed if speed else None
+            files = (f", {p.files_done}/{p.files_total} files"
+                     if p.files_done is not None and p.files_total else "")
+            numbers = (f"{human_bytes(done)} of {human_bytes(total)}{files}  "
+                       f"{human_bytes(speed) + '/s' if speed else '-'}  "
+                       f"ETA {_duration(eta)}{self._chunks()}")
+            if self._bar is not None and self._task is not None:
+                self._bar.update(self._task, completed=done, total=max(total, 1),
+                                 stage=p.phase, numbers=numbers)
+                return
+            pct = 100.0 * done / total if total else 100.0
+            self.stream.write(f"  {p.phase}: {pct:5.1f}% {numbers}\n")
+            self.stream.flush()
 
     def phase(self, event: PhaseEvent) -> None:
         if event.status in ("started", "skipped"):  # skipped: taken again another way
             return
-        self.end_line()
-        took = f" in {event.duration_s:.2f} s" if event.duration_s is not None else ""
-        self.stream.write(f"  {event.phase} {event.status}{took}\n")
-        self.stream.flush()
+        with self.lock:
+            seen = self.ended.get(event.phase, 0)
+            self.ended[event.phase] = seen + 1
+            if event.status == "done" and (seen or (self.pipeline and event.phase in _PIPELINE)):
+                return  # per chunk: counted in the bar and the summary, not a line each
+            took = f" in {event.duration_s:.2f} s" if event.duration_s is not None else ""
+            self._say(f"  {event.phase} {event.status}{took}")
+
+    def _say(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text, highlight=False, markup=False)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def end_line(self) -> None:
-        if self.dirty:
-            self.stream.write("\n")
-            self.dirty = False
+        """Stop the bar (it stays on screen as it ended) and say what was counted."""
+        with self.lock:
+            if self._bar is not None:
+                self._bar.stop()
+                self._bar = None
+            repeated = {k: v for k, v in self.ended.items() if v > 1 or k in _PIPELINE}
+            if self.pipeline and repeated:
+                counts = ", ".join(f"{name} {n}" for name, n in repeated.items())
+                self.stream.write(f"  chunks done per stage: {counts}\n")
+                self.stream.flush()
+            self.ended.clear()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    return f"{seconds:.1f} s" if seconds < 10 else (
+        f"{whole} s" if whole < 60 else f"{whole // 60} min {whole % 60:02d} s")
+
+
+def _delivered(job: TransferJob) -> str:
+    """Where the tree is now: ``B/<basename of A>``."""
+    target, name = job.target, job.source.name
+    if isinstance(target, SshEndpoint):
+        return str(dataclasses.replace(target, path=target.path / name))
+    return str(target.path / name)
 
 
 def absolute(endpoint: Endpoint) -> Endpoint:
@@ -197,6 +292,8 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
         print(describe_plan(plan), file=out, flush=True)
         if args.dry_run:
             return EXIT_OK
+        if not args.quiet:
+            line.start(plan)
         result = _execute_interruptibly(plan, options, None if args.quiet else line)
     except Interrupted as stop:
         line.end_line()
@@ -215,7 +312,7 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
         print(f"ketter: error: internal error: {type(exc).__name__}: {exc}", file=err)
         return EXIT_FAILED
     line.end_line()
-    print(describe_result(result), file=out, flush=True)
+    print(describe_result(result, delivered=_delivered(job)), file=out, flush=True)
     return EXIT_OK
 
 

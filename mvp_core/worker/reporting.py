@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from typing import Any
 
 from mvp_core.db import repository as repo
 from mvp_core.db.models import EventLevel, EventType
+from mvp_core.speed import SpeedMeter
 from mvp_core.transfer_engine.planner import TransferStrategy
 from mvp_core.transfer_engine.results import PhaseEvent, Progress
 from mvp_core.worker.state import WorkerState
@@ -23,34 +23,6 @@ log = logging.getLogger(__name__)
 _ZIP_FIRST_PHASES = ("zip", "send", "unzip")
 # One ``progress`` event per this many progress writes (5 s at the default 1 s).
 PROGRESS_EVENT_EVERY = 5
-# The speed a job shows is its progress over this window (long enough to smooth rsync's
-# bursts, short enough to follow a link that slows down).
-SPEED_WINDOW_S = 10.0
-
-
-class SpeedMeter:
-    """Bytes per second over the last ``window_s`` of (time, bytes done) samples.
-
-    Progress that goes back (ZIP_FIRST's stage changes never do on the job's scale, but
-    a resumed phase may restart its count) starts the window again.
-    """
-
-    def __init__(self, window_s: float = SPEED_WINDOW_S) -> None:
-        self.window_s = window_s
-        self.samples: deque[tuple[float, int]] = deque()
-
-    def add(self, now: float, done: int) -> float | None:
-        if self.samples and done < self.samples[-1][1]:
-            self.samples.clear()
-        self.samples.append((now, done))
-        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
-            self.samples.popleft()
-        first_t, first_done = self.samples[0]
-        if now - first_t < 0.5:
-            return None  # too soon to say
-        return max(done - first_done, 0) / (now - first_t)
-
-
 def overall_bytes(strategy: TransferStrategy, progress: Progress, total_bytes: int) -> int:
     """Bytes of the whole job done, on the scale of the source's total bytes."""
     fraction = progress.bytes_done / progress.bytes_total if progress.bytes_total > 0 else 0.0

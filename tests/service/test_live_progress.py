@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mvp_core.worker.reporting import SpeedMeter
+from mvp_core.speed import SpeedMeter
 from tests.fixtures.stack import Stack
 from tests.service.conftest import create_portals
 
