@@ -54,7 +54,12 @@ from mvp_core.transfer_engine.endpoints import (
     SshEndpoint,
     parse_endpoint,
 )
-from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
+from mvp_core.transfer_engine.errors import (
+    TargetExistsError,
+    TargetNotWritableError,
+    TransferCancelledError,
+    TransferError,
+)
 from mvp_core.transfer_engine.execute import cleanup_job_temp, execute_plan
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
@@ -65,6 +70,7 @@ from mvp_core.transfer_engine.planner import (
     decide_strategy,
 )
 from mvp_core.transfer_engine.results import CancelToken, PhaseEvent, Progress, TransferResult
+from mvp_core.transfer_engine.ssh import run_remote
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSIENT, EXIT_CANCELLED = 0, 1, 2, 75, 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
@@ -96,7 +102,9 @@ def build_parser(prog: str = "python -m mvp_core.transfer_engine.cli"
     parser.add_argument("--on-existing", choices=[o.value for o in OnExisting], default="fail",
                         help="when B/<basename of A> exists: fail (default, nothing written), "
                              "replace it once the new tree is verified, or merge into it")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan, look at the target (reachable? a writable "
+                             "directory? the name free?) and say what a real run would do")
     parser.add_argument("--identity", type=Path, help="ssh private key file")
     parser.add_argument("--known-hosts", type=Path, help="known_hosts file for strict checking")
     parser.add_argument("--job-id", help="names temp files (default: derived from A and B, "
@@ -254,6 +262,55 @@ def _duration(seconds: float | None) -> str:
         f"{whole} s" if whole < 60 else f"{whole // 60} min {whole % 60:02d} s")
 
 
+# Run on an ssh target by --dry-run: the nearest existing directory (a real run creates
+# the rest), whether it is writable, whether the output name is taken.
+_LOOK = ('d=$1; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; echo "base=$d"; '
+         '[ -w "$d" ] && echo writable; { [ -e "$2" ] || [ -L "$2" ]; } && echo exists; '
+         'exit 0')
+
+
+def _nearest_dir(path: str) -> str:
+    while not os.path.isdir(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_target(job: TransferJob, options: EngineOptions) -> str:
+    """``--dry-run``'s look at the target: reachable, writable, the output name free; and
+    what a real run would do. Raises the ``TransferError`` a real run would meet first
+    (host unreachable, key refused, not writable, name taken with ``--on-existing fail``)."""
+    target, name = job.target, job.source.name
+    path, final = str(target.path), _delivered(job)
+    if isinstance(target, SshEndpoint):
+        result = run_remote(target, ("sh", "-c", _LOOK, "sh", path, f"{path}/{name}"),
+                            options, what="look at the target", capture_stdout=True)
+        facts = result.stdout.decode(errors="replace").split()
+        base = next((f[5:] for f in facts if f.startswith("base=")), path)
+        lines = [f"  target host: {target.destination} reachable over ssh"]
+    else:
+        base = _nearest_dir(path)
+        facts = [fact for fact, true in (("writable", os.access(base, os.W_OK)),
+                                         ("exists", os.path.lexists(f"{path}/{name}"))) if true]
+        lines = []
+    if "writable" not in facts:
+        raise TargetNotWritableError(f"the target directory {base} is not writable")
+    if base != path:
+        lines.append(f"  target: {path} does not exist yet: a real run creates it")
+    else:
+        lines.append(f"  target: {path} is a writable directory")
+    if "exists" not in facts:
+        lines.append(f"  a real run would deliver {final}")
+    elif job.on_existing is OnExisting.FAIL:
+        raise TargetExistsError(f"{final} already exists: a real run would write nothing "
+                                "(--on-existing replace to swap it, merge to write into it)")
+    elif job.on_existing is OnExisting.REPLACE:
+        lines.append(f"  {final} exists: a real run would swap it for the new tree once "
+                     "that is verified")
+    else:
+        lines.append(f"  {final} exists: a real run would write into it (merge)")
+    return "\n".join(lines)
+
+
 def _delivered(job: TransferJob) -> str:
     """Where the tree is now: ``B/<basename of A>``."""
     target, name = job.target, job.source.name
@@ -291,6 +348,7 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
         plan = decide_strategy(job, thresholds, force=_FORCE[args.strategy])
         print(describe_plan(plan), file=out, flush=True)
         if args.dry_run:
+            print(check_target(job, options), file=out, flush=True)
             return EXIT_OK
         if not args.quiet:
             line.start(plan)
