@@ -57,7 +57,11 @@ class Context:
             if url is None or token is None:
                 from mvp_core.config import get_settings  # the edge: read once, here
 
-                settings = get_settings()
+                try:
+                    settings = get_settings()
+                except Exception as exc:  # noqa: BLE001 - pydantic's error on a KETTER_* value
+                    first = " ".join(str(exc).strip().splitlines()[:3])
+                    raise ApiError(f"invalid settings: {first}") from None
                 url = url or settings.api_url
                 token = token or settings.api_token
             self._api = KetterApi(url, token)

@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -152,6 +153,18 @@ def test_cancel_from_the_command_line(ketter_stack: Stack, tmp_path: Path,
     wait_until(lambda: as_json(ketter(api, "jobs", "show", str(job["id"]), "--json")
                                )["progress_bytes"] > 0, timeout=30, interval=0.3,
                what="the job to move bytes")
+    # Ctrl-C on a watch stops the watching, not the job.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETTER_")}
+    env["KETTER_API_URL"] = api.url
+    watching = subprocess.Popen([KETTER, "jobs", "watch", str(job["id"])], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    watching.send_signal(signal.SIGINT)
+    _out, err = watching.communicate(timeout=15)
+    assert watching.returncode == 130, err
+    assert f"stopped watching; job {job['id']} goes on" in err and "Traceback" not in err
+    assert as_json(ketter(api, "jobs", "show", str(job["id"]), "--json"))["status"] == "RUNNING"
+
     cancel = ketter(api, "jobs", "cancel", str(job["id"]))
     assert cancel.returncode == 0 and "cancel requested" in cancel.stdout, cancel.stderr
     watched = ketter(api, "jobs", "watch", str(job["id"]))
