@@ -348,3 +348,7 @@ class HealthOut(BaseModel):
     worker_ok: bool
     worker_heartbeat_age_s: float | None
     workers: list[WorkerHealth]
+    jobs_last_24h: dict[str, int] = Field(
+        default_factory=dict,
+        description="Jobs per status: all PENDING and RUNNING, and those that ended (DONE, "
+                    "FAILED, CANCELLED) in the last 24 h; empty when the database is down")

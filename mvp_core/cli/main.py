@@ -103,6 +103,10 @@ def health(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         out.print(f"workers:  {len(alive)} alive"
                   + "".join(f"\n  {w['id']} (last beat {w['heartbeat_age_s']:.1f} s ago)"
                             for w in h["workers"]))
+        counts = h.get("jobs_last_24h") or {}
+        if counts:
+            out.print("jobs:     " + ", ".join(f"{n} {status}" for status, n in counts.items())
+                      + " (ended: last 24 h)")
     if h["status"] == "down":
         raise typer.Exit(EXIT_ERROR)
 

@@ -692,6 +692,20 @@ def worker_heartbeats(session: Session) -> list[WorkerBeat]:
     return [WorkerBeat(r.id, r.hostname, r.pid, max(float(r.age), 0.0)) for r in rows]
 
 
+def job_counts(session: Session, *, ended_within_s: float) -> dict[str, int]:
+    """Jobs per status: every PENDING and RUNNING one, and those that ended within the
+    last ``ended_within_s`` seconds (the health check's counters)."""
+    recent = Job.finished_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, ended_within_s)
+    rows = session.execute(
+        select(Job.status, func.count(Job.id))
+        .where(or_(Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING]), recent))
+        .group_by(Job.status)
+    ).all()
+    counts = {status.value: 0 for status in JobStatus}
+    counts.update({status.value: int(n) for status, n in rows})
+    return counts
+
+
 def ping(session: Session) -> datetime:
     """Round-trip to the database (health check); returns the server clock."""
     return session.execute(text("SELECT now()")).scalar_one()

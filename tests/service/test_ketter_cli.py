@@ -121,6 +121,9 @@ def test_operator_day_submit_watch_events_portals(ketter_stack: Stack, tmp_path:
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "job 2 FAILED" in failed.stdout and "Ssh" in failed.stdout
     assert ketter(api, "jobs", "watch", "2").returncode == 1  # already ended: same answer
+    health = as_json(ketter(api, "health", "--json"))
+    assert health["jobs_last_24h"]["DONE"] == 1 and health["jobs_last_24h"]["FAILED"] == 1
+    assert "1 FAILED" in ketter(api, "health").stdout
 
     # Removing portals: refused while a job waits on it, allowed once jobs have ended.
     fresh = ketter(api, "portals", "add", "spare", str(paths["dst"]))
