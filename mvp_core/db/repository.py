@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, text, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -383,14 +383,19 @@ def record_plan(
     total_bytes: int | None,
     summary: dict[str, Any],
 ) -> None:
+    """The attempt's plan. A retry keeps the progress earlier attempts made (they left
+    it in the staging dir; the worker adds the new attempt's bytes to it), so the job
+    does not fall back to 0 %."""
+    total = total_bytes or 0
     session.execute(
         update(Job)
         .where(Job.id == job_id)
         .values(
             strategy=strategy,
             n_files=n_files or 0,
-            total_bytes=total_bytes or 0,
-            progress_bytes=0,
+            total_bytes=total,
+            progress_bytes=case((Job.attempts > 1, func.least(Job.progress_bytes, total)),
+                                else_=0),
             updated_at=func.now(),
         )
         .execution_options(synchronize_session=False)
@@ -425,6 +430,14 @@ def record_progress(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+
+
+def resumed_progress(session: Session, *, job_id: int) -> int:
+    """Bytes earlier attempts of this job got done (0 on a first attempt)."""
+    row = session.execute(
+        select(Job.attempts, Job.progress_bytes).where(Job.id == job_id)
+    ).first()
+    return int(row.progress_bytes) if row is not None and row.attempts > 1 else 0
 
 
 def record_phase(session: Session, *, job_id: int, phase: str) -> None:

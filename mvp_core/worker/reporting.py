@@ -50,24 +50,46 @@ class ProgressWriter:
         self._last_write = 0.0
         self._last_event = time.monotonic()
         self.speed = SpeedMeter()
+        # What earlier attempts got done (read at the first write; None until then).
+        self.resumed: int | None = None
+
+    def _job_bytes(self, progress: Progress) -> int:
+        """This attempt's progress on the job's scale, counting what earlier attempts
+        left in the staging dir: DIRECT's rsync reports only the bytes it sends now, so
+        they add up; ZIP_FIRST already counts the chunks it skips, so it never dips."""
+        done = overall_bytes(self.strategy, progress, self.total_bytes)
+        resumed = self.resumed or 0
+        if self.strategy is TransferStrategy.ZIP_FIRST:
+            return max(done, resumed)
+        total = self.total_bytes or (resumed + done)
+        return min(resumed + done, total)
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         if now - self._last_write < self.interval_s:
             return
         self._last_write = now
-        done = overall_bytes(self.strategy, progress, self.total_bytes)
-        speed = self.speed.add(now, done)
         with_event = now - self._last_event >= self.event_every_s
         if with_event:
             self._last_event = now
         try:
-            self.state.unit(lambda s: self._write(s, progress, done, speed, with_event))
+            self.state.unit(lambda s: self._write(s, progress, now, with_event))
         except Exception as exc:  # noqa: BLE001 - progress is never worth failing a transfer
             log.warning("job %s: progress not recorded: %s", self.job_id, exc)
 
-    def _write(self, session: Any, progress: Progress, done: int, speed: float | None,
-               with_event: bool) -> None:
+    def _write(self, session: Any, progress: Progress, now: float, with_event: bool) -> None:
+        if self.resumed is None:
+            self.resumed = repo.resumed_progress(session, job_id=self.job_id)
+            if self.resumed:
+                share = (f" ({100.0 * self.resumed / self.total_bytes:.0f} %)"
+                         if self.total_bytes else "")
+                repo.add_event(
+                    session, job_id=self.job_id, event_type=EventType.PROGRESS,
+                    message=f"resuming: {self.resumed} bytes{share} were done by earlier "
+                            "attempts and are kept in the staging directory",
+                    payload={"resumed_bytes": self.resumed, "bytes_total": self.total_bytes})
+        done = self._job_bytes(progress)
+        speed = self.speed.add(now, done)
         repo.record_progress(session, job_id=self.job_id, progress_bytes=done,
                              phase=progress.phase, files_done=progress.files_done,
                              speed_bytes_per_s=speed)
