@@ -15,12 +15,14 @@ you stop watching with Ctrl-C (the job goes on).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from mvp_core.cli import render
 from mvp_core.cli.api import ApiError, KetterApi
@@ -70,6 +72,14 @@ class Context:
 
 def _ctx(ctx: typer.Context) -> Context:
     return ctx.ensure_object(Context)
+
+
+def _show(data: Any, as_json: bool, table: Callable[[], Table]) -> None:
+    """``--json``: the API's JSON as is; otherwise the table (built only then)."""
+    if as_json:
+        render.print_json(out, data)
+    else:
+        out.print(table())
 
 
 @app.callback()
@@ -185,7 +195,7 @@ def portals_show(ctx: typer.Context, portal: Annotated[str, typer.Argument(help=
     """Show one portal."""
     api = _ctx(ctx).api
     p = api.portal(_portal_id(api, portal))
-    render.print_json(out, p) if as_json else out.print(render.portal_table(p))
+    _show(p, as_json, lambda: render.portal_table(p))
 
 
 @portals_app.command("edit")
@@ -318,7 +328,7 @@ def jobs_show(ctx: typer.Context, job_id: int, as_json: JsonOpt = False) -> None
     """One job: where it is, how fast, what went wrong."""
     api = _ctx(ctx).api
     job = api.job(job_id)
-    render.print_json(out, job) if as_json else out.print(render.job_table(job, _names(api)))
+    _show(job, as_json, lambda: render.job_table(job, _names(api)))
 
 
 @jobs_app.command("watch")
@@ -352,7 +362,7 @@ def jobs_events(ctx: typer.Context, job_id: int, as_json: JsonOpt = False) -> No
         if len(page) < 1000:
             break
         after = int(page[-1]["id"])
-    render.print_json(out, events) if as_json else out.print(render.events_table(events))
+    _show(events, as_json, lambda: render.events_table(events))
 
 
 @jobs_app.command("manifest")
