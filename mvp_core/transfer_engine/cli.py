@@ -11,10 +11,11 @@ Exit status: 0 done, 1 failed, 2 usage error, 75 failed but worth retrying
 (transient: connection lost, timeout), 130 interrupted (Ctrl-C, SIGINT), 143 stopped
 (SIGTERM). A failure prints exactly one line, ``ketter: error: ...``, and no traceback.
 
-Ctrl-C or SIGTERM first stops the transfer's children (rsync, ssh, unzip each lead
-their own process group, so the terminal's signal reaches only us): SIGTERM makes
-rsync exit 20 and ssh 255, a failure the engine treats as resumable, so it keeps the
-staging directory ``B/.ketter-<job>/``. If the engine has not stopped within
+Ctrl-C or SIGTERM stops the transfer but keeps the staging directory
+``B/.ketter-<job>/``: through the engine's ``CancelToken.interrupt`` where it has one,
+otherwise by stopping the children (rsync, ssh, unzip each lead their own process
+group, so the terminal's signal reaches only us): SIGTERM makes rsync exit 20 and ssh
+255, a failure the engine treats as resumable. If the engine has not stopped within
 ``STOP_GRACE_S`` (no child was running: a zip in progress, say) it is cancelled
 outright, which discards staging. Either way the last lines say what was kept and how
 to go on (rerunning the same command resumes: the job id is derived from A and B).
@@ -474,7 +475,13 @@ def _execute_interruptibly(plan: TransferPlan, options: EngineOptions,
         while not finished.wait(0.1):
             if received and stopping_since is None:
                 stopping_since = time.monotonic()
-                _stop_children()
+                # The engine's own "stop but keep staging" (CancelToken.interrupt, issue 14)
+                # where it has one; else stop the children so rsync fails resumably.
+                interrupt = getattr(cancel, "interrupt", None)
+                if callable(interrupt):
+                    interrupt()
+                else:
+                    _stop_children()
             elif stopping_since is not None and not cancel.cancelled and (
                     time.monotonic() - stopping_since > STOP_GRACE_S):
                 cancel.cancel()
@@ -482,11 +489,10 @@ def _execute_interruptibly(plan: TransferPlan, options: EngineOptions,
     if result:
         return result[0]  # it ended before the signal took effect: the work is done
     if received:
-        if not cancel.cancelled:
-            try:  # the cancel path cleans up by itself; a transient failure does not
-                cleanup_job_temp(plan.job, options)
-            except (TransferError, OSError):
-                pass
+        try:  # temp zips and stream lists (idempotent; staging is not touched)
+            cleanup_job_temp(plan.job, options)
+        except (TransferError, OSError):
+            pass
         raise Interrupted(received[0])
     raise error[0]
 
