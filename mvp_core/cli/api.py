@@ -56,7 +56,8 @@ class KetterApi:
     def close(self) -> None:
         self._client.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+        """The JSON answer (``raw``: the text as is), or ``ApiError``."""
         try:
             response = self._client.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
@@ -72,6 +73,8 @@ class KetterApi:
             raise ApiError(f"invalid request: {_detail(response)}", status_code=422)
         if response.is_error and not (path == "/health" and response.status_code == 503):
             raise ApiError(_detail(response), status_code=response.status_code)
+        if raw:
+            return response.text
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -119,9 +122,13 @@ class KetterApi:
         return self.request("GET", f"/jobs/{job_id}/events",  # type: ignore[no-any-return]
                             params={"after_id": after_id})
 
-    def manifest(self, job_id: int) -> dict[str, Any]:
+    def manifest(self, job_id: int, *, csv: bool = False) -> Any:
+        """The job's manifest as JSON, or (``csv``) as the API's CSV text."""
         try:
-            return self.request("GET", f"/jobs/{job_id}/manifest")  # type: ignore[no-any-return]
+            if csv:
+                return self.request("GET", f"/jobs/{job_id}/manifest", raw=True,
+                                    params={"format": "csv"})
+            return self.request("GET", f"/jobs/{job_id}/manifest")
         except ApiError as exc:
             # FastAPI's bare "Not Found" is a route this server lacks (an older API);
             # "job N not found" or "no manifest" come from the route itself.

@@ -366,9 +366,18 @@ def jobs_events(ctx: typer.Context, job_id: int, as_json: JsonOpt = False) -> No
 
 
 @jobs_app.command("manifest")
-def jobs_manifest(ctx: typer.Context, job_id: int, as_json: JsonOpt = False) -> None:
+def jobs_manifest(
+    ctx: typer.Context, job_id: int, as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print CSV, for a spreadsheet")
+                      ] = False,
+) -> None:
     """The delivery receipt: every delivered file with its size and content hash."""
-    manifest = _ctx(ctx).api.manifest(job_id)
+    api = _ctx(ctx).api
+    if as_csv:
+        out.file.write(api.manifest(job_id, csv=True))
+        out.file.flush()
+        return
+    manifest = api.manifest(job_id)
     if as_json:
         render.print_json(out, manifest)
         return

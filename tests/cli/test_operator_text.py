@@ -51,6 +51,11 @@ def test_api_errors_read_as_one_line_with_the_field() -> None:
         _api(404, {"detail": "Not Found"}).manifest(9)  # an API without the route
     with pytest.raises(ApiError, match="^job 9 not found$"):
         _api(404, {"detail": "job 9 not found"}).manifest(9)
+    with pytest.raises(ApiError, match="does not serve manifests"):
+        _api(404, {"detail": "Not Found"}).manifest(9, csv=True)
+    with pytest.raises(ApiError, match="^job 9 is RUNNING"):
+        _api(409, {"detail": "job 9 is RUNNING; its manifest comes when it is DONE"}
+             ).manifest(9)
     with pytest.raises(ApiError, match="KETTER_API_TOKEN"):
         _api(401, {"detail": "missing or wrong API token"}).jobs(status=None, limit=1)
 

@@ -110,6 +110,11 @@ def test_operator_day_submit_watch_events_portals(ketter_stack: Stack, tmp_path:
     else:
         one_error_line(manifest, "manifest")
     one_error_line(ketter(api, "jobs", "manifest", "999"), "999")
+    as_csv = ketter(api, "jobs", "manifest", "1", "--csv")
+    if as_csv.returncode == 0:
+        assert as_csv.stdout.count("\n") == 13  # a header and 12 files
+    else:
+        one_error_line(as_csv, "manifest")
 
     # Edit the ssh portal to a port nobody listens on: the next job FAILS, watch says so.
     dead_port = str(free_port())
