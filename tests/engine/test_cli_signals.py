@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.sshd import SshServer
 from tests.fixtures.stack import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,3 +87,39 @@ def test_signal_mid_transfer_keeps_staging_and_a_rerun_resumes(
     assert sorted(p.name for p in dst.iterdir()) == ["Mix A"]  # no staging left
     leftovers = [p for d in ("ltmp", "rtmp") for p in (tmp_path / d).rglob("*") if p.is_file()]
     assert leftovers == []
+
+
+def test_ctrl_c_mid_transfer_to_an_ssh_target_resumes(tmp_path: Path, sshd: SshServer) -> None:
+    src = tmp_path / "src" / "Mix B"
+    src.mkdir(parents=True)
+    for i in range(3):
+        (src / f"Take_{i}.wav").write_bytes(os.urandom(3_000_000))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    argv = [sys.executable, "-m", "mvp_core.transfer_engine.cli", "--from", str(src),
+            "--to", sshd.spec(remote), "--strategy", "direct",
+            "--identity", str(sshd.identity_file), "--known-hosts", str(sshd.known_hosts_file)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(tmp_path, KETTER_RSYNC_BWLIMIT_KIB_S="2048"))
+    try:
+        staged = wait_until(
+            lambda: [p for p in remote.glob(".ketter-*/Mix B/Take_*.wav") if p.is_file()],
+            timeout=30, interval=0.05, what="a first file complete in staging")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "ketter: stopped (Ctrl-C)" in err and "internal error" not in err, err
+    root = staged[0].parents[1]
+    assert f"staging directory may remain: {sshd.user}@{sshd.host}" in err
+    assert str(root) in err and root.is_dir()
+    wait_until(lambda: not _processes_mentioning(str(remote)), timeout=10,
+               what="rsync on both sides to stop")
+    inode = staged[0].stat().st_ino
+    rerun = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=_env(tmp_path),
+                           timeout=60, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (remote / "Mix B" / staged[0].name).stat().st_ino == inode  # resumed
+    assert sorted(p.name for p in remote.iterdir()) == ["Mix B"]
