@@ -66,6 +66,27 @@ class Settings(BaseSettings):
     # A job whose target another job is writing waits this long before trying again.
     target_busy_retry_s: float = Field(default=2.0, gt=0)
 
+    # Job-end notifications (DONE, FAILED, CANCELLED): webhook URLs (comma-separated),
+    # the HMAC-SHA256 key of X-Ketter-Signature, and the body's format.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_format: Literal["json", "slack"] = "json"
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_backoff_s: float = Field(default=2.0, ge=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
+    def webhook_urls(self) -> tuple[str, ...]:
+        """``KETTER_WEBHOOK_URL`` split on commas, blanks dropped."""
+        return tuple(u.strip() for u in (self.webhook_url or "").split(",") if u.strip())
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_urls_are_http(cls, value: str | None) -> str | None:
+        for url in (u.strip() for u in (value or "").split(",")):
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError(f"webhook URL must start with http:// or https://: {url[:80]!r}")
+        return value or None
+
     @field_validator("api_token")
     @classmethod
     def _empty_token_is_none(cls, value: str | None) -> str | None:

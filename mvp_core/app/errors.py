@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
+from mvp_core.app.limits import clip_input
 from mvp_core.db.errors import KetterDbError, translate_db_error
 from mvp_core.db.repository import ConflictError, InvalidRequestError, NotFoundError
 from mvp_core.transfer_engine.errors import InvalidEndpointError
@@ -37,14 +38,37 @@ class SafeJSONResponse(JSONResponse):
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return SafeJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    detail = []
+    for error in errors:
+        error = dict(error)
+        if "input" in error:
+            error["input"] = clip_input(error["input"])
+        if len(repr(error.get("ctx"))) > 500:
+            error.pop("ctx")
+        detail.append(error)
+    return SafeJSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+
+
+# Request fields an error message may open with ("target_path must not contain '..'").
+_FIELDS = ("source_path", "target_path", "source_portal_id", "target_portal_id", "base_path",
+           "notify_url", "on_existing")
+
+
+def _field(exc: Exception) -> str | None:
+    """The request field a 422 is about: named by the error, or opening its message."""
+    named = getattr(exc, "field", None)
+    if named:
+        return str(named)
+    first = str(exc).split(" ", 1)[0]
+    return first if first in _FIELDS else None
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     for cls, code in _STATUS:
         if isinstance(exc, cls):
             if code == 422:  # the same shape as FastAPI's own 422s: one shape for clients
-                detail: Any = [{"loc": ["body"], "msg": str(exc), "type": "invalid_request"}]
+                loc = ["body", *([_field(exc)] if _field(exc) else [])]
+                detail: Any = [{"loc": loc, "msg": str(exc), "type": "invalid_request"}]
             else:
                 detail = str(exc)
             return SafeJSONResponse({"detail": detail}, status_code=code)

@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI
 
 from mvp_core.app.deps import require_token
 from mvp_core.app.errors import install_error_handlers
+from mvp_core.app.limits import BodyLimit
 from mvp_core.app.resources import Resources
 from mvp_core.app.routes import health, jobs, portals
 from mvp_core.config import Settings, get_settings
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.resources = Resources()
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
+    app.add_middleware(BodyLimit)  # outermost: before parsing and before the token check
     install_error_handlers(app)
     app.include_router(health.router)
     guarded = [Depends(require_token)]

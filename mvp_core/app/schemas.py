@@ -6,8 +6,9 @@ as such; the key itself is never read by the API.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -27,6 +28,7 @@ from mvp_core.transfer_engine.errors import InvalidEndpointError
 
 MAX_ID = 2**31 - 1
 PATH_MAX = 4096
+URL_MAX = 2048
 
 
 def _no_control(value: str, what: str) -> str:
@@ -54,14 +56,22 @@ class PortalCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
-    kind: PortalKind
-    base_path: str = Field(min_length=1, max_length=PATH_MAX)
-    host: str | None = Field(default=None, min_length=1, max_length=255)
-    port: int | None = Field(default=None, ge=1, le=65535)
-    username: str | None = Field(default=None, min_length=1, max_length=64)
-    identity_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
-    known_hosts_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+    name: str = Field(min_length=1, max_length=100, examples=["srvtrf"],
+                      description="Unique among portals; how operators refer to it")
+    kind: PortalKind = Field(description="local: a path on the worker host; ssh: a host")
+    base_path: str = Field(min_length=1, max_length=PATH_MAX, examples=["/srv/incoming"],
+                           description="Absolute; job paths are relative to it")
+    host: str | None = Field(default=None, min_length=1, max_length=255,
+                             examples=["srvtrf.lan"], description="ssh only")
+    port: int | None = Field(default=None, ge=1, le=65535, description="ssh only (22)")
+    username: str | None = Field(default=None, min_length=1, max_length=64,
+                                 examples=["ketter"], description="ssh only")
+    identity_file: str | None = Field(
+        default=None, min_length=1, max_length=PATH_MAX, examples=["/etc/ketter/id_ed25519"],
+        description="ssh only: path of the private key on the worker host (never read here)")
+    known_hosts_file: str | None = Field(
+        default=None, min_length=1, max_length=PATH_MAX,
+        description="ssh only: known_hosts on the worker host, for strict host key checks")
 
     @field_validator("name")
     @classmethod
@@ -108,6 +118,22 @@ class PortalCreate(BaseModel):
         return self
 
 
+class PortalUpdate(BaseModel):
+    """``PATCH /portals/{id}``: the fields to change; the result must be a valid portal
+    (the same rules as at creation). ``null`` clears an optional field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    kind: PortalKind | None = None
+    base_path: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+    host: str | None = Field(default=None, min_length=1, max_length=255)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str | None = Field(default=None, min_length=1, max_length=64)
+    identity_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+    known_hosts_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+
+
 class PortalOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -121,6 +147,23 @@ class PortalOut(BaseModel):
     identity_file: str | None
     known_hosts_file: str | None
     created_at: datetime
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Things worth fixing that do not stop the portal from being stored, "
+                    "e.g. a local base_path missing on the API host.")
+
+
+def _check_url(value: str | None) -> str | None:
+    """An http(s) URL with a host: where a job-end webhook is POSTed."""
+    if value is None:
+        return None
+    _no_control(value, "notify_url")
+    if any(ord(c) <= 32 or ord(c) == 127 for c in value):
+        raise ValueError("notify_url must not contain spaces or control characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("notify_url must be an http:// or https:// URL with a host")
+    return value
 
 
 class JobCreate(BaseModel):
@@ -135,12 +178,26 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source_portal_id: int = Field(ge=1, le=MAX_ID)
-    source_path: str = Field(min_length=1, max_length=PATH_MAX)
+    source_path: str = Field(min_length=1, max_length=PATH_MAX, examples=["Show 101/Mix v3"],
+                             description="A folder or file, relative to the source portal")
     target_portal_id: int = Field(ge=1, le=MAX_ID)
-    target_path: str = Field(default="", max_length=PATH_MAX)
-    mode: JobMode = JobMode.COPY
-    strategy: RequestedStrategy = RequestedStrategy.AUTO
-    on_existing: OnExisting = OnExisting.FAIL
+    target_path: str = Field(default="", max_length=PATH_MAX, examples=["deliveries"],
+                             description="The directory to deliver into, relative to the "
+                                         "target portal ('' = its base)")
+    mode: JobMode = Field(default=JobMode.COPY,
+                          description="move deletes the source after a verified delivery")
+    strategy: RequestedStrategy = Field(
+        default=RequestedStrategy.AUTO,
+        description="auto lets the planner choose DIRECT (rsync) or ZIP_FIRST (many small "
+                    "files)")
+    on_existing: OnExisting = Field(
+        default=OnExisting.FAIL,
+        description="When the output name exists: fail, replace (after verify) or merge")
+    notify_url: str | None = Field(
+        default=None, max_length=URL_MAX,
+        description="POSTed a signed JSON summary when the job ends (DONE, FAILED or "
+                    "CANCELLED), besides the server's KETTER_WEBHOOK_URL. Never returned.",
+        examples=["https://hooks.example.com/ketter"])
     verify: VerifyMode | None = Field(
         default=None,
         description="checksum: every file's content hash compared on both sides before "
@@ -150,6 +207,11 @@ class JobCreate(BaseModel):
         default=None,
         description="also write an ASC MHL v2.0 receipt into <delivered folder>/ascmhl, "
                     "for standard media tools. Default: the service's KETTER_WRITE_MHL.")
+
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_url(cls, value: str | None) -> str | None:
+        return _check_url(value)
 
 
 class ManifestFileOut(BaseModel):
@@ -169,7 +231,8 @@ class ManifestOut(BaseModel):
 
 
 class JobOut(BaseModel):
-    """What is true about a job right now."""
+    """What is true about a job right now. ``phase``, ``files_done``,
+    ``speed_bytes_per_s`` and ``eta_s`` are live while RUNNING, null otherwise."""
 
     id: int
     status: JobStatus
@@ -201,6 +264,12 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     duration_s: float | None
     throughput_bytes_per_s: float | None
+    phase: str | None = Field(
+        description="The running phase: zip, send, unzip, verify, deliver, delete_source...")
+    files_done: int | None = Field(description="Files done so far in the running phase")
+    speed_bytes_per_s: float | None = Field(
+        description="The job's speed over the last ~10 s, on the scale of total_bytes")
+    eta_s: float | None = Field(description="Seconds left at the current speed")
 
     @classmethod
     def from_job(cls, job: Job) -> JobOut:
@@ -216,6 +285,16 @@ class JobOut(BaseModel):
             job.bytes_copied / job.duration_s
             if job.status is JobStatus.DONE and job.duration_s else None
         )
+        running = job.status is JobStatus.RUNNING
+        speed = job.speed_bytes_per_s if running else None
+        eta = None
+        if speed and speed > 0 and job.total_bytes > 0:
+            # Counted from the last progress write (rsync reports about once a second),
+            # so the ETA keeps counting down between writes; a skewed clock moves it 5 s
+            # at most.
+            age = min(max((datetime.now(UTC) - job.updated_at).total_seconds(), 0.0), 5.0)
+            left = max(job.total_bytes - job.progress_bytes, 0) / speed
+            eta = round(max(left - age, 0.0), 1)
         return cls(
             id=job.id,
             status=job.status,
@@ -247,6 +326,10 @@ class JobOut(BaseModel):
             finished_at=job.finished_at,
             duration_s=job.duration_s,
             throughput_bytes_per_s=throughput,
+            phase=job.phase if running else None,
+            files_done=job.files_done if running else None,
+            speed_bytes_per_s=round(speed, 1) if speed is not None else None,
+            eta_s=eta,
         )
 
 
@@ -297,3 +380,7 @@ class HealthOut(BaseModel):
     worker_ok: bool
     worker_heartbeat_age_s: float | None
     workers: list[WorkerHealth]
+    jobs_last_24h: dict[str, int] = Field(
+        default_factory=dict,
+        description="Jobs per status: all PENDING and RUNNING, and those that ended (DONE, "
+                    "FAILED, CANCELLED) in the last 24 h; empty when the database is down")

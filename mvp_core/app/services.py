@@ -22,7 +22,8 @@ def _portal(session: Session, portal_id: int, role: str) -> Portal:
     try:
         return get_portal(session, portal_id=portal_id)
     except NotFoundError:
-        raise InvalidRequestError(f"unknown {role} portal {portal_id}") from None
+        raise InvalidRequestError(f"unknown {role} portal {portal_id}",
+                                  field=f"{role}_portal_id") from None
 
 
 def check_output_free(target: Path, source_rel: str, on_existing: OnExisting) -> None:
@@ -33,7 +34,8 @@ def check_output_free(target: Path, source_rel: str, on_existing: OnExisting) ->
     if on_existing is OnExisting.FAIL and os.path.lexists(target / name):
         raise InvalidRequestError(
             f"{name!r} already exists in the target; nothing was submitted (set on_existing "
-            "to 'replace' to swap it for the new tree, or 'merge' to write into it)"
+            "to 'replace' to swap it for the new tree, or 'merge' to write into it)",
+            field="on_existing",
         )
 
 
@@ -49,7 +51,8 @@ def submit_job(session: Session, *, request: JobCreate,
         source = confined_local_path(source_portal, source_rel, what="source_path")
         if not os.path.lexists(source):
             raise InvalidRequestError(
-                f"source_path {source_rel!r} does not exist on portal {source_portal.name!r}"
+                f"source_path {source_rel!r} does not exist on portal {source_portal.name!r}",
+                field="source_path",
             )
     target = None
     if target_portal.kind is PortalKind.LOCAL:
@@ -71,4 +74,5 @@ def submit_job(session: Session, *, request: JobCreate,
         on_existing=request.on_existing,
         verify=request.verify or default_verify,
         write_mhl=default_write_mhl if request.write_mhl is None else request.write_mhl,
+        notify_url=request.notify_url,
     )

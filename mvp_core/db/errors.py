@@ -199,7 +199,7 @@ _SPECIFIC_CHECKS: dict[str, type[ConstraintViolationError]] = {
 }
 
 _UNIQUE_ERRORS: dict[str, type[DuplicateError]] = {
-    "uq_portals_name": DuplicatePortalNameError,
+    "uq_portals_live_name": DuplicatePortalNameError,
 }
 
 _MISSING_BY_TABLE: dict[str, type[MissingReferenceError]] = {

@@ -109,6 +109,7 @@ class EventType(str, enum.Enum):
     ERROR = "error"
     CANCELLED = "cancelled"
     RECOVERED = "recovered"
+    NOTIFY = "notify"  # one job-end webhook delivery attempt
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -132,11 +133,14 @@ class Portal(Base):
     """A place files live: a local base path, or an SSH host + base path + key reference.
 
     ``identity_file`` and ``known_hosts_file`` are paths on the worker host; the key
-    itself is never stored, returned or logged.
+    itself is never stored, returned or logged. A removed portal that ended jobs still
+    name keeps its row (``deleted_at``) for their history; its name is free again.
     """
 
     __tablename__ = "portals"
     __table_args__ = (
+        Index("uq_portals_live_name", "name", unique=True,
+              postgresql_where=text("deleted_at IS NULL")),
         CheckConstraint("kind <> 'ssh' OR host IS NOT NULL", name="ssh_needs_host"),
         CheckConstraint("port IS NULL OR (port > 0 AND port < 65536)", name="port_range"),
         CheckConstraint("base_path LIKE '/%'", name="base_path_absolute"),
@@ -144,7 +148,7 @@ class Portal(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
     kind: Mapped[PortalKind] = mapped_column(_enum(PortalKind, "portal_kind"), nullable=False)
     host: Mapped[str | None] = mapped_column(String(255))
     port: Mapped[int | None] = mapped_column(Integer)
@@ -153,6 +157,7 @@ class Portal(Base):
     identity_file: Mapped[str | None] = mapped_column(Text)
     known_hosts_file: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now_column()
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
     )
@@ -240,6 +245,15 @@ class Job(Base):
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     duration_s: Mapped[float | None] = mapped_column(Float)
+    # Live, while RUNNING (cleared when the job ends): the phase, files done in it, and
+    # the job's speed smoothed over the last ~10 s (on the scale of total_bytes).
+    phase: Mapped[str | None] = mapped_column(String(32))
+    files_done: Mapped[int | None] = mapped_column(Integer)
+    speed_bytes_per_s: Mapped[float | None] = mapped_column(Float)
+    # Job-end webhook: this job's own URL (besides KETTER_WEBHOOK_URL), and when the
+    # notification was claimed (set once: exactly one notification per ended job).
+    notify_url: Mapped[str | None] = mapped_column(Text)
+    notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now_column()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, text, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -56,7 +56,14 @@ class ConflictError(Exception):
 
 
 class InvalidRequestError(ValueError):
-    """The request is well-formed but refers to something unusable (HTTP 422)."""
+    """The request is well-formed but refers to something unusable (HTTP 422).
+
+    ``field``: the request field at fault, when known (the 422 points at it).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 # --------------------------------------------------------------------------- portals
@@ -75,8 +82,7 @@ def create_portal(
     known_hosts_file: str | None = None,
 ) -> Portal:
     """Insert a portal (validated by the caller); a duplicate name is a conflict."""
-    if session.scalar(select(exists().where(Portal.name == name))):
-        raise ConflictError(f"a portal named {name!r} already exists")
+    _check_name_free(session, name)
     portal = Portal(
         name=name,
         kind=kind,
@@ -92,31 +98,68 @@ def create_portal(
     return portal
 
 
-def get_portal(session: Session, *, portal_id: int) -> Portal:
-    portal = session.get(Portal, portal_id)
-    if portal is None:
+def _check_name_free(session: Session, name: str, *, other_than: int | None = None) -> None:
+    """Portal names are unique among live portals (a removed one frees its name)."""
+    clash = exists().where(Portal.name == name, Portal.deleted_at.is_(None))
+    if other_than is not None:
+        clash = clash.where(Portal.id != other_than)
+    if session.scalar(select(clash)):
+        raise ConflictError(f"a portal named {name!r} already exists")
+
+
+def get_portal(session: Session, *, portal_id: int, for_update: bool = False) -> Portal:
+    """A live portal (a removed one is not found: new jobs cannot use it)."""
+    portal = session.get(Portal, portal_id, with_for_update=for_update)
+    if portal is None or portal.deleted_at is not None:
         raise NotFoundError(f"portal {portal_id} not found")
     return portal
 
 
 def list_portals(session: Session) -> Sequence[Portal]:
-    return session.scalars(select(Portal).order_by(Portal.id)).all()
+    return session.scalars(
+        select(Portal).where(Portal.deleted_at.is_(None)).order_by(Portal.id)
+    ).all()
 
 
-def delete_portal(session: Session, *, portal_id: int) -> None:
-    """Delete a portal no job refers to (jobs keep their history, so they pin portals)."""
-    portal = session.get(Portal, portal_id, with_for_update=True)
-    if portal is None:
-        raise NotFoundError(f"portal {portal_id} not found")
-    used = session.scalar(
-        select(func.count(Job.id)).where(
-            or_(Job.source_portal_id == portal_id, Job.target_portal_id == portal_id)
-        )
+def update_portal(session: Session, *, portal_id: int, values: dict[str, Any]) -> Portal:
+    """Change a portal's fields (validated by the caller as a whole portal).
+
+    Jobs that have not started yet pick the new values up; running ones keep what they
+    loaded at their start.
+    """
+    portal = get_portal(session, portal_id=portal_id, for_update=True)
+    if "name" in values and values["name"] != portal.name:
+        _check_name_free(session, values["name"], other_than=portal_id)
+    for key, value in values.items():
+        setattr(portal, key, value)
+    session.flush()
+    session.refresh(portal)
+    return portal
+
+
+def delete_portal(session: Session, *, portal_id: int) -> bool:
+    """Remove a portal no unfinished job uses (409 otherwise).
+
+    A portal that ended jobs name is kept for their history (``deleted_at``), hidden
+    from lists and refused to new jobs; one no job ever named is deleted. Returns True
+    when the row was kept.
+    """
+    portal = get_portal(session, portal_id=portal_id, for_update=True)
+    uses = or_(Job.source_portal_id == portal_id, Job.target_portal_id == portal_id)
+    unfinished = session.scalar(
+        select(func.count(Job.id)).where(uses, Job.status.not_in(list(FINAL_STATUSES)))
     )
-    if used:
-        raise ConflictError(f"portal {portal_id} is used by {used} job(s)")
+    if unfinished:
+        raise ConflictError(
+            f"portal {portal_id} is used by {unfinished} unfinished job(s); "
+            "cancel them or wait until they end")
+    if session.scalar(select(exists().where(uses))):
+        portal.deleted_at = func.now()
+        session.flush()
+        return True
     session.delete(portal)
     session.flush()
+    return False
 
 
 # --------------------------------------------------------------------------- jobs
@@ -134,10 +177,12 @@ def create_job(
     on_existing: OnExisting = OnExisting.FAIL,
     verify: VerifyMode = VerifyMode.CHECKSUM,
     write_mhl: bool = False,
+    notify_url: str | None = None,
 ) -> Job:
     """Insert a PENDING job with its ``created`` and ``queued`` events."""
     job = Job(
         mode=mode,
+        notify_url=notify_url,
         on_existing=on_existing,
         verify=verify,
         write_mhl=write_mhl,
@@ -269,6 +314,9 @@ def request_cancel(session: Session, *, job_id: int) -> Job:
 
 # --------------------------------------------------------------------------- worker side
 
+# A job's live numbers, cleared when an attempt starts and when the job ends.
+_NOT_LIVE: dict[str, Any] = {"phase": None, "files_done": None, "speed_bytes_per_s": None}
+
 
 def _live_worker(worker_id_column: Any, grace_s: float) -> Any:
     """SQL: the given worker heart-beat within the last ``grace_s`` seconds."""
@@ -325,6 +373,7 @@ def claim_job(session: Session, *, job_id: int, worker_id: str, grace_s: float) 
             error_type=None,
             error_message=None,
             updated_at=func.now(),
+            **_NOT_LIVE,
         )
         .returning(Job.attempts)
         .execution_options(synchronize_session=False)
@@ -344,14 +393,19 @@ def record_plan(
     total_bytes: int | None,
     summary: dict[str, Any],
 ) -> None:
+    """The attempt's plan. A retry keeps the progress earlier attempts made (they left
+    it in the staging dir; the worker adds the new attempt's bytes to it), so the job
+    does not fall back to 0 %."""
+    total = total_bytes or 0
     session.execute(
         update(Job)
         .where(Job.id == job_id)
         .values(
             strategy=strategy,
             n_files=n_files or 0,
-            total_bytes=total_bytes or 0,
-            progress_bytes=0,
+            total_bytes=total,
+            progress_bytes=case((Job.attempts > 1, func.least(Job.progress_bytes, total)),
+                                else_=0),
             updated_at=func.now(),
         )
         .execution_options(synchronize_session=False)
@@ -365,13 +419,61 @@ def record_plan(
     )
 
 
-def record_progress(session: Session, *, job_id: int, progress_bytes: int) -> None:
+def record_progress(
+    session: Session,
+    *,
+    job_id: int,
+    progress_bytes: int,
+    phase: str | None = None,
+    files_done: int | None = None,
+    speed_bytes_per_s: float | None = None,
+) -> None:
+    """A RUNNING job's live numbers (``progress_bytes`` on the scale of ``total_bytes``)."""
+    values: dict[str, Any] = {"progress_bytes": max(progress_bytes, 0),
+                              "files_done": files_done, "speed_bytes_per_s": speed_bytes_per_s,
+                              "updated_at": func.now()}
+    if phase is not None:
+        values["phase"] = phase[:32]
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-        .values(progress_bytes=max(progress_bytes, 0), updated_at=func.now())
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
+
+
+def resumed_progress(session: Session, *, job_id: int) -> int:
+    """Bytes earlier attempts of this job got done (0 on a first attempt)."""
+    row = session.execute(
+        select(Job.attempts, Job.progress_bytes).where(Job.id == job_id)
+    ).first()
+    return int(row.progress_bytes) if row is not None and row.attempts > 1 else 0
+
+
+def record_phase(session: Session, *, job_id: int, phase: str) -> None:
+    """The phase a RUNNING job just entered (verify, deliver, delete_source...)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        .values(phase=phase[:32])
+        .execution_options(synchronize_session=False)
+    )
+
+
+def claim_notification(session: Session, *, job_id: int) -> Job | None:
+    """The ended job, if its job-end notification is still to be sent (then it is ours:
+    set once, so exactly one notification per ended job); else None."""
+    claimed = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(list(FINAL_STATUSES)),
+               Job.notified_at.is_(None))
+        .values(notified_at=func.now())
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed is None:
+        return None
+    return get_job(session, job_id=job_id, for_update=True)
 
 
 def cancel_requested(session: Session, *, job_id: int) -> bool:
@@ -401,6 +503,7 @@ def finish_job(
         "updated_at": func.now(),
         "error_type": error_type,
         "error_message": error_message,
+        **_NOT_LIVE,
     }
     if files_copied is not None:
         values["files_copied"] = files_copied
@@ -656,6 +759,20 @@ def worker_heartbeats(session: Session) -> list[WorkerBeat]:
         .order_by(Worker.last_heartbeat_at.desc())
     ).all()
     return [WorkerBeat(r.id, r.hostname, r.pid, max(float(r.age), 0.0)) for r in rows]
+
+
+def job_counts(session: Session, *, ended_within_s: float) -> dict[str, int]:
+    """Jobs per status: every PENDING and RUNNING one, and those that ended within the
+    last ``ended_within_s`` seconds (the health check's counters)."""
+    recent = Job.finished_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, ended_within_s)
+    rows = session.execute(
+        select(Job.status, func.count(Job.id))
+        .where(or_(Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING]), recent))
+        .group_by(Job.status)
+    ).all()
+    counts = {status.value: 0 for status in JobStatus}
+    counts.update({status.value: int(n) for status, n in rows})
+    return counts
 
 
 def ping(session: Session) -> datetime:

@@ -60,6 +60,7 @@ from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy, decide_strategy
 from mvp_core.transfer_engine.results import CancelToken, TransferResult
 from mvp_core.worker.job_mapping import clean_relative, output_lock_name, to_transfer_job
+from mvp_core.worker.notify import notify_later
 from mvp_core.worker.reporting import PhaseWriter, ProgressWriter
 from mvp_core.worker.staging import discard_and_log
 from mvp_core.worker.state import WorkerState
@@ -139,6 +140,7 @@ class JobRun:
         if job.status in FINAL_STATUSES:
             if job.status is not JobStatus.DONE and job.attempts > 0:
                 await self._cleanup_best_effort(snap)  # ended while its worker was dead
+            notify_later(self.state, self.job_id)  # ended by the API or the reconciler
             return f"already {job.status.value}"
         lock = TargetLock(self.state.engine, self._lock_name(snap))
         if not await asyncio.to_thread(lock.try_acquire):
@@ -411,6 +413,8 @@ class JobRun:
         ok = await self.state.db_persistent(record, what=f"job {self.job_id} {status.value}")
         if not ok:
             log.warning("job %s: not ours any more; %s not recorded", self.job_id, status.value)
+        else:
+            notify_later(self.state, self.job_id)  # also writes the job's end log line
         return bool(ok)
 
     async def _give_back(self, message: str) -> None:

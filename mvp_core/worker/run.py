@@ -19,6 +19,7 @@ from mvp_core.db import repository as repo
 from mvp_core.db.session import make_engine, make_session_factory
 from mvp_core.worker.execute_job import run_job
 from mvp_core.worker.liveness import beat, heartbeat_loop, reconcile_loop
+from mvp_core.worker.notify import drain
 from mvp_core.worker.queue import JOB_FUNCTION
 from mvp_core.worker.state import WorkerState
 
@@ -63,6 +64,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState | None = ctx.get("ketter")
     if state is None:
         return
+    await drain(state)
     for task in state.background:
         task.cancel()
     for task in state.background:

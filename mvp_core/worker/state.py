@@ -43,6 +43,8 @@ class WorkerState:
     hostname: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # Job-end webhooks being delivered (``notify``); given a moment at shutdown.
+    notifications: set[asyncio.Task[None]] = field(default_factory=set)
     # Jobs this process is running (added before the claim, so never judged orphaned).
     active_jobs: set[int] = field(default_factory=set)
     # This installation's id (``repository.installation_id``), read at start-up.

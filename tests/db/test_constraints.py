@@ -55,7 +55,7 @@ def test_duplicate_portal_name(db_session: Session, make_portal: MakePortal) -> 
     db_session.add(Portal(name="lab", kind=PortalKind.LOCAL, base_path="/other"))
     error = _refused(db_session, DuplicatePortalNameError)
     assert isinstance(error, DuplicateError)
-    assert error.constraint == "uq_portals_name"
+    assert error.constraint == "uq_portals_live_name"
     assert error.status_code == 409
     assert "already exists" in str(error) and "(name)=(lab)" in str(error)
     assert db_session.query(Portal).count() == 1  # the first one survived the rollback

@@ -123,3 +123,35 @@ def test_relative_dot_source_gets_its_real_name(tmp_path: Path) -> None:
                           cwd=src, env=full_env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert_trees_identical(src, tmp_path / "out" / src.name)
+
+
+def test_dry_run_looks_at_the_target_and_says_what_a_run_would_do(
+        tmp_path: Path, sshd: SshServer) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=2)
+    keys = ("--identity", str(sshd.identity_file), "--known-hosts", str(sshd.known_hosts_file))
+    fresh = cli("--from", str(src), "--to", sshd.spec(tmp_path / "remote" / "new"),
+                "--dry-run", *keys, tmp_path=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "reachable over ssh" in fresh.stdout and "does not exist yet" in fresh.stdout
+    assert f"would deliver {sshd.user}@{sshd.host}" in fresh.stdout
+    assert not (tmp_path / "remote").exists()  # looked, wrote nothing
+
+    (tmp_path / "remote" / src.name).mkdir(parents=True)
+    taken = cli("--from", str(src), "--to", sshd.spec(tmp_path / "remote"), "--dry-run",
+                *keys, tmp_path=tmp_path)
+    assert_one_line_error(taken, "already exists", "--on-existing")
+    replace = cli("--from", str(src), "--to", sshd.spec(tmp_path / "remote"), "--dry-run",
+                  "--on-existing", "replace", *keys, tmp_path=tmp_path)
+    assert replace.returncode == 0 and "would swap it" in replace.stdout
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = cli("--from", str(src), "--to", f"{sshd.user}@127.0.0.1:{port}:/tmp/x",
+               "--dry-run", *keys, tmp_path=tmp_path)
+    assert down.returncode == 75, down.stderr  # transient: worth retrying later
+    assert_one_line_error(down)
+
+    local = cli("--from", str(src), "--to", str(tmp_path / "out"), "--dry-run",
+                tmp_path=tmp_path)
+    assert local.returncode == 0 and "would deliver" in local.stdout

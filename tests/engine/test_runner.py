@@ -26,7 +26,7 @@ def _alive(pid: int) -> bool:
     # A zombie still answers kill(0); look at its state.
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone (reaped) while we looked
         return False
     return state != "Z"
 

@@ -9,11 +9,11 @@ import pytest
 from mvp_core.transfer_engine.direct import run_transfer
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint
 from mvp_core.transfer_engine.execute import execute_plan
-from mvp_core.transfer_engine.zip_first import zip_name
 from mvp_core.transfer_engine.job import TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
 from mvp_core.transfer_engine.results import PhaseEvent, Progress
+from mvp_core.transfer_engine.zip_first import zip_name
 from tests.engine.conftest import temp_leftovers
 from tests.fixtures.sshd import SshServer
 from tests.fixtures.trees import assert_trees_identical, make_session_tree, tree_snapshot

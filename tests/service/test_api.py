@@ -197,7 +197,7 @@ def test_not_found_and_out_of_range_ids(client: httpx.Client) -> None:
 def test_used_portal_cannot_be_deleted(client: httpx.Client, portals: Portals) -> None:
     assert client.post("/jobs", json=_job(portals)).status_code == 201
     response = client.delete(f"/portals/{portals.local_src}")
-    assert response.status_code == 409 and "used by 1 job" in response.text
+    assert response.status_code == 409 and "used by 1 unfinished job" in response.text
     assert client.get(f"/portals/{portals.local_src}").status_code == 200
 
 
@@ -268,6 +268,10 @@ def test_api_token_required_except_health(database_url: str, clean_database_url:
                 basic = c.request(method, path, json={},
                                   headers={"Authorization": f"Basic {TOKEN}"})
                 assert basic.status_code == 401
+            # A body over the cap is refused before the token is looked at, unread.
+            huge = c.post("/portals", content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                          headers={"Content-Type": "application/json"})
+            assert huge.status_code == 413 and len(huge.content) < 200, huge.text
             ok = c.get("/portals", headers={"Authorization": f"Bearer {TOKEN}"})
             assert ok.status_code == 200 and ok.json() == []
             assert c.get("/health").status_code == 200
@@ -313,3 +317,98 @@ def test_manifest_of_a_100000_file_job(client: httpx.Client, portals: Portals,
     csv_text = client.get(f"/jobs/{job['id']}/manifest", params={"format": "csv"},
                           timeout=60).text
     assert csv_text.count("\n") == n + 1
+# --------------------------------------------------------------------------- issue 15
+
+
+def test_request_bodies_are_capped_and_422s_do_not_echo_huge_input(
+        client: httpx.Client) -> None:
+    declared = client.post("/portals", content=b"x" * (1024 * 1024 + 1),
+                           headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap counts what arrives
+        for _ in range(3):
+            yield b" " * (512 * 1024)
+
+    chunked = client.post("/portals", content=chunks(),
+                          headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413
+    name = "n" * 900_000  # under the cap, far over the field's 100 characters
+    refused = client.post("/portals", json={"name": name, "kind": "local", "base_path": "/x"})
+    assert refused.status_code == 422
+    assert len(refused.content) < 2000, len(refused.content)
+    assert refused.json()["detail"][0]["loc"] == ["body", "name"]
+
+
+def test_patch_portal_validates_the_whole_result(client: httpx.Client, portals: Portals,
+                                                 tmp_path: Path) -> None:
+    moved = tmp_path / "moved-dst"
+    moved.mkdir()
+    response = client.patch(f"/portals/{portals.local_dst}",
+                            json={"base_path": str(moved), "name": "dst-2"})
+    assert response.status_code == 200, response.text
+    assert response.json()["base_path"] == str(moved) and response.json()["name"] == "dst-2"
+    assert response.json()["warnings"] == []
+    assert client.get(f"/portals/{portals.local_dst}").json()["name"] == "dst-2"
+    # The merged portal must still be valid, and the 422 names the field.
+    bad = client.patch(f"/portals/{portals.ssh_dst}", json={"host": "-oProxyCommand=x"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "host"]
+    local_with_host = client.patch(f"/portals/{portals.local_dst}", json={"host": "nas"})
+    assert local_with_host.status_code == 422
+    assert client.patch(f"/portals/{portals.local_dst}", json={"name": "lab"}).status_code == 409
+    assert client.patch(f"/portals/{portals.local_dst}", json={"colour": "red"}
+                        ).status_code == 422
+    assert client.patch("/portals/999999", json={"name": "x"}).status_code == 404
+    # ssh -> local drops the ssh fields; a missing local base is a warning, not silence.
+    to_local = client.patch(f"/portals/{portals.ssh_dst}",
+                            json={"kind": "local", "base_path": str(tmp_path / "nowhere")})
+    assert to_local.status_code == 200, to_local.text
+    assert to_local.json()["host"] is None and to_local.json()["identity_file"] is None
+    assert "not a directory" in to_local.json()["warnings"][0]
+
+
+def test_portal_used_only_by_ended_jobs_is_removed_but_kept_in_history(
+        client: httpx.Client, portals: Portals) -> None:
+    job = client.post("/jobs", json=_job(portals)).json()
+    busy = client.delete(f"/portals/{portals.ssh_dst}")
+    assert busy.status_code == 409 and "unfinished" in busy.text
+    assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "CANCELLED"
+    assert client.delete(f"/portals/{portals.ssh_dst}").status_code == 204
+    assert portals.ssh_dst not in [p["id"] for p in client.get("/portals").json()]
+    assert client.get(f"/portals/{portals.ssh_dst}").status_code == 404
+    again = client.post("/jobs", json=_job(portals))
+    assert again.status_code == 422 and "unknown target portal" in again.text
+    # The ended job still says where it went, and the name can be used again.
+    assert client.get(f"/jobs/{job['id']}").json()["target_portal_id"] == portals.ssh_dst
+    reuse = client.post("/portals", json={"name": "srvtrf", "kind": "local",
+                                          "base_path": str(portals.local_dst_base)})
+    assert reuse.status_code == 201, reuse.text
+    assert client.delete(f"/portals/{portals.ssh_dst}").status_code == 404
+    # A portal no job ever named is simply deleted.
+    assert client.delete(f"/portals/{reuse.json()['id']}").status_code == 204
+
+
+def test_job_live_fields_are_null_unless_running_and_notify_url_is_checked(
+        client: httpx.Client, portals: Portals) -> None:
+    job = client.post("/jobs", json=_job(portals, notify_url="https://hooks.example/k?t=1"))
+    assert job.status_code == 201, job.text
+    body = job.json()
+    for key in ("phase", "files_done", "speed_bytes_per_s", "eta_s"):
+        assert key in body and body[key] is None, key
+    assert "notify_url" not in body and "hooks.example" not in job.text
+    for bad in ("ftp://x/y", "https://", "http://a b/", "x" * 3000):
+        refused = client.post("/jobs", json=_job(portals, notify_url=bad))
+        assert refused.status_code == 422, bad
+        assert refused.json()["detail"][0]["loc"] == ["body", "notify_url"]
+
+
+def test_domain_422s_point_at_the_field(client: httpx.Client, portals: Portals) -> None:
+    cases = {
+        "source_portal_id": _job(portals, source_portal_id=999),
+        "source_path": _job(portals, source="Nope"),
+        "target_path": _job(portals, target="a/../../b"),
+    }
+    for field, body in cases.items():
+        refused = client.post("/jobs", json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", field], refused.text

@@ -14,12 +14,17 @@ from mvp_core.db import repository as repo
 router = APIRouter(tags=["health"])
 
 
-def _database(session: SessionDep, grace_s: float) -> tuple[ServiceHealth, list[WorkerHealth]]:
+COUNT_WINDOW_S = 24 * 3600
+
+
+def _database(session: SessionDep, grace_s: float
+              ) -> tuple[ServiceHealth, list[WorkerHealth], dict[str, int]]:
     try:
         repo.ping(session)
         beats = repo.worker_heartbeats(session)
+        counts = repo.job_counts(session, ended_within_s=COUNT_WINDOW_S)
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"; say which
-        return ServiceHealth(ok=False, error=f"{type(exc).__name__}"), []
+        return ServiceHealth(ok=False, error=f"{type(exc).__name__}"), [], {}
     finally:
         session.rollback()
     workers = [
@@ -27,7 +32,7 @@ def _database(session: SessionDep, grace_s: float) -> tuple[ServiceHealth, list[
                      heartbeat_age_s=round(b.age_s, 3), alive=b.age_s <= grace_s)
         for b in beats
     ]
-    return ServiceHealth(ok=True), workers
+    return ServiceHealth(ok=True), workers, counts
 
 
 @router.get("/health", responses={503: {"model": HealthOut}})
@@ -35,7 +40,8 @@ async def health(
     response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep
 ) -> HealthOut:
     """200 when Postgres and Redis answer (``status`` degraded if no worker is alive), else 503."""
-    database, workers = await run_in_threadpool(_database, session, settings.heartbeat_grace_s)
+    database, workers, counts = await run_in_threadpool(_database, session,
+                                                        settings.heartbeat_grace_s)
     try:
         await asyncio.wait_for(queue.ping(), timeout=3)
         redis = ServiceHealth(ok=True)
@@ -50,5 +56,5 @@ async def health(
         state = "ok" if worker_ok else "degraded"
     return HealthOut(
         status=state, database=database, redis=redis, worker_ok=worker_ok,
-        worker_heartbeat_age_s=freshest, workers=workers,
+        worker_heartbeat_age_s=freshest, workers=workers, jobs_last_24h=counts,
     )
