@@ -280,6 +280,11 @@ def jobs_submit(
         help="when the name exists in the target: fail, replace or merge")] = "fail",
     notify_url: Annotated[str | None, typer.Option(
         help="POST a signed summary here when the job ends")] = None,
+    verify: Annotated[str | None, typer.Option(
+        help="checksum (every file's content hash on both sides) or size; default: the "
+             "service's KETTER_VERIFY")] = None,
+    mhl: Annotated[bool, typer.Option(
+        "--mhl", help="also write an ASC MHL receipt into <folder>/ascmhl")] = False,
     follow: Annotated[bool, typer.Option("--watch", help="show a live bar until it ends")
                       ] = False,
     as_json: JsonOpt = False,
@@ -295,6 +300,10 @@ def jobs_submit(
     }
     if notify_url:
         body["notify_url"] = notify_url
+    if verify:
+        body["verify"] = verify
+    if mhl:
+        body["write_mhl"] = True
     job = api.submit(body)
     if as_json and not follow:
         render.print_json(out, job)

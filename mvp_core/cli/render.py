@@ -95,6 +95,8 @@ def job_table(j: dict[str, Any], names: dict[int, str]) -> Table:
         ("status", f"[{style}]{j['status']}[/]"
          + (" (cancel requested)" if j["cancel_requested"] and j["status"] == "RUNNING" else "")),
         ("mode", f"{j['mode']}, on existing: {j['on_existing']}"),
+        ("verify", str(j.get("verify", "-")) + (", ASC MHL" if j.get("write_mhl") else "")
+         + (f" ({j['manifest_algorithm']})" if j.get("manifest_algorithm") else "")),
         ("from", _where(names, j["source_portal_id"], j["source_path"])),
         ("to", _where(names, j["target_portal_id"], j["target_path"])),
         ("strategy", f"{j['strategy'] or '-'} (asked: {j['requested_strategy']})"),

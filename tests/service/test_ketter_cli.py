@@ -102,19 +102,15 @@ def test_operator_day_submit_watch_events_portals(ketter_stack: Stack, tmp_path:
     assert [j["id"] for j in jobs] == [1]
     assert "DONE" in ketter(api, "jobs", "list").stdout
 
-    # The manifest: served by an API that has it, a clean one-line error otherwise.
+    # The manifest (the delivery receipt), and a clean one-line error for no such job.
+    assert "checksum (xxh128)" in human
     manifest = ketter(api, "jobs", "manifest", "1", "--json")
-    if manifest.returncode == 0:
-        body = json.loads(manifest.stdout)
-        assert body["job_id"] == 1 and len(body["files"]) == 12
-    else:
-        one_error_line(manifest, "manifest")
+    assert manifest.returncode == 0, manifest.stderr
+    body = json.loads(manifest.stdout)
+    assert body["job_id"] == 1 and len(body["files"]) == 12 and body["algorithm"] == "xxh128"
     one_error_line(ketter(api, "jobs", "manifest", "999"), "999")
     as_csv = ketter(api, "jobs", "manifest", "1", "--csv")
-    if as_csv.returncode == 0:
-        assert as_csv.stdout.count("\n") == 13  # a header and 12 files
-    else:
-        one_error_line(as_csv, "manifest")
+    assert as_csv.returncode == 0 and as_csv.stdout.count("\n") == 13  # header + 12 files
 
     # Edit the ssh portal to a port nobody listens on: the next job FAILS, watch says so.
     dead_port = str(free_port())
@@ -147,6 +143,10 @@ def test_operator_day_submit_watch_events_portals(ketter_stack: Stack, tmp_path:
     one_error_line(ketter(api, "portals", "add", "x", "relative/path"), "absolute")
     one_error_line(ketter(f"http://127.0.0.1:{free_port()}", "jobs", "list"),
                    "cannot reach the Ketter API")
+    # Per job: sizes only, and an ASC MHL asked for (not written: it needs content hashes).
+    quick = as_json(ketter(api, "jobs", "submit", "--from", "lab:Mix A", "--to",
+                           "local-dst:quick", "--verify", "size", "--mhl", "--json"))
+    assert quick["verify"] == "size" and quick["write_mhl"] is True
 
 
 def test_cancel_from_the_command_line(ketter_stack: Stack, tmp_path: Path,
