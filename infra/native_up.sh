@@ -6,12 +6,16 @@
 # Each process runs under native_supervise.sh, which restarts it when it exits (as
 # compose's `restart: unless-stopped` does). If start-up fails, everything is stopped.
 #
-# Settings come from the environment (KETTER_*; see infra/.env.example). For a second,
+# Settings come from the settings file (KETTER_ENV_FILE, default /etc/ketter/ketter.env
+# when present; see README "Settings") under the environment's KETTER_*. For a second,
 # isolated stack (tests) set KETTER_API_PORT, KETTER_DATABASE_URL, KETTER_REDIS_URL and
 # KETTER_RUN_DIR.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+# shellcheck source=infra/ketter_env.sh
+source "$root/infra/ketter_env.sh"
+ketter_load_env || exit 2
 
 py="${KETTER_PYTHON:-$root/.venv/bin/python}"
 run_dir="${KETTER_RUN_DIR:-$root/.run}"

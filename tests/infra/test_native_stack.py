@@ -86,8 +86,8 @@ def test_make_up_dku_down(
     run_dir = tmp_path / "run"
     report_dir = tmp_path / "reports"
     token = f"native-{secrets.token_hex(12)}"
-    env = isolated_env(fresh_database_url(create=False), redis_server, port, run_dir)
-    env.update(
+    settings = isolated_env(fresh_database_url(create=False), redis_server, port, run_dir)
+    settings.update(
         {
             "KETTER_API_TOKEN": token,
             "KETTER_DKU_WORK_DIR": str(tmp_path / "work"),
@@ -95,6 +95,15 @@ def test_make_up_dku_down(
             "KETTER_QUEUE_NAME": "ketter:native-test",
         }
     )
+    # As a native install keeps them: one settings file that every `make` reads (up, dku
+    # and down must agree on the port, the run dir and the token without re-exporting).
+    env_file = tmp_path / "ketter.env"
+    env_file.write_text(
+        "# the test stack\n"
+        + "".join(f"{k}={v}\n" for k, v in settings.items() if k.startswith("KETTER_"))
+    )
+    env = {k: v for k, v in settings.items() if not k.startswith("KETTER_")}
+    env |= {"KETTER_ENV_FILE": str(env_file), "KETTER_REDIS_PORT": str(redis_server.port)}
     pids: list[int] = []
     try:
         up = make("up", env)
@@ -159,3 +168,30 @@ def test_make_up_refuses_a_port_someone_else_serves(
     assert up.returncode != 0
     assert f"port {port} on 127.0.0.1 is already in use" in up.stderr
     assert not list((tmp_path / "run").glob("*.pid"))
+
+
+def test_a_missing_settings_file_is_one_clear_error(tmp_path: Path) -> None:
+    """`make up`/`dku`/`down` with KETTER_ENV_FILE naming nothing: one line, non-zero."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KETTER_") and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    }
+    missing = tmp_path / "nope.env"
+    for target, argv in (
+        ("up", ["bash", "infra/native_up.sh"]),
+        ("dku", ["bash", "infra/native_dku.sh"]),
+        ("down", ["bash", "infra/native_down.sh"]),
+    ):
+        proc = subprocess.run(
+            argv, cwd=REPO_ROOT, env=env | {"KETTER_ENV_FILE": str(missing)},
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert proc.returncode == 2, (target, proc.stdout, proc.stderr)
+        assert proc.stderr == f"ketter: settings file KETTER_ENV_FILE={missing}: no such file\n"
+        assert proc.stdout == ""
+    unreadable = subprocess.run(
+        ["bash", "infra/native_down.sh"], cwd=REPO_ROOT, env=env | {"KETTER_ENV_FILE": str(tmp_path)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert unreadable.returncode == 2 and "not a readable file" in unreadable.stderr
