@@ -216,10 +216,12 @@ def _judge_probe(stdout: str, endpoint: SshEndpoint, opts: DkuOptions) -> Outcom
 
 
 def check_local_portal(portal: dict[str, Any]) -> Outcome:
-    """A local portal's base path exists here (this host should be the worker's)."""
+    """A local portal's base path exists here (run the DKU where the worker runs): every
+    job from or to a portal whose base path is missing would fail."""
     base = Path(portal["base_path"])
     if not base.is_dir():
-        return Outcome(f"base path {base} is not a directory on this host", Status.WARN)
+        what = "is not a directory" if base.exists() else "does not exist"
+        raise CheckFailed(f"base path {base} {what} on this host")
     usage = os.statvfs(base)
     free = usage.f_bavail * usage.f_frsize
     return Outcome(f"base path {base}, {free / 1024**3:.1f} GiB free", data={"free_bytes": free})

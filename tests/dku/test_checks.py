@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from mvp_core.dku.checks import (
+    health_summary,
     shown_url,
     check_migrations,
     check_postgres,
@@ -173,3 +174,21 @@ def test_temp_dir_is_created_and_probed(tmp_path: Path) -> None:
     bad = opts("postgresql://x@127.0.0.1:9/x", engine_temp=tmp_path / "a_file" / "tmp")
     failed = run_check("temp_dir", lambda: check_temp_dir(bad))
     assert failed.status is Status.FAIL and "NotADirectoryError" in failed.detail
+
+
+def test_api_line_reads_as_a_sentence() -> None:
+    body = {
+        "status": "degraded",
+        "database": {"ok": True, "error": None},
+        "redis": {"ok": True, "error": None},
+        "worker_ok": False,
+        "worker_heartbeat_age_s": 41.25,
+        "workers": [{"id": "w1", "alive": False}, {"id": "w2", "alive": False}],
+    }
+    assert health_summary(body) == (
+        "degraded: database ok, redis ok, 0 of 2 worker(s) alive (freshest heartbeat 41.2s ago)"
+    )
+    down = body | {"status": "down", "redis": {"ok": False, "error": "ConnectionError"}, "workers": []}
+    down["worker_heartbeat_age_s"] = None
+    assert health_summary(down) == "down: database ok, redis DOWN (ConnectionError), 0 of 0 worker(s) alive"
+    assert health_summary({"odd": 1}) == '{"odd":1}'
