@@ -153,7 +153,11 @@ def test_dku_passes_on_a_healthy_stack(
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.startswith("SUMMARY PASS")
-    assert len(client.get("/portals").json()) == 3  # srvtrf + the DKU's two
+    # srvtrf + the DKU's two, which (with their jobs) stay out of the operator's listings.
+    assert [p["name"] for p in client.get("/portals").json()] == ["srvtrf"]
+    assert len(client.get("/portals", params={"include_dku": "true"}).json()) == 3
+    assert client.get("/jobs").json() == []
+    assert len(client.get("/jobs", params={"include_dku": "true"}).json()) == 4  # 2 runs x 2
 
 
 def test_dku_with_redis_stopped_fails_and_still_reports(

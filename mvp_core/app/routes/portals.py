@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
 
 from mvp_core.app.deps import PortalId, SessionDep
 from mvp_core.app.schemas import PortalCreate, PortalOut, error_responses
@@ -20,8 +22,11 @@ def create_portal(body: PortalCreate, response: Response, session: SessionDep) -
 
 
 @router.get("")
-def list_portals(session: SessionDep) -> list[PortalOut]:
-    return [PortalOut.model_validate(p) for p in repo.list_portals(session)]
+def list_portals(
+    session: SessionDep, include_dku: Annotated[bool, Query()] = False
+) -> list[PortalOut]:
+    """Every portal but the DKU's smoke portals (``include_dku=true`` lists them too)."""
+    return [PortalOut.model_validate(p) for p in repo.list_portals(session, include_dku=include_dku)]
 
 
 @router.get("/{portal_id}", responses=error_responses(404))
