@@ -61,19 +61,32 @@ def test_shell_scripts_read_the_same_values(tmp_path: Path, environ: pytest.Monk
     """infra/ketter_env.sh (make up/dku/down) parses the file as pydantic-settings does."""
     path = tmp_path / "ketter.env"
     path.write_text(SAMPLE)
-    names = ["KETTER_API_URL", "KETTER_REDIS_URL", "KETTER_QUEUE_NAME", "KETTER_TEMP_DIR",
-             "KETTER_MAX_ATTEMPTS", "KETTER_API_PORT"]
+    names = [
+        "KETTER_API_URL",
+        "KETTER_REDIS_URL",
+        "KETTER_QUEUE_NAME",
+        "KETTER_TEMP_DIR",
+        "KETTER_MAX_ATTEMPTS",
+        "KETTER_API_PORT",
+    ]
     script = "source infra/ketter_env.sh; ketter_load_env; " + "; ".join(
         f'printf "%s\\n" "${n}"' for n in names
     )
     env = clean_env(KETTER_ENV_FILE=str(path), KETTER_MAX_ATTEMPTS="7")
-    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True,
-                         text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     environ.setenv("KETTER_ENV_FILE", str(path))
     environ.setenv("KETTER_MAX_ATTEMPTS", "7")
     settings = load_settings()
-    assert out == [settings.api_url, settings.redis_url, settings.queue_name,
-                   str(settings.temp_dir), "7", "8123"]
+    assert out == [
+        settings.api_url,
+        settings.redis_url,
+        settings.queue_name,
+        str(settings.temp_dir),
+        "7",
+        "8123",
+    ]
 
 
 def test_no_file_named_and_no_default_means_environment_only(
@@ -103,12 +116,33 @@ def test_the_cli_and_the_dku_say_so_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nope.env"
     env = clean_env(KETTER_ENV_FILE=str(missing))
     python = str(ROOT / ".venv" / "bin" / "python")
-    cli = subprocess.run([python, "-m", "mvp_core.transfer_engine.cli",
-                          "--from", str(tmp_path), "--to", str(tmp_path / "t")], cwd=ROOT,
-                         env=env, capture_output=True, text=True, check=False, timeout=60)
+    cli = subprocess.run(
+        [
+            python,
+            "-m",
+            "mvp_core.transfer_engine.cli",
+            "--from",
+            str(tmp_path),
+            "--to",
+            str(tmp_path / "t"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert cli.returncode != 0
     assert cli.stderr.strip().count("\n") == 0 and str(missing) in cli.stderr
-    dku = subprocess.run([python, "-m", "mvp_core.dku", "--no-report"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, check=False, timeout=60)
+    dku = subprocess.run(
+        [python, "-m", "mvp_core.dku", "--no-report"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert dku.returncode == 1
     assert f"KETTER_ENV_FILE={missing}: No such file or directory" in dku.stdout

@@ -117,7 +117,8 @@ def check_key_files(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
     return Outcome("; ".join(notes), Status.WARN if warn else Status.OK)
 
 
-def _endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
+def ssh_endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
+    """How the worker reaches an ssh portal (its key, its known_hosts or the default)."""
     known = portal["known_hosts_file"] or opts.default_known_hosts
     return SshEndpoint(
         host=portal["host"],
@@ -131,7 +132,7 @@ def _endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
 
 def check_ssh_portal(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
     """One ssh round trip: reachable, host key known, tools present, free space."""
-    endpoint = _endpoint(portal, opts)
+    endpoint = ssh_endpoint(portal, opts)
     argv = remote_command_argv(
         endpoint,
         ("sh", "-c", _PROBE, "ketter-dku", str(endpoint.path), opts.engine.remote_temp_dir),

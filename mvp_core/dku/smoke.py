@@ -16,6 +16,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -252,7 +253,14 @@ def smoke_one(
     )
 
 
-def run_smoke(opts: DkuOptions) -> tuple[list[CheckResult], list[SmokeRun]]:
+# More smoke jobs from the same tree (the opt-in ssh portal smoke): called with the API
+# client, the DKU's source portal id and the run's folder name while the tree exists.
+ExtraSmoke = Callable[[httpx.Client, int, str], tuple[list[CheckResult], list[SmokeRun]]]
+
+
+def run_smoke(
+    opts: DkuOptions, extra: ExtraSmoke | None = None
+) -> tuple[list[CheckResult], list[SmokeRun]]:
     """Both smoke jobs as checks, plus their records for the JSON report."""
     runs = [SmokeRun(strategy) for strategy in STRATEGIES]
     base = Path(opts.work_dir or tempfile.gettempdir()) / "ketter-dku-smoke"
@@ -298,6 +306,10 @@ def run_smoke(opts: DkuOptions) -> tuple[list[CheckResult], list[SmokeRun]]:
             if result.status is Status.FAIL and run.error is None:
                 run.error = result.detail
             results.append(result)
+        if extra is not None and setup.status is not Status.FAIL:
+            more_results, more_runs = extra(client, prepared["src"], run_name)
+            results += more_results
+            runs += more_runs
     finally:
         client.close()
         shutil.rmtree(src_root / run_name, ignore_errors=True)

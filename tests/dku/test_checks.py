@@ -10,13 +10,13 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from mvp_core.dku.checks import (
-    health_summary,
-    shown_url,
     check_migrations,
     check_postgres,
     check_redis,
     check_temp_dir,
     check_worker,
+    health_summary,
+    shown_url,
 )
 from mvp_core.dku.options import DkuOptions
 from mvp_core.dku.report import Report, redact, render, write_report
@@ -188,7 +188,9 @@ def test_api_line_reads_as_a_sentence() -> None:
     assert health_summary(body) == (
         "degraded: database ok, redis ok, 0 of 2 worker(s) alive (freshest heartbeat 41.2s ago)"
     )
-    down = body | {"status": "down", "redis": {"ok": False, "error": "ConnectionError"}, "workers": []}
-    down["worker_heartbeat_age_s"] = None
-    assert health_summary(down) == "down: database ok, redis DOWN (ConnectionError), 0 of 0 worker(s) alive"
+    down = body | {"status": "down", "workers": [], "worker_heartbeat_age_s": None}
+    down["redis"] = {"ok": False, "error": "ConnectionError"}
+    assert health_summary(down) == (
+        "down: database ok, redis DOWN (ConnectionError), 0 of 0 worker(s) alive"
+    )
     assert health_summary({"odd": 1}) == '{"odd":1}'

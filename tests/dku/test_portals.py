@@ -102,7 +102,8 @@ def test_unknown_host_key_and_missing_base_path_fail(
     assert "does not exist" in results["portal:nobase"].detail
     # A local portal's missing base path fails every job that uses it: a FAIL, not a WARN.
     assert results["portal:gone"].status is Status.FAIL
-    assert results["portal:gone"].detail == f"base path {tmp_path / 'unmounted'} does not exist on this host"
+    gone = tmp_path / "unmounted"
+    assert results["portal:gone"].detail == f"base path {gone} does not exist on this host"
 
 
 def test_key_files_missing_or_readable_by_others(

@@ -45,10 +45,16 @@ def free_port() -> int:
 
 def project_copy(dest: Path) -> Path:
     """The working tree's tracked and new files (what a clone plus local edits holds)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         src = ROOT / rel
         if src.is_file() and rel != "infra/.env" and not rel.startswith("infra/ssh/"):
@@ -65,23 +71,38 @@ class Stack:
 
     def __init__(self, repo: Path, project: str) -> None:
         self.repo = repo
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KETTER_", "DOCKER_BUILDKIT", "COMPOSE_"))}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("KETTER_", "DOCKER_BUILDKIT", "COMPOSE_"))
+        }
         self.env["COMPOSE_PROJECT_NAME"] = project  # never the operator's own "infra" stack
         self.up = False
 
-    def run(self, *argv: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *argv: str, timeout: float = 900, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            list(argv), cwd=self.repo, env=self.env | (env or {}), capture_output=True,
-            text=True, timeout=timeout, check=False,
+            list(argv),
+            cwd=self.repo,
+            env=self.env | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def script(self, name: str, *args: str, env: dict[str, str] | None = None) -> str:
         proc = self.run("bash", f"infra/{name}", *args, env=env)
-        assert proc.returncode == 0, f"{name} {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == 0, (
+            f"{name} {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
         return proc.stdout + proc.stderr
 
     def worker(self, shell: str) -> str:
-        proc = self.run("bash", "infra/compose.sh", "exec", "-T", "worker", "sh", "-c", shell, timeout=300)
+        proc = self.run(
+            "bash", "infra/compose.sh", "exec", "-T", "worker", "sh", "-c", shell, timeout=300
+        )
         assert proc.returncode == 0, f"in the worker: {shell}\n{proc.stdout}\n{proc.stderr}"
         return proc.stdout
 
@@ -102,10 +123,16 @@ def stack(tmp_path: Path, standin_images: dict[str, str]) -> Iterator[Stack]:
     try:
         yield s
     finally:
-        if not (s.repo / "infra" / ".env").exists():
-            return  # never prepared: nothing was started
-        down = s.run("bash", "infra/dev_down.sh", "--volumes", timeout=300)
-        left = docker("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}")
+        # Only a prepared copy (infra/.env written) can have started anything.
+        down = (
+            s.run("bash", "infra/dev_down.sh", "--volumes", timeout=300)
+            if (s.repo / "infra" / ".env").exists()
+            else None
+        )
+    if down is not None:
+        left = docker(
+            "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"
+        )
         assert down.returncode == 0, down.stdout + down.stderr
         assert left.stdout.strip() == "", f"volumes left behind: {left.stdout}"
 
@@ -162,7 +189,17 @@ def test_compose_stack_for_real(
 
     # 2. The DKU inside the worker: every check ok, paths and URLs readable, password masked.
     t = time.monotonic()
-    dku = stack.run("bash", "infra/compose.sh", "exec", "-T", "worker", "python", "-m", "mvp_core.dku", timeout=300)
+    dku = stack.run(
+        "bash",
+        "infra/compose.sh",
+        "exec",
+        "-T",
+        "worker",
+        "python",
+        "-m",
+        "mvp_core.dku",
+        timeout=300,
+    )
     timings.add("DKU inside the worker", t)
     report = dku.stdout
     assert dku.returncode == 0, report + dku.stderr
@@ -175,16 +212,27 @@ def test_compose_stack_for_real(
     stack.worker(TREE)
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=api, headers=headers, timeout=10) as client:
-        src = client.post("/portals", json={"name": "src", "kind": "local", "base_path": "/data/src"})
-        dst = client.post("/portals", json={"name": "dst", "kind": "local", "base_path": "/data/dst"})
-        job = client.post("/jobs", json={
-            "source_portal_id": src.raise_for_status().json()["id"],
-            "source_path": "Show 101/Mix v3",
-            "target_portal_id": dst.raise_for_status().json()["id"],
-            "target_path": "deliveries",
-            "mode": "copy",
-            "strategy": "auto",
-        }).raise_for_status().json()
+        src = client.post(
+            "/portals", json={"name": "src", "kind": "local", "base_path": "/data/src"}
+        )
+        dst = client.post(
+            "/portals", json={"name": "dst", "kind": "local", "base_path": "/data/dst"}
+        )
+        job = (
+            client.post(
+                "/jobs",
+                json={
+                    "source_portal_id": src.raise_for_status().json()["id"],
+                    "source_path": "Show 101/Mix v3",
+                    "target_portal_id": dst.raise_for_status().json()["id"],
+                    "target_path": "deliveries",
+                    "mode": "copy",
+                    "strategy": "auto",
+                },
+            )
+            .raise_for_status()
+            .json()
+        )
         done = wait_status(client, job["id"])
     assert done["status"] == "DONE", done
     sums_src = stack.worker(f'set -- "/data/src/Show 101/Mix v3"; {SUMS}')
@@ -206,6 +254,9 @@ def test_compose_stack_for_real(
     with httpx.Client(base_url=api, headers=headers, timeout=10) as client:
         kept = client.get(f"/jobs/{job['id']}").raise_for_status().json()
     assert kept["status"] == "DONE"
-    assert stack.worker('ls -1 "/data/dst/deliveries/Mix v3"').splitlines() == ["Audio Files", "Mix v3.ptx"]
+    assert stack.worker('ls -1 "/data/dst/deliveries/Mix v3"').splitlines() == [
+        "Audio Files",
+        "Mix v3.ptx",
+    ]
     timings.add("dev_down.sh + dev_up.sh (other builder), job kept", t)
     print("\ncompose run timings:\n" + timings.table())

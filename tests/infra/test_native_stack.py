@@ -191,7 +191,9 @@ def test_a_missing_settings_file_is_one_clear_error(tmp_path: Path) -> None:
         assert proc.stderr == f"ketter: settings file KETTER_ENV_FILE={missing}: no such file\n"
         assert proc.stdout == ""
     unreadable = subprocess.run(
-        ["bash", "infra/native_down.sh"], cwd=REPO_ROOT, env=env | {"KETTER_ENV_FILE": str(tmp_path)},
+        ["bash", "infra/native_down.sh"],
+        cwd=REPO_ROOT,
+        env=env | {"KETTER_ENV_FILE": str(tmp_path)},
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert unreadable.returncode == 2 and "not a readable file" in unreadable.stderr

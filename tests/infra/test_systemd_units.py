@@ -39,7 +39,11 @@ def installed_copy(tmp_path: Path, replace: tuple[str, str] | None = None) -> Pa
 def verify(units: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [analyze(), "verify", "ketter-api.service", "ketter-worker@.service"],
-        cwd=units, capture_output=True, text=True, timeout=120, check=False,
+        cwd=units,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -53,7 +57,9 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 
 def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     """The check above can fail: a worker whose python does not exist is refused."""
-    broken = installed_copy(tmp_path, (f"{ROOT}/.venv/bin/python -m arq", "/nonexistent/python -m arq"))
+    broken = installed_copy(
+        tmp_path, (f"{ROOT}/.venv/bin/python -m arq", "/nonexistent/python -m arq")
+    )
     proc = verify(broken)
     assert proc.returncode != 0
     assert "/nonexistent/python is not executable" in proc.stderr
@@ -70,7 +76,10 @@ def unit(name: str) -> dict[str, list[str]]:
 def test_units_run_what_make_up_runs_as_the_dedicated_user() -> None:
     api, worker = unit("ketter-api.service"), unit("ketter-worker@.service")
     native_up = (ROOT / "infra" / "native_up.sh").read_text()
-    for values, module in ((api, "mvp_core.app.main:app"), (worker, "mvp_core.worker.run.WorkerSettings")):
+    for values, module in (
+        (api, "mvp_core.app.main:app"),
+        (worker, "mvp_core.worker.run.WorkerSettings"),
+    ):
         assert module in values["ExecStart"][0] and module in native_up
         assert values["User"] == ["ketter"] and values["Group"] == ["ketter"]
         assert values["EnvironmentFile"] == ["/etc/ketter/ketter.env"]  # no "-": missing = fails
@@ -86,9 +95,14 @@ def test_sysusers_creates_the_account(tmp_path: Path) -> None:
     assert sysusers, "systemd-sysusers comes with systemd (bootstrap.sh services)"
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
-    subprocess.run([sysusers, f"--root={root}", str(UNITS / "ketter.sysusers.conf")],
-                   check=True, capture_output=True, timeout=60)
-    (entry,) = [ln for ln in (root / "etc" / "passwd").read_text().splitlines()
-                if ln.startswith("ketter:")]
-    name, _, uid, _, _, home, shell = entry.split(":")
+    subprocess.run(
+        [sysusers, f"--root={root}", str(UNITS / "ketter.sysusers.conf")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    (entry,) = [
+        ln for ln in (root / "etc" / "passwd").read_text().splitlines() if ln.startswith("ketter:")
+    ]
+    _, _, uid, _, _, home, shell = entry.split(":")
     assert 0 < int(uid) < 1000 and home == "/var/lib/ketter" and shell == "/usr/sbin/nologin"

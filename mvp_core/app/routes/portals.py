@@ -26,7 +26,8 @@ def list_portals(
     session: SessionDep, include_dku: Annotated[bool, Query()] = False
 ) -> list[PortalOut]:
     """Every portal but the DKU's smoke portals (``include_dku=true`` lists them too)."""
-    return [PortalOut.model_validate(p) for p in repo.list_portals(session, include_dku=include_dku)]
+    portals = repo.list_portals(session, include_dku=include_dku)
+    return [PortalOut.model_validate(p) for p in portals]
 
 
 @router.get("/{portal_id}", responses=error_responses(404))
