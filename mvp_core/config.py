@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +85,11 @@ class Settings(BaseSettings):
             max_avg_size_bytes=self.zip_threshold_avg_size_bytes,
         )
 
+    # What verification compares by default (a job may choose): "checksum" hashes every
+    # file on both sides; "size" compares names and sizes only (faster, blind to
+    # same-size changes). See docs/delivery.md.
+    verify: Literal["checksum", "size"] = "checksum"
+
     def engine_options(self) -> EngineOptions:
         """Engine knobs, as the pure engine wants them."""
         return EngineOptions(
@@ -95,6 +101,7 @@ class Settings(BaseSettings):
             direct_streams=self.direct_streams,
             zip_chunk_bytes=self.zip_chunk_bytes,
             ssh_persist_s=self.ssh_persist_s,
+            verify=self.verify,
         )
 
 

@@ -25,6 +25,7 @@ need ssh openssh-client
 need /usr/sbin/sshd openssh-server
 need zip zip
 need unzip unzip
+need xxhsum xxhash  # xxh128 content hashes on the remote side of the tests' own sshd
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("python3-venv")
 if [ "$want" = "lab" ]; then
   need ip iproute2

@@ -20,6 +20,7 @@ from mvp_core.db.models import (
     OnExisting,
     PortalKind,
     RequestedStrategy,
+    VerifyMode,
 )
 from mvp_core.transfer_engine.endpoints import validate_ssh_name
 from mvp_core.transfer_engine.errors import InvalidEndpointError
@@ -140,6 +141,27 @@ class JobCreate(BaseModel):
     mode: JobMode = JobMode.COPY
     strategy: RequestedStrategy = RequestedStrategy.AUTO
     on_existing: OnExisting = OnExisting.FAIL
+    verify: VerifyMode | None = Field(
+        default=None,
+        description="checksum: every file's content hash compared on both sides before "
+                    "the rename and before a move deletes anything; size: names and sizes "
+                    "only. Default: the service's KETTER_VERIFY (checksum).")
+
+
+class ManifestFileOut(BaseModel):
+    """One delivered file: path relative to the delivered folder, bytes, content hash."""
+
+    path: str
+    size: int
+    hash: str | None
+
+
+class ManifestOut(BaseModel):
+    """A DONE job's delivery receipt: every delivered file and its content hash."""
+
+    job_id: int
+    algorithm: str | None = Field(description="xxh128, sha256 or md5; null: sizes only")
+    files: list[ManifestFileOut]
 
 
 class JobOut(BaseModel):
@@ -154,6 +176,8 @@ class JobOut(BaseModel):
     target_path: str
     requested_strategy: RequestedStrategy
     on_existing: OnExisting
+    verify: VerifyMode
+    manifest_algorithm: str | None
     strategy: str | None
     n_files: int
     total_bytes: int
@@ -197,6 +221,8 @@ class JobOut(BaseModel):
             target_path=job.target_path,
             requested_strategy=job.requested_strategy,
             on_existing=job.on_existing,
+            verify=job.verify,
+            manifest_algorithm=job.manifest_algorithm,
             strategy=job.strategy.value if job.strategy else None,
             n_files=job.n_files,
             total_bytes=job.total_bytes,

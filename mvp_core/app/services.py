@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy.orm import Session
 
 from mvp_core.app.schemas import JobCreate
-from mvp_core.db.models import Job, OnExisting, Portal, PortalKind
+from mvp_core.db.models import Job, OnExisting, Portal, PortalKind, VerifyMode
 from mvp_core.db.repository import InvalidRequestError, NotFoundError, create_job, get_portal
 from mvp_core.worker.job_mapping import check_overlap, clean_relative, confined_local_path
 
@@ -37,7 +37,8 @@ def check_output_free(target: Path, source_rel: str, on_existing: OnExisting) ->
         )
 
 
-def submit_job(session: Session, *, request: JobCreate) -> Job:
+def submit_job(session: Session, *, request: JobCreate,
+               default_verify: VerifyMode = VerifyMode.CHECKSUM) -> Job:
     """Validate a job request against its portals and store it PENDING (caller commits)."""
     source_portal = _portal(session, request.source_portal_id, "source")
     target_portal = _portal(session, request.target_portal_id, "target")
@@ -67,4 +68,5 @@ def submit_job(session: Session, *, request: JobCreate) -> Job:
         target_path=target_rel,
         requested_strategy=request.strategy,
         on_existing=request.on_existing,
+        verify=request.verify or default_verify,
     )

@@ -190,6 +190,8 @@ _CHECK_MESSAGES: dict[str, str] = {
     "must not be negative",
     "ck_jobs_finished_after_started": "finished_at must not be earlier than started_at",
     "ck_job_events_payload_is_object": "an event payload must be a JSON object",
+    "ck_job_files_size_non_negative": "a manifest file size must not be negative",
+    "ck_installation_single_row": "there is one installation row",
 }
 
 _SPECIFIC_CHECKS: dict[str, type[ConstraintViolationError]] = {

@@ -68,6 +68,13 @@ class OnExisting(str, enum.Enum):
     MERGE = "merge"
 
 
+class VerifyMode(str, enum.Enum):
+    """What a job's verification compares: content hashes (default) or sizes only."""
+
+    CHECKSUM = "checksum"
+    SIZE = "size"
+
+
 class ChosenStrategy(str, enum.Enum):
     DIRECT = "DIRECT"
     ZIP_FIRST = "ZIP_FIRST"
@@ -193,6 +200,14 @@ class Job(Base):
         default=OnExisting.FAIL,
         server_default=OnExisting.FAIL.value,
     )
+    verify: Mapped[VerifyMode] = mapped_column(
+        _enum(VerifyMode, "verify"),
+        nullable=False,
+        default=VerifyMode.CHECKSUM,
+        server_default=VerifyMode.CHECKSUM.value,
+    )
+    # The hash algorithm of the job's manifest (``job_files``); None: sizes only.
+    manifest_algorithm: Mapped[str | None] = mapped_column(String(16))
     strategy: Mapped[ChosenStrategy | None] = mapped_column(_enum(ChosenStrategy, "strategy"))
     status: Mapped[JobStatus] = mapped_column(
         _enum(JobStatus, "job_status"),
@@ -260,6 +275,37 @@ class JobEvent(Base):
     )
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class Installation(Base):
+    """This Ketter installation's id (one row, made on first use): it is in every
+    staging and temp name, so two installations sharing a target never take or sweep
+    each other's work."""
+
+    __tablename__ = "installation"
+    __table_args__ = (CheckConstraint("one", name="single_row"),)
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, default=True,
+                                      server_default=text("true"))
+    id: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class JobFile(Base):
+    """One line of a job's delivery receipt: a delivered file, its size, mtime and hash.
+
+    Written once, when the job is DONE; a job of 100,000 files has 100,000 rows."""
+
+    __tablename__ = "job_files"
+    __table_args__ = (CheckConstraint("size >= 0", name="size_non_negative"),)
+
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    hash: Mapped[str | None] = mapped_column(String(128))
 
 
 class Worker(Base):

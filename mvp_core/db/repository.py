@@ -11,6 +11,7 @@ Errors a caller may show to a user are the three below; the API maps them to
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -28,12 +29,15 @@ from mvp_core.db.models import (
     EventType,
     Job,
     JobEvent,
+    Installation,
+    JobFile,
     JobMode,
     JobStatus,
     OnExisting,
     Portal,
     PortalKind,
     RequestedStrategy,
+    VerifyMode,
     Worker,
 )
 
@@ -140,11 +144,13 @@ def create_job(
     target_path: str,
     requested_strategy: RequestedStrategy,
     on_existing: OnExisting = OnExisting.FAIL,
+    verify: VerifyMode = VerifyMode.CHECKSUM,
 ) -> Job:
     """Insert a PENDING job with its ``created`` and ``queued`` events."""
     job = Job(
         mode=mode,
         on_existing=on_existing,
+        verify=verify,
         source_portal_id=source_portal_id,
         source_path=source_path,
         target_portal_id=target_portal_id,
@@ -167,6 +173,7 @@ def create_job(
             "target_path": target_path,
             "requested_strategy": requested_strategy.value,
             "on_existing": on_existing.value,
+            "verify": verify.value,
         },
     )
     add_event(session, job_id=job.id, event_type=EventType.QUEUED, message="handed to the queue")
@@ -428,6 +435,52 @@ def finish_job(
         level=level,
     )
     return True
+
+
+def installation_id(session: Session) -> str:
+    """This installation's id: read, or made once (8 hex digits; concurrent first
+    callers agree, the row is single)."""
+    session.execute(insert(Installation).values(one=True, id=secrets.token_hex(4))
+                    .on_conflict_do_nothing())
+    return str(session.scalar(select(Installation.id)))
+
+
+@dataclass(frozen=True)
+class ManifestLine:
+    """One delivered file, as the worker hands it over (see ``record_manifest``)."""
+
+    path: str
+    size: int
+    mtime_ns: int | None
+    hash: str | None
+
+
+_MANIFEST_BATCH = 5000
+
+
+def record_manifest(session: Session, *, job_id: int, algorithm: str | None,
+                    files: Sequence[ManifestLine]) -> None:
+    """Store a job's delivery receipt (replacing any earlier one). Names that are not
+    valid UTF-8 are kept readable with backslash escapes (Postgres text is UTF-8)."""
+    session.execute(delete(JobFile).where(JobFile.job_id == job_id))
+    session.execute(update(Job).where(Job.id == job_id).values(manifest_algorithm=algorithm))
+    rows = [{"job_id": job_id, "path": _storable(f.path), "size": f.size,
+             "mtime_ns": f.mtime_ns, "hash": f.hash} for f in files]
+    for start in range(0, len(rows), _MANIFEST_BATCH):
+        session.execute(insert(JobFile).on_conflict_do_nothing(),
+                        rows[start:start + _MANIFEST_BATCH])
+
+
+def _storable(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def job_manifest(session: Session, *, job_id: int) -> tuple[Job, list[JobFile]]:
+    """A job and its manifest lines in path order; ``NotFoundError`` for an unknown job."""
+    job = get_job(session, job_id=job_id)
+    files = list(session.scalars(select(JobFile).where(JobFile.job_id == job_id)
+                                 .order_by(JobFile.path)))
+    return job, files
 
 
 def release_for_retry(

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--on-existing", choices=[o.value for o in OnExisting], default="fail",
                         help="when B/<basename of A> exists: fail (default, nothing written), "
                              "replace it once the new tree is verified, or merge into it")
+    parser.add_argument("--verify", choices=["checksum", "size"], default=None,
+                        help="checksum (default, KETTER_VERIFY): every file's content hash "
+                             "compared on both sides; size: names and sizes only")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--identity", type=Path, help="ssh private key file")
     parser.add_argument("--known-hosts", type=Path, help="known_hosts file for strict checking")
@@ -230,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ketter: error: invalid settings: {' '.join(first[:3])}", file=sys.stderr)
         return EXIT_USAGE
     # One job per process: nothing would reuse a kept connection.
-    options = dataclasses.replace(settings.engine_options(), ssh_persist_s=0.0)
+    options = dataclasses.replace(settings.engine_options(), ssh_persist_s=0.0,
+                                  verify=args.verify or settings.verify)
     return run(args, settings.zip_thresholds(), options,
                settings.default_known_hosts, sys.stdout, sys.stderr)
 

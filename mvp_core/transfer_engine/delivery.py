@@ -57,6 +57,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from mvp_core.transfer_engine import integrity, remote_sh
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -68,16 +69,16 @@ from mvp_core.transfer_engine.errors import (
 )
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
-from mvp_core.transfer_engine.results import CancelToken, PhaseSkipped
+from mvp_core.transfer_engine.remote_sh import FIND_FORMAT
+from mvp_core.transfer_engine.results import CancelToken, DeliveredFile, PhaseSkipped
 from mvp_core.transfer_engine.runner import CommandResult, Conversation
 from mvp_core.transfer_engine.ssh import raise_for_remote, remote_command_argv, run_remote
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
-    prepare_target,
-    raise_for_prepare,
-    delete_source,
     destination_of,
     list_source,
+    prepare_target,
+    raise_for_prepare,
 )
 from mvp_core.transfer_engine.verify import (
     TreeListing,
@@ -95,7 +96,7 @@ OLD_TREE = ".ketter-old"
 CHUNK_MARKS = ".ketter-chunks"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 # Names the engine itself puts in a target directory that are not staging roots.
-_NOT_STAGING = frozenset({".ketter-partial"})
+_NOT_STAGING = (".ketter-partial",)  # rsync's partial dirs, ".ketter-partial-1" included
 
 
 def staging_name(job_id: str) -> str:
@@ -108,7 +109,7 @@ def staging_name(job_id: str) -> str:
 
 
 def is_staging_name(name: str) -> bool:
-    return name.startswith(STAGING_PREFIX) and name not in _NOT_STAGING
+    return name.startswith(STAGING_PREFIX) and not name.startswith(_NOT_STAGING)
 
 
 def _child(endpoint: Endpoint, name: str) -> Endpoint:
@@ -214,7 +215,7 @@ _TOUCH = ': > "$1"'
 # $2 (marker), $3 -> $4. EOF (we died, or aborted) or anything else: exit 5, nothing done.
 _LIST_END = b"\0\0"
 _LIST_THEN_RENAME = (
-    "find \"$1\" -printf '%y/%s/%P\\0' || exit 4; printf '\\000\\000'; "
+    "find \"$1\" -printf '" + FIND_FORMAT + "' || exit 4; printf '\\000\\000'; "
     'IFS= read -r nod || exit 5; [ "$nod" = go ] || exit 5; shift; ' + _MARK_RENAME)
 # $1 make the root even if the final name exists (replace); $2 how many dirs follow to
 # create and check (the target first); then final, staged, marker, old tree (one 0/1
@@ -410,7 +411,7 @@ def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None
                                                              options, cancel)
     if m_exists and not n_exists and f_exists:
         return Delivery(job, final, root, staged, existed=True, in_place=False, delivered=True)
-    if o_exists and not f_exists:
+    if _swap_stopped_half_way(o_exists, f_exists, n_exists):
         rename_noreplace(old, final, options)  # a replace stopped half-way: old tree back
         f_exists = True
     if f_exists and job.on_existing is OnExisting.FAIL:
@@ -599,13 +600,20 @@ def discard(job: TransferJob, options: EngineOptions) -> bool:
     root = staging_root(job)
     old = _child(root, OLD_TREE)
     final = destination_of(job)
-    o_exists, f_exists, m_exists, n_exists = exists_many(
-        (old, final, _child(root, DELIVERED_MARK), _child(root, job.source.name)), options)
-    if o_exists and not f_exists:
+    o_exists, f_exists, n_exists = exists_many(
+        (old, final, _child(root, job.source.name)), options)
+    if _swap_stopped_half_way(o_exists, f_exists, n_exists):
         rename_noreplace(old, final, options)
-    # Otherwise an old tree here was already swapped out (the new one is in place).
-    del m_exists, n_exists
+    # Otherwise an old tree here was already swapped out: the new one was put in place
+    # (and may since have been moved on by its users; the old one must not come back).
     return rmtree(root, options)
+
+
+def _swap_stopped_half_way(old: bool, final: bool, staged: bool) -> bool:
+    """``replace`` set the old tree aside and died before the new one went in: the old
+    tree is there, the final name free and the new tree still staged. Once the new tree
+    left staging it was delivered, and a free final name means users moved it on."""
+    return old and not final and staged
 
 
 def finish_interrupted_move(job: TransferJob, options: EngineOptions) -> TreeListing | None:
@@ -650,15 +658,18 @@ def list_staging(target: Endpoint, options: EngineOptions) -> list[str]:
 
 
 @contextmanager
-def discard_on_failure(job: TransferJob, options: EngineOptions, clock: PhaseClock
-                       ) -> Iterator[None]:
-    """A failed or cancelled attempt removes its staging root; a transient failure keeps
-    it for the retry of the same job (rsync resumes it). A cleanup error never hides
-    the cause."""
+def discard_on_failure(job: TransferJob, options: EngineOptions, clock: PhaseClock,
+                       cancel: CancelToken | None = None) -> Iterator[None]:
+    """A failed or cancelled attempt removes its staging root; a transient failure, or a
+    stop that will be resumed (``CancelToken.interrupt``: a worker shutting down), keeps
+    it for the next attempt of the same job. A cleanup error never hides the cause."""
     try:
         yield
     except BaseException as exc:
         if isinstance(exc, TransferError) and exc.transient:
+            raise
+        if (isinstance(exc, TransferCancelledError) and cancel is not None
+                and cancel.resumable):
             raise
         try:
             with clock.phase("discard_staging") as info:
@@ -668,43 +679,121 @@ def discard_on_failure(job: TransferJob, options: EngineOptions, clock: PhaseClo
         raise
 
 
+@dataclass(frozen=True)
+class Finished:
+    """What ``finish`` proved: the source's listing the counts come from, and the
+    content hashes both sides agreed on (None with ``verify=size`` or no verification)."""
+
+    listing: TreeListing
+    check: integrity.ContentCheck | None = None
+
+    @property
+    def files(self) -> tuple[DeliveredFile, ...]:
+        return integrity.delivered_files(self.listing, self.check)
+
+    @property
+    def algorithm(self) -> str | None:
+        return self.check.algorithm if self.check is not None else None
+
+
 def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
-           fallback: TreeListing | None, cancel: CancelToken | None = None) -> TreeListing:
+           fallback: TreeListing | None, cancel: CancelToken | None = None) -> Finished:
     """Verify what was written, give it its final name, then (move) delete the source.
 
-    The source of a move is deleted only after the rename succeeded. Returns the
-    listing the result's counts come from.
+    ``fallback``: the source listing the send worked from; the source must still match
+    it (``integrity.check_unchanged``). The source of a move is deleted only after the
+    rename succeeded and the target was flushed.
     """
     job = delivery.job
     move = job.mode is TransferMode.MOVE
     expected = fallback
+    check: integrity.ContentCheck | None = None
     if delivery.delivered or move or options.verify_copy:
         where = delivery.final if delivery.delivered else delivery.written
         if _one_session(delivery, where):
-            return _finish_in_one_session(delivery, options, clock, cancel)
+            return _finish_in_one_session(delivery, options, clock, cancel, fallback)
         with clock.phase("verify", where="target" if where is delivery.final else "staging",
-                         resumed=delivery.delivered) as info:
+                         resumed=delivery.delivered, content=options.verify) as info:
             expected = list_source(job, options, cancel)
-            verify_destination(expected, where, options, cancel=cancel)
+            integrity.check_unchanged(fallback, expected, job.source)
+            # Staging holds this job's tree alone: anything else in it is not delivered.
+            strict = where is delivery.staged
+            actual = list_tree(where, options, cancel=cancel)
+            if strict and actual is not None:
+                actual = _prune_strays(expected, actual, where, options, clock)
+            check_listing(expected, actual, where, strict=strict)
+            check = _check_content(expected, job, where, options, cancel, info)
             info.update(files=expected.n_files, bytes=expected.total_bytes)
     if not delivery.in_place and not delivery.delivered:
         if cancel is not None and cancel.cancelled:
             raise TransferCancelledError("cancelled before the tree was put in place")
         with clock.phase("deliver") as info:
             info["how"] = commit(delivery, options)
-    return _after_delivery(delivery, options, clock, expected, cancel)
+    return _after_delivery(delivery, options, clock, expected, check, cancel)
+
+
+def _prune_strays(expected: TreeListing, actual: TreeListing, staged: Endpoint,
+                  options: EngineOptions, clock: PhaseClock) -> TreeListing:
+    """Remove from the staged tree what the source does not hold (a killed receiver's
+    hidden temp file ``.Take.wav.Ab12Cd``): the staging dir is the job's alone, and
+    only the source's entries may be delivered. Returns the listing without them."""
+    extra = sorted(rel for rel in actual.entries if rel not in expected.entries)
+    tops = [rel for rel in extra
+            if not any(rel.startswith(other + "/") for other in extra if other != rel)]
+    if not tops or not actual.is_dir:
+        return actual
+    _prune(staged, tops, options)
+    clock.warn(f"removed {len(tops)} stray entr{'y' if len(tops) == 1 else 'ies'} from "
+               f"staging before delivery (not in the source): "
+               + ", ".join(repr(r) for r in tops[:5]))
+    kept = {rel: v for rel, v in actual.entries.items() if rel not in extra}
+    return TreeListing(actual.is_dir, kept, {r: s for r, s in actual.stamps.items() if r in kept})
+
+
+def _prune(staged: Endpoint, rels: list[str], options: EngineOptions) -> None:
+    """Remove ``rels`` under the staged tree, keeping each parent folder's times."""
+    if isinstance(staged, SshEndpoint):
+        base = PurePosixPath(staged.path)
+        result = _sh(staged, remote_sh.PRUNE, tuple(str(base / r) for r in rels), options,
+                     "remove strays from staging")
+        raise_for_remote(result, staged, "remove strays from staging")
+        return
+    for rel in rels:
+        path = Path(staged.path) / rel
+        st = os.stat(path.parent)
+        _rmtree_local(str(path))
+        os.utime(path.parent, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _check_content(expected: TreeListing, job: TransferJob, where: Endpoint,
+                   options: EngineOptions, cancel: CancelToken | None,
+                   info: dict[str, object]) -> integrity.ContentCheck | None:
+    """``verify=checksum``: hash both sides and compare (the phase says which algorithm)."""
+    if options.verify != integrity.CHECKSUM:
+        return None
+    check = integrity.check_content(expected, job.source, where, options, cancel)
+    info["algorithm"] = check.algorithm
+    return check
 
 
 def _finish_in_one_session(delivery: Delivery, options: EngineOptions, clock: PhaseClock,
-                           cancel: CancelToken | None) -> TreeListing:
+                           cancel: CancelToken | None, fallback: TreeListing | None
+                           ) -> Finished:
     """``finish`` for a plain rename over ssh: the same phases and order (verify in
-    staging, then deliver), one ssh session for both."""
+    staging, then deliver), one ssh session for the listing and the rename (the
+    content hashes take a second command while the source is hashed here)."""
     job = delivery.job
     session = _VerifyThenRename(delivery, options)
     try:
-        with clock.phase("verify", where="staging", resumed=False) as info:
+        with clock.phase("verify", where="staging", resumed=False,
+                         content=options.verify) as info:
             expected = list_source(job, options, cancel)
-            check_listing(expected, session.listing(cancel), delivery.staged)
+            integrity.check_unchanged(fallback, expected, job.source)
+            actual = session.listing(cancel)
+            if actual is not None:
+                actual = _prune_strays(expected, actual, delivery.staged, options, clock)
+            check_listing(expected, actual, delivery.staged, strict=True)
+            check = _check_content(expected, job, delivery.staged, options, cancel, info)
             info.update(files=expected.n_files, bytes=expected.total_bytes)
         if cancel is not None and cancel.cancelled:
             raise TransferCancelledError("cancelled before the tree was put in place")
@@ -713,25 +802,31 @@ def _finish_in_one_session(delivery: Delivery, options: EngineOptions, clock: Ph
             info["how"] = "rename"
     finally:
         session.close()
-    return _after_delivery(delivery, options, clock, expected, cancel)
+    return _after_delivery(delivery, options, clock, expected, check, cancel)
 
 
 def _after_delivery(delivery: Delivery, options: EngineOptions, clock: PhaseClock,
-                    expected: TreeListing | None, cancel: CancelToken | None) -> TreeListing:
-    """After the rename: (move) delete the source, then the staging root."""
+                    expected: TreeListing | None, check: integrity.ContentCheck | None,
+                    cancel: CancelToken | None) -> Finished:
+    """After the rename: the job is delivered, a late cancel is noted and ignored. A move
+    flushes the target, then deletes exactly the verified source; then the staging root."""
     job = delivery.job
     move = job.mode is TransferMode.MOVE
     if expected is None:
-        expected = list_source(job, options, cancel)
+        expected = list_source(job, options, None)
+    if cancel is not None and cancel.cancelled:
+        clock.warn("cancel arrived after the tree was put in place: ignored, the job "
+                   "finishes" + (" (source deleted as verified)" if move else ""))
     if move:
-        if cancel is not None and cancel.cancelled:
-            raise TransferCancelledError("cancelled before the source was deleted")
+        with clock.phase("flush"):
+            integrity.flush(delivery.final, options)
         with clock.phase("delete_source"):
-            delete_source(job, expected, options)
+            integrity.delete_verified_source(job.source, expected, options,
+                                             delivered_to=delivery.final)
     # Last: until here the marker tells a retry that this job's tree is in place.
     if not options.staging_cleanup_by_caller:
         remove_staging_root(job, options)
-    return expected
+    return Finished(expected, check)
 
 
 def remove_staging_root(job: TransferJob, options: EngineOptions) -> bool:

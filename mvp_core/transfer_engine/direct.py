@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from mvp_core.transfer_engine import delivery as deliver
+from mvp_core.transfer_engine import preflight
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
@@ -47,7 +48,7 @@ from mvp_core.transfer_engine.results import (
     ProgressCallback,
     TransferResult,
 )
-from mvp_core.transfer_engine.rsync import files_from_args, run_rsync
+from mvp_core.transfer_engine.rsync import files_from_args, partial_dir_for, run_rsync
 from mvp_core.transfer_engine.ssh_master import job_ssh_session
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
@@ -91,6 +92,10 @@ def _run_transfer(
     clock = PhaseClock(on_phase)
     source: TreeListing = (from_manifest(manifest) if manifest is not None
                            else list_source(job, options, cancel))
+    preflight.check_before_send(job, source, options, cancel)
+    for loss in preflight.fidelity_losses(manifest):
+        clock.warn(loss)
+    options = dataclasses.replace(options, partial_dir=partial_dir_for(source.entries))
     # The streams of a send into staging: split once, whichever way the target is looked at.
     plan = plan_job_streams(job, source, options)
     send = _Send(job, source, plan, options, clock, progress, cancel, started)
@@ -131,7 +136,7 @@ class _Send:
         job, source, options, clock = self.job, self.source, self.options, self.clock
         warnings: tuple[str, ...] = ()
         used = 0
-        with deliver.discard_on_failure(job, options, clock):
+        with deliver.discard_on_failure(job, options, clock, self.cancel):
             if not delivery.delivered:
                 plan = (plan_job_streams(job, source, options, in_place=True)
                         if delivery.in_place else self.staged_plan)
@@ -141,7 +146,10 @@ class _Send:
                 used = len(plan)
                 # The staged tree is this job's alone: whatever an earlier attempt left
                 # that the source lacks (a killed rsync's temp file) goes.
-                extra = () if delivery.in_place else ("--delete",)
+                # Merging, rsync's quick check (size + mtime) would skip a stale file of
+                # the same size and time: with content verification it compares content.
+                extra = (("--checksum",) if options.verify == "checksum" else ()
+                         ) if delivery.in_place else ("--delete",)
                 try:
                     with clock.phase("send", files=source.n_files, bytes=source.total_bytes,
                                      streams=used, guarded=guarded) as info, \
@@ -161,12 +169,14 @@ class _Send:
                                    cancel=self.cancel)
         return TransferResult(
             strategy=TransferStrategy.DIRECT,
-            files_transferred=final.n_files,
-            bytes_transferred=final.total_bytes,
+            files_transferred=final.listing.n_files,
+            bytes_transferred=final.listing.total_bytes,
             duration_s=time.monotonic() - self.started,
             phase_timings=dict(clock.timings),
-            warnings=warnings,
+            warnings=(*warnings, *clock.warnings),
             streams=used,
+            files=final.files,
+            algorithm=final.algorithm,
         )
 
     def _one(self, delivery: deliver.Delivery, extra: tuple[str, ...], guarded: bool

@@ -5,11 +5,13 @@
     ├── SourceMissingError       source path does not exist              (permanent)
     ├── TargetNotWritableError   target cannot be created or written      (permanent)
     ├── TargetExistsError        target/<name> exists, on_existing=fail   (permanent)
+    ├── SourceNotDeletableError  a move's source could not be emptied     (permanent)
     ├── NoSpaceError             disk full on either side                 (permanent)
     ├── SshAuthError             key refused / host key unknown or wrong  (permanent)
     ├── SshConnectionError       cannot reach host, connection lost       (transient)
     ├── RemoteCommandMissingError rsync/unzip absent on the remote host   (permanent)
     ├── VerificationError        destination does not match the manifest  (permanent)
+    │   └── SourceChangedError   a source file changed while the job ran  (permanent)
     ├── TransferCancelledError   the caller asked to stop                 (final)
     ├── UnsupportedTreeError     something the strategy cannot carry      (permanent)
     └── CommandFailedError       a tool failed otherwise                  (see .transient)
@@ -84,6 +86,12 @@ class TargetExistsError(TransferError):
     code = "target_exists"
 
 
+class SourceNotDeletableError(TransferError):
+    """A move whose source this account could not delete: refused before any byte moves."""
+
+    code = "source_not_deletable"
+
+
 class NoSpaceError(TransferError):
     code = "no_space"
 
@@ -103,6 +111,13 @@ class RemoteCommandMissingError(TransferError):
 
 class VerificationError(TransferError):
     code = "verification_failed"
+
+
+class SourceChangedError(VerificationError):
+    """A source file changed (size, mtime or inode) between the time it was read and
+    the rename or its deletion: it is never deleted; the error names it."""
+
+    code = "source_changed"
 
 
 class TransferCancelledError(TransferError):

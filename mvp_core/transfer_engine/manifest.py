@@ -26,6 +26,9 @@ class ManifestEntry:
     size: int
     mode: int
     mtime_ns: int
+    ino: int = 0
+    nlink: int = 1
+    blocks: int = 0  # 512-byte units actually allocated (a sparse file has fewer)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def build_manifest(root: Path) -> Manifest:
         raise SourceMissingError(f"source cannot be read: {root}") from exc
     if not stat.S_ISDIR(st.st_mode):
         entry = ManifestEntry("", _kind(st.st_mode), st.st_size, stat.S_IMODE(st.st_mode),
-                              st.st_mtime_ns)
+                              st.st_mtime_ns, st.st_ino)
         return Manifest(root=root, is_dir=False, entries=(entry,))
 
     entries: list[ManifestEntry] = []
@@ -91,7 +94,9 @@ def build_manifest(root: Path) -> Manifest:
                 est = dirent.stat(follow_symlinks=False)
                 kind = _kind(est.st_mode)
                 entries.append(ManifestEntry(rel, kind, est.st_size if kind == FILE else 0,
-                                             stat.S_IMODE(est.st_mode), est.st_mtime_ns))
+                                             stat.S_IMODE(est.st_mode), est.st_mtime_ns,
+                                             est.st_ino, est.st_nlink,
+                                             getattr(est, "st_blocks", 0)))
                 if kind == DIR:
                     stack.append((dirent.path, rel))
     entries.sort(key=lambda e: e.rel_path)

@@ -19,6 +19,10 @@ class EngineOptions:
     # Verify the destination against the source listing after a copy too (a move
     # always verifies before deleting anything).
     verify_copy: bool = True
+    # What verification compares: "checksum" (every file's content hash on both sides,
+    # read back from the target's disk) or "size" (names, kinds and sizes only: faster,
+    # blind to same-size changes).
+    verify: str = "checksum"
     # One ssh connection per job: a master started for the job, every ssh of the job
     # (rsync's too) runs as a session over it (see ssh_master). False: one per command.
     ssh_multiplex: bool = True
@@ -39,6 +43,9 @@ class EngineOptions:
     # Until then a crash is still recognisable to a retry (the marker says the tree in
     # place is this job's), and the job's end is not held up by one more round trip.
     staging_cleanup_by_caller: bool = False
+    # rsync's --partial-dir name; set per job by the engine (``rsync.partial_dir_for``)
+    # so that no source entry is hidden by it.
+    partial_dir: str = ".ketter-partial"
     # Set by ssh_master.ssh_session for the length of one job, never by callers:
     # (the endpoint key the master serves, its control socket path).
     ssh_control: tuple[tuple[object, ...], str] | None = None

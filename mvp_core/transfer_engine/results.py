@@ -60,9 +60,21 @@ class CancelToken:
     def __init__(self, parent: CancelToken | None = None) -> None:
         self._event = threading.Event()
         self._parent = parent
+        self._resumable = False
 
     def cancel(self) -> None:
         self._event.set()
+
+    def interrupt(self) -> None:
+        """Stop, but keep what was staged: the job will run again and resume (a graceful
+        worker shutdown), unlike a user's cancel, which discards it."""
+        self._resumable = True
+        self._event.set()
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped by ``interrupt``: the staging directory stays for the next attempt."""
+        return self._resumable or (self._parent is not None and self._parent.resumable)
 
     @property
     def cancelled(self) -> bool:
@@ -81,6 +93,16 @@ class CancelToken:
 
 
 @dataclass(frozen=True)
+class DeliveredFile:
+    """One line of a job's manifest: relative path, size, mtime (ns) and content hash."""
+
+    path: str
+    size: int
+    mtime_ns: int | None
+    hash: str | None
+
+
+@dataclass(frozen=True)
 class TransferResult:
     strategy: TransferStrategy
     files_transferred: int
@@ -91,6 +113,10 @@ class TransferResult:
     # DIRECT: how many rsync streams carried the files (0: nothing was sent, an earlier
     # attempt had already delivered the tree). ZIP_FIRST: 1.
     streams: int = 1
+    # The delivery receipt: every delivered file with its size, mtime and content hash
+    # (empty with verify=size), and the hash algorithm used (None: sizes only).
+    files: tuple[DeliveredFile, ...] = ()
+    algorithm: str | None = None
 
     @property
     def throughput_bytes_per_s(self) -> float:

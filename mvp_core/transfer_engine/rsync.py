@@ -24,7 +24,7 @@ and stderr patterns refine it (disk full, missing source, unwritable target).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,16 @@ from mvp_core.transfer_engine.runner import CommandResult, run_command
 from mvp_core.transfer_engine.ssh import classify_ssh_failure, missing_command, rsync_rsh
 
 PARTIAL_DIR = ".ketter-partial"
+
+
+def partial_dir_for(names: Iterable[str]) -> str:
+    """rsync hides every file or folder named like its ``--partial-dir`` from the
+    transfer: a source holding a ``.ketter-partial`` of its own gets another name."""
+    taken = {name.rsplit("/", 1)[-1] for name in names}
+    candidate, n = PARTIAL_DIR, 1
+    while candidate in taken:
+        candidate, n = f"{PARTIAL_DIR}-{n}", n + 1
+    return candidate
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 
@@ -155,24 +165,28 @@ def build_argv(
     partial_dir: str | None = PARTIAL_DIR,
     extra: tuple[str, ...] = (),
     rsync_path: str | None = None,
+    as_file: bool = False,
 ) -> tuple[str, ...]:
     """rsync argv copying ``source`` INTO the directory ``target`` (``target/<basename>``).
 
     ``extra``: more options (e.g. filters), placed before the paths.
     ``rsync_path``: the remote side's command line (see the module doc).
+    ``as_file``: ``target`` is the file's own new name, not a directory to copy into.
     """
     remote = source if isinstance(source, SshEndpoint) else target
     rsh = rsync_rsh(remote, options) if isinstance(remote, SshEndpoint) else None
     return (
         ("rsync", "-a", "--no-owner", "--no-group", "-s", "--info=progress2",
          "--no-inc-recursive")
-        + ((f"--partial-dir={partial_dir}",) if partial_dir else ())
+        # The job's own partial dir name (``partial_dir_for``) unless told otherwise.
+        + ((f"--partial-dir={options.partial_dir if partial_dir == PARTIAL_DIR else partial_dir}",)
+           if partial_dir else ())
         + ((f"--timeout={options.rsync_io_timeout_s}",) if options.rsync_io_timeout_s else ())
         + ((f"--bwlimit={options.bwlimit_kib_s}",) if options.bwlimit_kib_s else ())
         + (("-e", rsh) if rsh else ())
         + ((f"--rsync-path={rsync_path}",) if rsync_path and rsh else ())
         + extra
-        + ("--", endpoint_arg(source), endpoint_arg(target, trailing_slash=True))
+        + ("--", endpoint_arg(source), endpoint_arg(target, trailing_slash=not as_file))
     )
 
 
@@ -244,10 +258,11 @@ def run_rsync(
     partial_dir: str | None = PARTIAL_DIR,
     extra: tuple[str, ...] = (),
     rsync_path: str | None = None,
+    as_file: bool = False,
 ) -> tuple[CommandResult, tuple[str, ...]]:
     """Run rsync, feeding progress; raise a typed error on failure, return warnings."""
     argv = build_argv(source, target, options, partial_dir=partial_dir, extra=extra,
-                      rsync_path=rsync_path)
+                      rsync_path=rsync_path, as_file=as_file)
 
     def on_line(line: str) -> None:
         if progress is None:

@@ -113,6 +113,15 @@ def _capture(stream: object, sink: list[bytes]) -> None:
         sink.append(chunk)
 
 
+def _feed(stream: object, data: bytes) -> None:
+    """Write ``data`` to a child's stdin and close it (EOF ends the child's input)."""
+    try:
+        stream.write(data)  # type: ignore[attr-defined]
+        stream.close()  # type: ignore[attr-defined]
+    except (OSError, ValueError):  # the child exited early: its exit code says why
+        pass
+
+
 def _emit(raw: bytes, tail: deque[str], on_line: LineCallback | None) -> None:
     line = raw.decode("utf-8", "replace")
     tail.append(line)
@@ -200,12 +209,14 @@ def run_command(
     what: str | None = None,
     capture_stdout: bool = False,
     stdin_pipe: bool = False,
+    input_bytes: bytes | None = None,
 ) -> CommandResult:
     """Run ``argv`` to completion and return its exit code and output tails.
 
     Does not judge the exit code (callers map it through their tool's table).
     ``stdin_pipe`` gives the child a stdin that stays open (never written) until it
     ends: a remote command can watch it to learn that we were killed or cancelled.
+    ``input_bytes``: written to the child's stdin (from a thread), which is then closed.
     Raises ``TransferCancelledError`` if ``cancel`` fires (the child group is
     killed first) and ``RemoteCommandMissingError`` if the program is not installed.
     """
@@ -214,7 +225,8 @@ def run_command(
     if cancel is not None and cancel.cancelled:
         raise TransferCancelledError(f"cancelled before {label} started", argv=argv)
     started = time.monotonic()
-    proc = _spawn(argv, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+    piped = stdin_pipe or input_bytes is not None
+    proc = _spawn(argv, stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
                   output=subprocess.PIPE, cwd=cwd)
 
     out_tail: deque[str] = deque(maxlen=tail_lines)
@@ -230,6 +242,8 @@ def run_command(
         out_reader,
         threading.Thread(target=_pump, args=(proc.stderr, err_tail, on_stderr_line), daemon=True),
     ]
+    if input_bytes is not None:
+        pumps.append(threading.Thread(target=_feed, args=(proc.stdin, input_bytes), daemon=True))
     for t in pumps:
         t.start()
     exited = _reaper(proc)

@@ -167,6 +167,7 @@ def run_remote(
     on_stdout_line: LineCallback | None = None,
     capture_stdout: bool = False,
     stop_with_us: bool = False,
+    input_bytes: bytes | None = None,
 ) -> CommandResult:
     """Run one command on the endpoint's host; with ``check`` failures raise typed errors.
 
@@ -179,7 +180,8 @@ def run_remote(
         remote_argv = ("sh", "-c", _STOP_WITH_US, "sh", *remote_argv)
     argv = remote_command_argv(endpoint, remote_argv, options)
     result = run_command(argv, cancel=cancel, on_stdout_line=on_stdout_line, what=what,
-                         capture_stdout=capture_stdout, stdin_pipe=stop_with_us)
+                         capture_stdout=capture_stdout, stdin_pipe=stop_with_us,
+                         input_bytes=input_bytes)
     if check:
         raise_for_remote(result, endpoint, what)
     return result

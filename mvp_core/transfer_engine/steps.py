@@ -1,9 +1,8 @@
-"""Steps both strategies share: phase timing, target preparation, verify, delete source.
+"""Steps both strategies share: phase timing, checks before any byte moves, target
+preparation, free space.
 
-Kept apart so ``direct`` and ``zip_first`` stay short and cannot drift on the
-rules that protect data: the destination is verified against a fresh listing of
-the source, and a move deletes exactly the verified entries, then checks the
-source is gone.
+Kept apart so ``direct`` and ``zip_first`` stay short and cannot drift on the rules
+that protect data (verification and deletion live in ``integrity``).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import errno
 import os
 import shlex
 import shutil
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -29,17 +27,14 @@ from mvp_core.transfer_engine.errors import (
     SourceMissingError,
     SshAuthError,
     TargetNotWritableError,
-    TransferCancelledError,
     TransferError,
-    VerificationError,
 )
-from mvp_core.transfer_engine.job import TransferJob, TransferMode
-from mvp_core.transfer_engine.manifest import DIR
+from mvp_core.transfer_engine.job import TransferJob
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken, PhaseCallback, PhaseEvent, PhaseSkipped
 from mvp_core.transfer_engine.runner import CommandResult
 from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
-from mvp_core.transfer_engine.verify import TreeListing, list_tree, verify_destination
+from mvp_core.transfer_engine.verify import TreeListing, list_tree
 
 
 class PhaseClock:
@@ -48,12 +43,17 @@ class PhaseClock:
     def __init__(self, on_phase: PhaseCallback | None) -> None:
         self.on_phase = on_phase
         self.timings: dict[str, float] = {}
+        # Things the job's result should say (a late cancel ignored, fidelity losses).
+        self.warnings: list[str] = []
         # Phases of one name may run at once (ZIP_FIRST's concurrent sends): sums locked.
         self._timings_lock = threading.Lock()
 
     def _add(self, name: str, duration: float) -> None:
         with self._timings_lock:
             self.timings[name] = self.timings.get(name, 0.0) + duration
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
     def emit(self, event: PhaseEvent) -> None:
         if self.on_phase is not None:
@@ -237,82 +237,3 @@ def diagnose_no_space(receiving_dir: Endpoint, needed: int, options: EngineOptio
                     f"{receiving_dir}, {needed} needed", argv=exc.argv,
                     exit_code=exc.exit_code, stderr_tail=exc.stderr_tail) from exc
         raise
-
-
-def delete_local_source(root: Path, listing: TreeListing) -> None:
-    """Delete exactly the verified entries, deepest first; anything new stays and fails."""
-    if not listing.is_dir:
-        root.unlink()
-    else:
-        dirs: list[str] = []
-        for rel, (kind, _size) in listing.entries.items():
-            if kind == DIR:
-                dirs.append(rel)
-                continue
-            full = root / rel
-            # Writable parents are needed to unlink; a read-only dir in the tree is not.
-            _make_writable_dir(full.parent)
-            full.unlink()
-        for rel in sorted(dirs, key=lambda r: r.count("/"), reverse=True):
-            _make_writable_dir((root / rel).parent)
-            (root / rel).rmdir()
-        try:
-            root.rmdir()
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise VerificationError(
-                    f"source gained new entries during the move; they were kept in {root}"
-                ) from exc
-            raise
-    if os.path.lexists(root):
-        raise VerificationError(f"source still exists after deletion: {root}")
-
-
-def _make_writable_dir(path: Path) -> None:
-    mode = os.lstat(path).st_mode
-    if not mode & stat.S_IWUSR:
-        os.chmod(path, stat.S_IMODE(mode) | stat.S_IWUSR)
-
-
-def delete_source(job: TransferJob, listing: TreeListing, options: EngineOptions) -> None:
-    """Remove the source of a verified move, then check it is really gone."""
-    if isinstance(job.source, SshEndpoint):
-        path = str(job.source.path)
-        run_remote(job.source, ("rm", "-rf", "--", path), options, what="delete the source")
-        if list_tree(job.source, options) is not None:
-            raise VerificationError(f"source still exists after deletion: {job.source}")
-        return
-    try:
-        delete_local_source(Path(job.source.path), listing)
-    except TransferError:
-        raise
-    except OSError as exc:
-        raise VerificationError(
-            f"could not delete the source {job.source} after a verified copy: {exc}") from exc
-
-
-def verify_and_finish(
-    job: TransferJob,
-    options: EngineOptions,
-    clock: PhaseClock,
-    *,
-    fallback: TreeListing | None,
-    cancel: CancelToken | None = None,
-) -> TreeListing:
-    """Verify the destination (always for a move), then delete the source of a move.
-
-    Returns the listing the result's counts come from.
-    """
-    move = job.mode is TransferMode.MOVE
-    if not (move or options.verify_copy):
-        return fallback if fallback is not None else list_source(job, options, cancel)
-    with clock.phase("verify") as info:
-        expected = list_source(job, options, cancel)
-        verify_destination(expected, destination_of(job), options, cancel=cancel)
-        info.update(files=expected.n_files, bytes=expected.total_bytes)
-    if move:
-        if cancel is not None and cancel.cancelled:
-            raise TransferCancelledError("cancelled before the source was deleted")
-        with clock.phase("delete_source"):
-            delete_source(job, expected, options)
-    return expected

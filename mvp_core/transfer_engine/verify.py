@@ -1,21 +1,23 @@
 """Does the destination hold what the source holds? Every relative path, its kind and size.
 
 A listing maps ``rel_path -> (kind, size)`` (kind ``f``/``d``/``l``/``o``; size
-counts for files only). Local trees are listed with the manifest walker; remote
-trees with one ``find -printf`` over ssh, NUL-separated so no name (newlines
-included) can break the parse. Extra entries already in the destination are
-allowed: a transfer adds to a folder, it does not mirror it.
+counts for files only) and keeps each file's stamp ``size/mtime/inode`` (how the
+source is proven unchanged, see ``content``). Local trees are listed with the
+manifest walker; remote trees with one ``find -printf`` over ssh, NUL-separated so
+no name (newlines included) can break the parse. A staged tree must hold exactly
+the source's entries (``strict``); a merge target may hold more.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mvp_core.transfer_engine.endpoints import Endpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import SourceMissingError, VerificationError
 from mvp_core.transfer_engine.manifest import DIR, FILE, OTHER, SYMLINK, Manifest, build_manifest
 from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.remote_sh import FIND_FORMAT
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.runner import CommandResult
 from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
@@ -28,10 +30,12 @@ _MAX_REPORTED = 5
 
 @dataclass(frozen=True)
 class TreeListing:
-    """A listing plus whether its root is a directory."""
+    """A listing plus whether its root is a directory; ``stamps``: each file's
+    ``size/mtime/inode`` as listed (empty when unknown)."""
 
     is_dir: bool
     entries: Listing
+    stamps: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def n_files(self) -> int:
@@ -43,22 +47,25 @@ class TreeListing:
 
 
 def from_manifest(manifest: Manifest) -> TreeListing:
-    return TreeListing(manifest.is_dir, manifest.sizes_by_path())
+    return TreeListing(manifest.is_dir, manifest.sizes_by_path(),
+                       {e.rel_path: f"{e.size}/{e.mtime_ns}/{e.ino}"
+                        for e in manifest.entries if e.kind == FILE})
 
 
 def remote_find_argv(path: str) -> tuple[str, ...]:
-    """``find`` printing kind/size/relative-path records separated by NUL."""
-    return ("find", path, "-printf", "%y/%s/%P\\0")
+    """``find`` printing kind/size/mtime/inode/relative-path records separated by NUL."""
+    return ("find", path, "-printf", FIND_FORMAT)
 
 
 def parse_find_output(data: bytes) -> TreeListing:
     """Parse ``remote_find_argv`` output; the root appears with an empty relative path."""
     entries: Listing = {}
+    stamps: dict[str, str] = {}
     is_dir = True
     for record in data.split(b"\0"):
         if not record:
             continue
-        kind_b, size_b, rel_b = record.split(b"/", 2)
+        kind_b, size_b, mtime_b, ino_b, rel_b = record.split(b"/", 4)
         kind = _FIND_KINDS.get(kind_b.decode("ascii", "replace"), OTHER)
         rel = os.fsdecode(rel_b)
         if rel == "":
@@ -66,7 +73,9 @@ def parse_find_output(data: bytes) -> TreeListing:
             if is_dir:
                 continue
         entries[rel] = (kind, int(size_b) if kind == FILE else 0)
-    return TreeListing(is_dir, entries)
+        if kind == FILE:
+            stamps[rel] = "/".join(b.decode("ascii", "replace") for b in (size_b, mtime_b, ino_b))
+    return TreeListing(is_dir, entries, stamps)
 
 
 def list_tree(
@@ -95,8 +104,9 @@ def listing_from_find(result: CommandResult, endpoint: SshEndpoint) -> TreeListi
     return parse_find_output(result.stdout)
 
 
-def compare(expected: TreeListing, actual: TreeListing) -> list[str]:
-    """Human-readable differences: what is missing or differs in ``actual``."""
+def compare(expected: TreeListing, actual: TreeListing, *, strict: bool = False) -> list[str]:
+    """Human-readable differences: what is missing or differs in ``actual`` (and with
+    ``strict``, what ``actual`` holds that the source does not)."""
     problems: list[str] = []
     if expected.is_dir != actual.is_dir:
         problems.append("destination is a " + ("directory" if actual.is_dir else "file")
@@ -111,6 +121,9 @@ def compare(expected: TreeListing, actual: TreeListing) -> list[str]:
             problems.append(f"kind differs: {label} ({kind} vs {got[0]})")
         elif kind == FILE and got[1] != size:
             problems.append(f"size differs: {label} ({size} vs {got[1]} bytes)")
+    if strict:
+        problems += [f"not in the source: {rel}" for rel in sorted(actual.entries)
+                     if rel not in expected.entries]
     return problems
 
 
@@ -120,18 +133,20 @@ def verify_destination(
     options: EngineOptions,
     *,
     cancel: CancelToken | None = None,
+    strict: bool = False,
 ) -> TreeListing:
     """Raise ``VerificationError`` unless ``destination`` holds every expected entry."""
-    return check_listing(expected, list_tree(destination, options, cancel=cancel), destination)
+    return check_listing(expected, list_tree(destination, options, cancel=cancel), destination,
+                         strict=strict)
 
 
 def check_listing(expected: TreeListing, actual: TreeListing | None,
-                  destination: Endpoint) -> TreeListing:
+                  destination: Endpoint, *, strict: bool = False) -> TreeListing:
     """Raise ``VerificationError`` unless ``actual`` (the destination's listing, None
-    when it does not exist) holds every expected entry."""
+    when it does not exist) holds every expected entry (and, ``strict``, no other)."""
     if actual is None:
         raise VerificationError(f"destination does not exist after the transfer: {destination}")
-    problems = compare(expected, actual)
+    problems = compare(expected, actual, strict=strict)
     if problems:
         shown = "; ".join(problems[:_MAX_REPORTED])
         more = f" (+{len(problems) - _MAX_REPORTED} more)" if len(problems) > _MAX_REPORTED else ""

@@ -63,6 +63,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from mvp_core.transfer_engine import delivery as deliver
+from mvp_core.transfer_engine import preflight
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.chunks import Chunk, ChunkPlan, plan_chunks
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
@@ -85,7 +86,12 @@ from mvp_core.transfer_engine.results import (
     ProgressCallback,
     TransferResult,
 )
-from mvp_core.transfer_engine.rsync import DIRECTORIES_ONLY, files_from_args, run_rsync
+from mvp_core.transfer_engine.rsync import (
+    DIRECTORIES_ONLY,
+    files_from_args,
+    partial_dir_for,
+    run_rsync,
+)
 from mvp_core.transfer_engine.ssh import run_remote
 from mvp_core.transfer_engine.ssh_master import job_ssh_session
 from mvp_core.transfer_engine.steps import (
@@ -129,21 +135,27 @@ def temp_slots(options: EngineOptions, *, remote_target: bool) -> int:
     return send_streams(options) + 1 if remote_target else PIPELINE_DEPTH
 
 
-def _stem(job_id: str) -> str:
-    return f"ketter-{_UNSAFE_ID.sub('_', job_id)[:100] or 'job'}"
+def _stem(job_id: str, *, remote: bool = False) -> str:
+    """``ketter-<job>``; on the target's side ``ketter-<job>=r``: the two temp dirs may be
+    one folder (ssh to this very host, a shared /tmp), and a zip must never be its own
+    copy. ``=`` and ``+`` never occur in a sanitised job id."""
+    return f"ketter-{_UNSAFE_ID.sub('_', job_id)[:100] or 'job'}" + ("=r" if remote else "")
 
 
-def zip_name(job_id: str) -> str:
+def zip_name(job_id: str, *, remote: bool = False) -> str:
     """Temp zip name of a one-chunk job: stable across retries, safe in a shell and for unzip."""
-    return f"{_stem(job_id)}.zip"
+    return f"{_stem(job_id, remote=remote)}.zip"
 
 
-def chunk_zip_name(job_id: str, index: int, count: int) -> str:
-    """``ketter-<job>.zip`` for a one-chunk plan, ``ketter-<job>+00003.zip`` otherwise.
+def chunk_zip_name(job_id: str, index: int, count: int, *, remote: bool = False) -> str:
+    """``ketter-<job>.zip`` for a one-chunk plan, ``ketter-<job>+00003.zip`` otherwise
+    (``ketter-<job>=r...`` on the target's side).
 
     ``+`` never occurs in a sanitised job id, so no job's names match another's.
     """
-    return zip_name(job_id) if count <= 1 else f"{_stem(job_id)}+{index:05d}.zip"
+    if count <= 1:
+        return zip_name(job_id, remote=remote)
+    return f"{_stem(job_id, remote=remote)}+{index:05d}.zip"
 
 
 def local_zip_path(job: TransferJob, options: EngineOptions, index: int = 0,
@@ -153,7 +165,8 @@ def local_zip_path(job: TransferJob, options: EngineOptions, index: int = 0,
 
 def remote_zip_path(job: TransferJob, options: EngineOptions, index: int = 0,
                     count: int = 1) -> PurePosixPath:
-    return PurePosixPath(options.remote_temp_dir) / chunk_zip_name(job.job_id, index, count)
+    return PurePosixPath(options.remote_temp_dir) / chunk_zip_name(job.job_id, index, count,
+                                                                   remote=True)
 
 
 # The one-chunk zip, every chunk zip, and rsync's temp files of any of them; and,
@@ -183,7 +196,8 @@ def cleanup_temp(job: TransferJob, options: EngineOptions, *,
         if _is_job_zip(name, stem):
             (Path(options.temp_dir) / name).unlink(missing_ok=True)
     if isinstance(job.target, SshEndpoint):
-        run_remote(job.target, ("sh", "-c", _REMOTE_CLEANUP, "sh", options.remote_temp_dir, stem,
+        run_remote(job.target, ("sh", "-c", _REMOTE_CLEANUP, "sh", options.remote_temp_dir,
+                                _stem(job.job_id, remote=True),
                                 "" if marks is None else str(marks.path)),
                    options, what="remove the temp zips")
     elif marks is not None:
@@ -241,10 +255,14 @@ def _run_zip_first(
     blocker = zip_blocker(manifest)
     if blocker:
         raise UnsupportedTreeError(f"ZIP_FIRST cannot carry this tree: {blocker}")
+    preflight.check_before_send(job, from_manifest(manifest), options, cancel)
+    losses = preflight.fidelity_losses(manifest)
+    options = dataclasses.replace(
+        options, partial_dir=partial_dir_for(e.rel_path for e in manifest.entries))
 
     # Stages report from their own threads: callbacks are called one at a time.
     clock = PhaseClock(_serialised(on_phase))
-    warnings: list[str] = []
+    warnings: list[str] = list(losses)
     chunk_plan = plan_chunks(manifest, options.zip_chunk_bytes, root_name=job.source.name)
     remote_dir = PurePosixPath(options.remote_temp_dir)
     # Written into the staging dir (or, merging, into the existing tree): see delivery.
@@ -253,7 +271,7 @@ def _run_zip_first(
     delivery = deliver.prepare(job, options, cancel, resumable=True,
                                chunk_plan=chunk_plan.digest,
                                target_dirs=(remote_dir,) if job.target.is_remote else ())
-    with deliver.discard_on_failure(job, options, clock):
+    with deliver.discard_on_failure(job, options, clock, cancel):
         if not delivery.delivered:
             pipeline = _Pipeline(job, delivery, manifest, chunk_plan, delivery.extracted,
                                  options, clock, progress, cancel)
@@ -287,11 +305,13 @@ def _run_zip_first(
                                cancel=cancel)
     return TransferResult(
         strategy=TransferStrategy.ZIP_FIRST,
-        files_transferred=final.n_files,
-        bytes_transferred=final.total_bytes,
+        files_transferred=final.listing.n_files,
+        bytes_transferred=final.listing.total_bytes,
         duration_s=time.monotonic() - started,
         phase_timings=dict(clock.timings),
-        warnings=tuple(warnings),
+        warnings=(*warnings, *clock.warnings),
+        files=final.files,
+        algorithm=final.algorithm,
     )
 
 
@@ -612,10 +632,13 @@ class _Pipeline:
                     if as_is:
                         self._copy_as_is(item, report)
                     else:
+                        # Sent under the target side's own name: the two temp dirs
+                        # may be one folder (see _stem).
                         _result, sent_warnings = run_rsync(
-                            LocalEndpoint(item.local), remote_tmp, self.options,
+                            LocalEndpoint(item.local),
+                            dataclasses.replace(remote_tmp, path=item.remote), self.options,
                             bytes_total=item.size, files_total=1, progress=report,
-                            cancel=self.stop, partial_dir=None)
+                            cancel=self.stop, partial_dir=None, as_file=True)
                         self.warnings.extend(sent_warnings)
             finally:
                 self._sending(-1)

@@ -97,6 +97,9 @@ def _load(session: Any, job_id: int, grace_s: float) -> Snapshot | None:
     return Snapshot(job, job.source_portal, job.target_portal, elsewhere)
 
 
+LATE_CANCEL = "cancel arrived after the tree was put in place"
+
+
 class _Stop(Exception):
     """Why the engine was asked to stop, when it was not the user."""
 
@@ -202,12 +205,14 @@ class JobRun:
             transfer_job = to_transfer_job(
                 snap.job, source_portal=snap.source, target_portal=snap.target,
                 default_known_hosts=self.settings.default_known_hosts,
+                installation=self.state.installation,
             )
             if claim.attempts > 1:
                 await self._cleanup(transfer_job)  # leftovers of an earlier attempt
                 finished = await self._finished_earlier(snap, transfer_job)
                 if finished is not None:
                     return await self._done(finished)
+            self.options = dataclasses.replace(self.options, verify=snap.job.verify.value)
             plan = await asyncio.to_thread(
                 decide_strategy, transfer_job, self.settings.zip_thresholds(),
                 force=_FORCED.get(snap.job.requested_strategy),
@@ -277,8 +282,9 @@ class JobRun:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            # The worker is shutting down: stop rsync/zip before the job is given back.
-            token.cancel()
+            # The worker is shutting down: stop rsync/zip before the job is given back,
+            # keeping what was staged so the next attempt resumes it.
+            token.interrupt()
             await asyncio.wait({task}, timeout=SHUTDOWN_WAIT_S)
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: it is the expected TransferCancelledError
@@ -316,7 +322,13 @@ class JobRun:
             "throughput_bytes_per_s": round(result.throughput_bytes_per_s, 1),
             "phase_timings": {k: round(v, 3) for k, v in result.phase_timings.items()},
             "warnings": list(result.warnings),
+            "verified": result.algorithm or "size",
         }
+        if not any(w.startswith(LATE_CANCEL) for w in result.warnings) and await self.state.db(
+                lambda s: repo.cancel_requested(s, job_id=self.job_id)):
+            # Asked while the tree was going in place (or before the engine looked):
+            # the delivery happened, so the truth is DONE, with the cancel noted.
+            payload["warnings"].append(f"{LATE_CANCEL}: ignored, the job finished")
         recorded = await self._finish(
             JobStatus.DONE, EventType.DONE,
             f"{result.files_transferred} files, {result.bytes_transferred} bytes "
@@ -324,6 +336,8 @@ class JobRun:
             payload,
             files_copied=result.files_transferred, bytes_copied=result.bytes_transferred,
             duration_s=result.duration_s,
+            manifest=(result.algorithm, [repo.ManifestLine(f.path, f.size, f.mtime_ns, f.hash)
+                                         for f in result.files]),
         )
         if recorded and delivered is not None:
             await asyncio.to_thread(remove_staging_root, delivered, self.options)
@@ -381,13 +395,19 @@ class JobRun:
                       payload: dict[str, Any], **values: Any) -> bool:
         """Record the job's end; False when the job is no longer this worker's."""
         level = values.pop("level", EventLevel.INFO)
-        ok = await self.state.db_persistent(
-            lambda s: repo.finish_job(
+        manifest = values.pop("manifest", None)
+
+        def record(s: Any) -> bool:
+            ended = repo.finish_job(
                 s, job_id=self.job_id, worker_id=self.state.worker_id, status=status,
                 event_type=event_type, message=message, payload=payload, level=level, **values,
-            ),
-            what=f"job {self.job_id} {status.value}",
-        )
+            )
+            if ended and manifest is not None:  # the receipt lands with DONE, in one commit
+                repo.record_manifest(s, job_id=self.job_id, algorithm=manifest[0],
+                                     files=manifest[1])
+            return ended
+
+        ok = await self.state.db_persistent(record, what=f"job {self.job_id} {status.value}")
         if not ok:
             log.warning("job %s: not ours any more; %s not recorded", self.job_id, status.value)
         return bool(ok)
@@ -413,6 +433,7 @@ class JobRun:
             transfer_job = to_transfer_job(
                 snap.job, source_portal=snap.source, target_portal=snap.target,
                 default_known_hosts=self.settings.default_known_hosts,
+                installation=self.state.installation,
             )
             await self._cleanup(transfer_job)
             if final:

@@ -125,9 +125,11 @@ def endpoint_for(portal: Portal, rel: str, *, what: str, known_hosts: Path | Non
     )
 
 
-def engine_job_id(job_id: int) -> str:
-    """The name the engine gives this job's temp files (stable across attempts)."""
-    return f"ketter-job-{job_id}"
+def engine_job_id(job_id: int, installation: str = "") -> str:
+    """The name the engine gives this job's staging dir and temp files (stable across
+    attempts): ``ketter-<installation>-job-<id>``, so two installations sharing a target
+    never meet on a name."""
+    return f"ketter-{installation}-job-{job_id}" if installation else f"ketter-job-{job_id}"
 
 
 def to_transfer_job(
@@ -136,6 +138,7 @@ def to_transfer_job(
     source_portal: Portal,
     target_portal: Portal,
     default_known_hosts: Path | None = None,
+    installation: str = "",
 ) -> TransferJob:
     """Map a stored job to the engine's unit of work, re-checking every path rule."""
     source_rel = clean_relative(job.source_path, what="source_path")
@@ -150,7 +153,7 @@ def to_transfer_job(
         target=endpoint_for(target_portal, target_rel, what="target_path",
                             known_hosts=default_known_hosts),
         mode=TransferMode.MOVE if job.mode is JobMode.MOVE else TransferMode.COPY,
-        job_id=engine_job_id(job.id),
+        job_id=engine_job_id(job.id, installation),
         on_existing=OnExisting(job.on_existing.value),
     )
 

@@ -51,6 +51,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis=ctx["redis"],
     )
     ctx["ketter"] = state
+    state.installation = await state.db_persistent(repo.installation_id, what="installation id")
     await beat(state)  # visible as alive before it reconciles anything
     state.background.append(asyncio.create_task(heartbeat_loop(state), name="heartbeat"))
     state.background.append(asyncio.create_task(reconcile_loop(state), name="reconciler"))

@@ -41,14 +41,14 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 600.0
 RECENT_S = 7 * 24 * 3600.0
 MAX_TARGET_DIRS = 200
-_JOB_STAGING = re.compile(r"^\.ketter-job-(\d+)$")
 
 _last_sweep: dict[str, float] = {}
 
 
-def staging_job_id(name: str) -> int | None:
-    """The Ketter job a staging directory belongs to (``.ketter-job-12`` → 12)."""
-    match = _JOB_STAGING.match(name)
+def staging_job_id(name: str, installation: str) -> int | None:
+    """The job of this installation a staging directory belongs to
+    (``.ketter-<installation>-job-12`` → 12); None for anyone else's."""
+    match = re.fullmatch(rf"\.ketter-{re.escape(installation)}-job-(\d+)", name)
     return int(match[1]) if match else None
 
 
@@ -121,7 +121,7 @@ async def sweep_orphans(state: WorkerState, *, recent_s: float = RECENT_S) -> li
             log.warning("staging sweep: cannot list %s:%s: %s", target.portal.name, target.rel,
                         exc)
             continue
-        for job_id in _ids(names, endpoint):
+        for job_id in _ids(names, endpoint, state.installation):
             loaded = await state.db(lambda s, j=job_id: _load_final_job(s, j))  # type: ignore[misc]
             if loaded is None:
                 continue  # still running or retrying (its retry resumes), or not ours
@@ -129,7 +129,8 @@ async def sweep_orphans(state: WorkerState, *, recent_s: float = RECENT_S) -> li
             try:
                 transfer_job = to_transfer_job(
                     job, source_portal=source, target_portal=target_portal,
-                    default_known_hosts=state.settings.default_known_hosts)
+                    default_known_hosts=state.settings.default_known_hosts,
+                    installation=state.installation)
                 if await discard_and_log(state, job.id, transfer_job,
                                          why=f"orphan of a {job.status.value} job"):
                     cleaned.append(job.id)
@@ -138,10 +139,10 @@ async def sweep_orphans(state: WorkerState, *, recent_s: float = RECENT_S) -> li
     return cleaned
 
 
-def _ids(names: Iterable[str], where: Endpoint) -> list[int]:
+def _ids(names: Iterable[str], where: Endpoint, installation: str) -> list[int]:
     ids = []
     for name in names:
-        job_id = staging_job_id(name)
+        job_id = staging_job_id(name, installation)
         if job_id is None:
             log.info("staging sweep: %s in %s is not a Ketter job's; left alone", name, where)
         else:

@@ -45,6 +45,8 @@ class WorkerState:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     # Jobs this process is running (added before the claim, so never judged orphaned).
     active_jobs: set[int] = field(default_factory=set)
+    # This installation's id (``repository.installation_id``), read at start-up.
+    installation: str = ""
     # Since when (monotonic) every heartbeat reached Postgres; None after a failed one.
     beats_ok_since: float | None = None
 

@@ -89,7 +89,7 @@ def test_final_name_absent_until_complete(tmp_path: Path, sshd: SshServer,
     assert tree_snapshot(final) == reference
     assert entries(out) == [src.name]  # staging dir gone
     assert not src.exists()  # the move deleted its source, after the rename
-    assert [s[0] for s in seen if s[1] == "done"][-2:] == ["deliver", "delete_source"]
+    assert [s[0] for s in seen if s[1] == "done"][-3:] == ["deliver", "flush", "delete_source"]
     assert temp_leftovers(options) == []
 
 
@@ -265,6 +265,8 @@ def test_a_replace_cut_between_its_renames_puts_the_old_tree_back(
 
     # The same state met by a retry: old back first, then swapped for the new tree.
     shutil.move(out / src.name, root / OLD_TREE)
+    (root / src.name).mkdir()
+    (root / src.name / "half.wav").write_bytes(b"half")
     _run(job, TransferStrategy.DIRECT, options)
     assert_trees_identical(src, out / src.name)
     assert entries(out) == [src.name]
@@ -390,7 +392,7 @@ def test_a_retry_after_the_rename_verifies_and_finishes_without_resending(
     job = TransferJob(LocalEndpoint(src), sshd.endpoint(out), TransferMode.MOVE, job_id="crash")
     events: list[PhaseEvent] = []
     result = _run(job, strategy, options, on_phase=events.append)
-    assert [e.phase for e in events if e.status == "done"] == ["verify", "delete_source"]
+    assert [e.phase for e in events if e.status == "done"] == ["verify", "flush", "delete_source"]
     assert [e.details["resumed"] for e in events if e.phase == "verify"] == [True, True]
     assert result.files_transferred == sum(1 for p in (out / src.name).rglob("*") if p.is_file())
     assert tree_snapshot(out / src.name) == reference

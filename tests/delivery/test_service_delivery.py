@@ -86,10 +86,14 @@ def test_existing_ssh_target_fails_with_the_reason_and_orphans_are_swept(
 
     # A staging dir this ended job left (say its host was unreachable at cleanup),
     # next to one no Ketter job owns.
-    orphan = remote / f".ketter-job-{failed['id']}"
+    orphan = remote / stack.staging_name(failed["id"])
     (orphan / "Mix B").mkdir(parents=True)
     (orphan / "Mix B" / "half.wav").write_bytes(os.urandom(1000))
     (remote / ".ketter-job-999999").mkdir()
+    # Another installation sharing this target, with a job of the same id: its live
+    # staging dir is not ours to sweep.
+    theirs = remote / f".ketter-0ther1d5-job-{failed['id']}"
+    (theirs / "Mix B").mkdir(parents=True)
     stack.start_worker()  # its reconciler sweeps at start-up
     wait_until(lambda: not orphan.exists(), timeout=45, what="the orphan staging dir swept")
     # The event is written just after the directory goes: wait for it too.
@@ -97,7 +101,7 @@ def test_existing_ssh_target_fails_with_the_reason_and_orphans_are_swept(
                                 if e["payload"].get("staging") == orphan.name],
                        timeout=10, what="the sweep's event")
     assert swept and "orphan of a FAILED job" in swept[0]["message"], swept
-    assert entries(remote) == [".ketter-job-999999", "Mix B"]  # not ours: left alone
+    assert entries(remote) == [theirs.name, ".ketter-job-999999", "Mix B"]  # not ours
     assert tree_snapshot(remote / "Mix B") == old
 
 
@@ -113,7 +117,8 @@ def test_killed_worker_leaves_only_staging_and_the_retry_delivers(
     assert job.status_code == 201, job.text
     worker = stack.start_worker(rsync_bwlimit_kib_s=512, heartbeat_grace_s=1.5)
     remote = portals.ssh_dst_base
-    staging = remote / f".ketter-job-{job.json()['id']}"
+    staging = remote / wait_until(lambda: _staging_name(stack, job.json()["id"]), timeout=30,
+                                  what="the installation id")
     wait_until(lambda: any(p.is_file() for p in staging.rglob("*")), timeout=30,
                what="bytes arriving in the staging dir")
     assert not (remote / "Long Mix").exists()
@@ -126,3 +131,11 @@ def test_killed_worker_leaves_only_staging_and_the_retry_delivers(
     assert_trees_identical(source, remote / "Long Mix")
     wait_until(lambda: entries(remote) == ["Long Mix"], timeout=10,
                what="only the delivered tree left")
+
+
+def _staging_name(stack: Stack, job_id: int) -> str | None:
+    """None until the first worker made the installation id."""
+    try:
+        return stack.staging_name(job_id)
+    except Exception:  # noqa: BLE001 - sqlalchemy's NoResultFound before the worker starts
+        return None

@@ -89,7 +89,7 @@ def test_unzip_ok_and_warning() -> None:
 def test_every_error_has_a_distinct_code_and_json_evidence() -> None:
     classes = [c for c in vars(errors).values()
                if isinstance(c, type) and issubclass(c, TransferError)]
-    assert len({c.code for c in classes}) == len(classes) == 13
+    assert len({c.code for c in classes}) == len(classes) == 15
     err = CommandFailedError("rsync: boom", transient=True, argv=["rsync", "-a"], exit_code=12,
                              stderr_tail="line1\nrsync error: boom (code 12)")
     assert str(err) == "rsync: boom (exit 12) — rsync error: boom (code 12)"

@@ -248,10 +248,10 @@ def test_cleanup_job_temp_removes_both_sides(tmp_path: Path, sshd: SshServer,
     name = zip_name(job.job_id)
     assert "/" not in name and " " not in name
     local, remote = Path(engine_options.temp_dir), Path(engine_options.remote_temp_dir)
-    for d in (local, remote):
+    for d, side in ((local, False), (remote, True)):
         d.mkdir(parents=True)
-        (d / name).write_bytes(b"zip")
-    (remote / f".{name}.Ab12Cd").write_bytes(b"rsync temp")
+        (d / zip_name(job.job_id, remote=side)).write_bytes(b"zip")
+    (remote / f".{zip_name(job.job_id, remote=True)}.Ab12Cd").write_bytes(b"rsync temp")
     (remote / "ketter-other-job.zip").write_bytes(b"not ours")
     for i in range(2):  # DIRECT's stream lists, left by a killed worker
         stream_list_path(job, engine_options, i).write_bytes(b"Audio Files/a.wav\0")

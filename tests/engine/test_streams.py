@@ -319,7 +319,7 @@ def test_move_deletes_the_source_only_after_verify(tmp_path: Path, sshd: SshServ
                           options=_opts(engine_options, 3), on_phase=on_phase)
     assert result.streams == 3
     order = [e.phase for e in events if e.status == "done"]
-    assert order == ["send", "verify", "deliver", "delete_source"]
+    assert order == ["send", "verify", "deliver", "flush", "delete_source"]
     assert existed_at_verify == [True]
     assert not src.exists()
     assert_trees_identical(copy, tmp_path / "t" / src.name, root_mtime=False,

@@ -54,7 +54,7 @@ def test_transfer(tmp_path: Path, sshd: SshServer, engine_options: EngineOptions
     assert result.bytes_transferred == plan.total_bytes
     assert result.duration_s > 0
     phases = EXPECTED_PHASES[(strategy, where == "ssh")] + (
-        ["delete_source"] if mode is TransferMode.MOVE else [])
+        ["flush", "delete_source"] if mode is TransferMode.MOVE else [])
     assert [e.phase for e in events if e.status == "done"] == phases
     assert [e.phase for e in events if e.status == "started"] == phases
     assert all(e.duration_s is not None and e.duration_s >= 0 for e in events

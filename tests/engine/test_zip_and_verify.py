@@ -67,16 +67,18 @@ def test_cancelled_or_failed_zip_leaves_no_archive(tmp_path: Path) -> None:
 
 
 def test_find_output_parsing_handles_any_name() -> None:
-    data = (b"d/4096/\0f/12/a b\nc.wav\0d/4096/sub\0l/7/sub/link\0f/0/sub/\xff raw\0"
-            b"p/0/fifo\0")
+    data = (b"d/4096/1.5/7/\0f/12/1.5/8/a b\nc.wav\0d/4096/1.5/9/sub\0l/7/1.5/10/sub/link\0"
+            b"f/0/1.5/11/sub/\xff raw\0p/0/1.5/12/fifo\0")
     listing = parse_find_output(data)
     assert listing.is_dir
     assert listing.entries == {
         "a b\nc.wav": ("f", 12), "sub": ("d", 0), "sub/link": ("l", 0),
         os.fsdecode(b"sub/\xff raw"): ("f", 0), "fifo": ("o", 0),
     }
-    single = parse_find_output(b"f/5/\0")
+    assert listing.stamps == {"a b\nc.wav": "12/1.5/8", os.fsdecode(b"sub/\xff raw"): "0/1.5/11"}
+    single = parse_find_output(b"f/5/2.25/3/\0")
     assert not single.is_dir and single.entries == {"": ("f", 5)}
+    assert single.stamps == {"": "5/2.25/3"}
 
 
 def test_compare_reports_missing_kind_and_size() -> None:

@@ -341,7 +341,7 @@ def test_many_chunks_deliver_an_identical_tree_within_bounded_temp_space(
     else:
         assert _done(events, "send") == []
     phases = [e.phase for e in events if e.status == "done"]
-    assert phases[-5:] == ["restore_directories", "cleanup", "verify", "deliver",
+    assert phases[-6:] == ["restore_directories", "cleanup", "verify", "deliver", "flush",
                            "delete_source"]
     assert set(result.phase_timings) >= {"zip", "unzip", "cleanup", "verify"}
 
@@ -381,7 +381,8 @@ def test_a_failed_chunk_stops_the_pipeline_and_leaves_no_temp_zip(
     def damage(e: PhaseEvent) -> None:
         events.append(e)
         if (e.phase, e.status, e.details.get("chunk")) == ("send", "done", 4):
-            sent = Path(chunked.remote_temp_dir) / chunk_zip_name("bad", 4, e.details["chunks"])
+            sent = Path(chunked.remote_temp_dir) / chunk_zip_name("bad", 4, e.details["chunks"],
+                                                                  remote=True)
             sent.write_bytes(sent.read_bytes()[:1000])
 
     with pytest.raises(CommandFailedError, match="unzip") as info:
@@ -644,13 +645,14 @@ def test_cleanup_job_temp_finds_every_chunk_zip(tmp_path: Path, sshd: SshServer,
     job = TransferJob(LocalEndpoint(tmp_path / "s"), sshd.endpoint(tmp_path / "t"),
                       job_id="job 9")
     local, remote = Path(engine_options.temp_dir), Path(engine_options.remote_temp_dir)
-    ours = [zip_name("job 9")] + [chunk_zip_name("job 9", k, 20) for k in (0, 7, 19)]
     others = ["ketter-job_90.zip", "ketter-job_9x+00001.zip", "ketter-job.zip", "notes.txt"]
-    for d in (local, remote):
+    for d, side in ((local, False), (remote, True)):
         d.mkdir(parents=True)
+        ours = [zip_name("job 9", remote=side)] + [chunk_zip_name("job 9", k, 20, remote=side)
+                                                    for k in (0, 7, 19)]
         for name in ours + others:
             (d / name).write_bytes(b"zip")
-    (remote / f".{chunk_zip_name('job 9', 8, 20)}.Xy12Zw").write_bytes(b"rsync temp")
+    (remote / f".{chunk_zip_name('job 9', 8, 20, remote=True)}.Xy12Zw").write_bytes(b"rsync temp")
     cleanup_job_temp(job, engine_options)
     cleanup_job_temp(job, engine_options)  # idempotent
     assert sorted(os.listdir(local)) == sorted(others)

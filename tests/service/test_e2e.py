@@ -283,6 +283,10 @@ def test_worker_sigterm_gives_job_back_new_worker_finishes(
     back = client.get(f"/jobs/{job['id']}").json()
     assert back["status"] == "PENDING" and back["worker_id"] is None, back
     assert "shutting down" in stack.events(client, job["id"])[-1]["message"]
+    # Kept for the resume (a 300 GB render must not start again from 0 %).
+    staged = portals.ssh_dst_base / stack.staging_name(job["id"]) / "Stop Mix"
+    kept = [p for p in staged.rglob("*") if p.is_file()]
+    assert kept, "a graceful shutdown keeps what was staged"
     stack.start_worker()
     final = stack.wait_job(client, job["id"], FINAL, timeout=30)
     assert final["status"] == "DONE" and final["attempts"] == 2, final

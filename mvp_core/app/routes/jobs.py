@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from mvp_core.app.deps import JobId, QueueDep, SessionDep, SettingsDep
-from mvp_core.app.schemas import EventOut, JobCreate, JobOut, error_responses
+from mvp_core.app.schemas import (
+    EventOut,
+    JobCreate,
+    JobOut,
+    ManifestFileOut,
+    ManifestOut,
+    error_responses,
+)
 from mvp_core.app.services import submit_job
 from mvp_core.db import repository as repo
-from mvp_core.db.models import EventLevel, EventType, JobStatus
+from mvp_core.db.models import EventLevel, EventType, JobStatus, VerifyMode
 from mvp_core.worker.queue import enqueue
 
 log = logging.getLogger(__name__)
@@ -22,8 +31,8 @@ ENQUEUE_TIMEOUT_S = 5.0  # a hung Redis must not hang the submit: the reconciler
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401, 503))
 
 
-def _store(session: SessionDep, body: JobCreate) -> int:
-    job = submit_job(session, request=body)
+def _store(session: SessionDep, body: JobCreate, default_verify: VerifyMode) -> int:
+    job = submit_job(session, request=body, default_verify=default_verify)
     session.commit()
     return job.id
 
@@ -46,7 +55,7 @@ async def create_job(
     If Redis is unreachable the job is still stored: Postgres is the truth, and
     every worker's reconciler queues PENDING jobs Redis does not hold.
     """
-    job_id = await run_in_threadpool(_store, session, body)
+    job_id = await run_in_threadpool(_store, session, body, VerifyMode(settings.verify))
     response.headers["Location"] = f"/jobs/{job_id}"
     try:
         await asyncio.wait_for(enqueue(queue, job_id=job_id, queue_name=settings.queue_name),
@@ -95,6 +104,37 @@ def list_events(
         session, job_id=job_id, event_type=event_type, after_id=after_id, limit=limit
     )
     return [EventOut.model_validate(e) for e in events]
+
+
+_CSV = {200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+              "description": "the manifest as JSON, or with format=csv as CSV"}}
+
+
+@router.get("/{job_id}/manifest", responses={**error_responses(404, 409), **_CSV})
+def get_manifest(
+    job_id: JobId,
+    session: SessionDep,
+    format_: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> ManifestOut:
+    """The delivery receipt of a DONE job: every delivered file with its size and content
+    hash (``algorithm``), as JSON or, with ``format=csv``, for a spreadsheet."""
+    job, files = repo.job_manifest(session, job_id=job_id)
+    if job.status is not JobStatus.DONE:
+        raise repo.ConflictError(f"job {job_id} is {job.status.value}: a manifest exists "
+                                 "only for a DONE job")
+    if format_ == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["path", "size", "mtime_ns", job.manifest_algorithm or "hash"])
+        for f in files:
+            writer.writerow([f.path, f.size, "" if f.mtime_ns is None else f.mtime_ns,
+                             f.hash or ""])
+        return Response(out.getvalue(), media_type="text/csv",  # type: ignore[return-value]
+                        headers={"Content-Disposition":
+                                 f'attachment; filename="ketter-job-{job_id}-manifest.csv"'})
+    return ManifestOut(job_id=job_id, algorithm=job.manifest_algorithm,
+                       files=[ManifestFileOut(path=f.path, size=f.size, hash=f.hash)
+                              for f in files])
 
 
 @router.post("/{job_id}/cancel", responses=error_responses(404, 409))
