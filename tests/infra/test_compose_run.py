@@ -206,6 +206,7 @@ def test_compose_stack_for_real(
     assert re.search(r"SUMMARY PASS: \d+ ok, 0 warn, 0 fail", report), report
     assert "postgresql+psycopg2://ketter:***@postgres:5432/ketter" in report
     assert "/tmp/ketter_tmp" in report and token not in report
+    assert "/health 200: ok: database ok, redis ok, 1 of 1 worker(s) alive" in report
 
     # 3. One copy job through the API, content compared inside the worker.
     t = time.monotonic()
