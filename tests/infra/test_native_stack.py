@@ -105,10 +105,15 @@ def test_make_up_dku_down(
     env = {k: v for k, v in settings.items() if not k.startswith("KETTER_")}
     env |= {"KETTER_ENV_FILE": str(env_file), "KETTER_REDIS_PORT": str(redis_server.port)}
     pids: list[int] = []
+    # A log left over 10 MiB by an earlier stack is set aside at start-up (one kept).
+    run_dir.mkdir()
+    (run_dir / "api.log").write_bytes(b"old line\n" * (1200 * 1024))  # 10.5 MiB
     try:
         up = make("up", env)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "created" in up.stdout  # the database did not exist before
+        assert (run_dir / "api.log.1").stat().st_size > 10 * 1024 * 1024
+        assert "old line" not in (run_dir / "api.log").read_text()
         pids = [int((run_dir / f"{n}.pid").read_text()) for n in ("api", "worker")]
         assert all(pid_alive(p) for p in pids)
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
