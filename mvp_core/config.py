@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # file on both sides; "size" compares names and sizes only (faster, blind to
     # same-size changes). See docs/delivery.md.
     verify: Literal["checksum", "size"] = "checksum"
+    # Write an ASC MHL v2.0 generation into ``ascmhl/`` of every delivered folder by
+    # default (a job may choose): the receiving side checks it with standard media tools.
+    write_mhl: bool = False
 
     def engine_options(self) -> EngineOptions:
         """Engine knobs, as the pure engine wants them."""
@@ -102,6 +105,7 @@ class Settings(BaseSettings):
             zip_chunk_bytes=self.zip_chunk_bytes,
             ssh_persist_s=self.ssh_persist_s,
             verify=self.verify,
+            write_mhl=self.write_mhl,
         )
 
 

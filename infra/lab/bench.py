@@ -191,6 +191,11 @@ def method_table(kinds: list[str], stack: bench_stack.Stack | None) -> dict[str,
     if "api" in kinds and stack is not None:
         for s in ("auto", "direct", "zip_first"):
             table[f"ketter_api_{s}"] = stack.method(s)
+    # The cost of content verification (issue 14): DIRECT through the engine CLI with
+    # verify=checksum (the default) and verify=size, run side by side in every repeat.
+    if "cli" in kinds or os.environ.get("BENCH_VERIFY", "1") != "0":
+        table["ketter_cli_direct_checksum"] = ketter_cli("direct", {"KETTER_VERIFY": "checksum"})
+        table["ketter_cli_direct_size"] = ketter_cli("direct", {"KETTER_VERIFY": "size"})
     # BENCH_STREAMS=1,2,4: DIRECT at each stream count (engine CLI), to choose the default.
     for n in [x for x in os.environ.get("BENCH_STREAMS", "").split(",") if x.strip()]:
         table[f"ketter_cli_direct_streams{int(n)}"] = ketter_cli("direct", {"KETTER_DIRECT_STREAMS": str(int(n))})
@@ -455,6 +460,9 @@ def render_markdown(report: dict[str, object]) -> str:
                     note += "; " + ", ".join(f"{k} {_human_facts(k, v)}" for k, v in s["engine"].items())
                 lines.append(f"| {m} | {s['median_s']:.2f} | {s['mb_per_s']} | {s['min_s']:.2f}-{s['max_s']:.2f} "
                              f"| {s['ratio_to_best_baseline']:.2f} | {s.get('ratio_to_rsync', 0):.2f} | {note} |")
+            cost = _verify_cost(d["summary"])
+            if cost:
+                lines += [cost, ""]
             lines.append("")
         if "api_overhead_1file" in entry:
             o = entry["api_overhead_1file"]
@@ -477,6 +485,17 @@ def render_markdown(report: dict[str, object]) -> str:
                   f"decide_strategy on {p['n_files']} files: median {p['median_s']} s ({p['seconds']}), "
                   f"strategy {p['strategy']}.", ""]
     return "\n".join(lines)
+
+
+def _verify_cost(summary: dict[str, dict[str, object]]) -> str:
+    """DIRECT with content verification against DIRECT with sizes only, same run."""
+    checksum = summary.get("ketter_cli_direct_checksum", {}).get("median_s")
+    size = summary.get("ketter_cli_direct_size", {}).get("median_s")
+    if not isinstance(checksum, (int, float)) or not isinstance(size, (int, float)) or not size:
+        return ""
+    return (f"Content verification (xxh128 both sides) costs {checksum - size:+.2f} s on DIRECT: "
+            f"{checksum:.2f} s with `verify=checksum` vs {size:.2f} s with `verify=size` "
+            f"({(checksum / size - 1) * 100:+.1f} %).")
 
 
 def _human_facts(key: str, value: int) -> str:

@@ -4,7 +4,8 @@
 # duration. Quick run: BENCH_SCALE=0.1 make bench. Other knobs (env): BENCH_RTTS (0,20),
 # BENCH_REPEATS (3), BENCH_DATASETS (MANY,TINY,FEW), BENCH_KETTER (api | cli | api,cli),
 # BENCH_<MANY|TINY|FEW>_<FILES|BYTES>, LAB_RATE (1gbit), LAB_DIR, BENCH_OUT (JSON path;
-# the markdown table is written next to it), BENCH_STORAGE (disk | tmpfs).
+# the markdown table is written next to it), BENCH_STORAGE (disk | tmpfs), BENCH_VERIFY
+# (1: also DIRECT with verify=checksum and verify=size, for the cost of content checks).
 #
 # BENCH_STORAGE=tmpfs puts both hosts' data (LAB_DIR/data) on a tmpfs of BENCH_TMPFS_SIZE
 # (default 14g). Why: this VM's disk throttles file creation after a burst (cp -a of

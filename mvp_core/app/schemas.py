@@ -146,6 +146,10 @@ class JobCreate(BaseModel):
         description="checksum: every file's content hash compared on both sides before "
                     "the rename and before a move deletes anything; size: names and sizes "
                     "only. Default: the service's KETTER_VERIFY (checksum).")
+    write_mhl: bool | None = Field(
+        default=None,
+        description="also write an ASC MHL v2.0 receipt into <delivered folder>/ascmhl, "
+                    "for standard media tools. Default: the service's KETTER_WRITE_MHL.")
 
 
 class ManifestFileOut(BaseModel):
@@ -177,6 +181,7 @@ class JobOut(BaseModel):
     requested_strategy: RequestedStrategy
     on_existing: OnExisting
     verify: VerifyMode
+    write_mhl: bool
     manifest_algorithm: str | None
     strategy: str | None
     n_files: int
@@ -222,6 +227,7 @@ class JobOut(BaseModel):
             requested_strategy=job.requested_strategy,
             on_existing=job.on_existing,
             verify=job.verify,
+            write_mhl=job.write_mhl,
             manifest_algorithm=job.manifest_algorithm,
             strategy=job.strategy.value if job.strategy else None,
             n_files=job.n_files,

@@ -38,7 +38,8 @@ def check_output_free(target: Path, source_rel: str, on_existing: OnExisting) ->
 
 
 def submit_job(session: Session, *, request: JobCreate,
-               default_verify: VerifyMode = VerifyMode.CHECKSUM) -> Job:
+               default_verify: VerifyMode = VerifyMode.CHECKSUM,
+               default_write_mhl: bool = False) -> Job:
     """Validate a job request against its portals and store it PENDING (caller commits)."""
     source_portal = _portal(session, request.source_portal_id, "source")
     target_portal = _portal(session, request.target_portal_id, "target")
@@ -69,4 +70,5 @@ def submit_job(session: Session, *, request: JobCreate,
         requested_strategy=request.strategy,
         on_existing=request.on_existing,
         verify=request.verify or default_verify,
+        write_mhl=default_write_mhl if request.write_mhl is None else request.write_mhl,
     )

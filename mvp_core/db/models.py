@@ -206,6 +206,10 @@ class Job(Base):
         default=VerifyMode.CHECKSUM,
         server_default=VerifyMode.CHECKSUM.value,
     )
+    # Also write an ASC MHL receipt into the delivered folder (``ascmhl/``).
+    write_mhl: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
     # The hash algorithm of the job's manifest (``job_files``); None: sizes only.
     manifest_algorithm: Mapped[str | None] = mapped_column(String(16))
     strategy: Mapped[ChosenStrategy | None] = mapped_column(_enum(ChosenStrategy, "strategy"))

@@ -27,9 +27,9 @@ from mvp_core.db.models import (
     ChosenStrategy,
     EventLevel,
     EventType,
+    Installation,
     Job,
     JobEvent,
-    Installation,
     JobFile,
     JobMode,
     JobStatus,
@@ -145,12 +145,14 @@ def create_job(
     requested_strategy: RequestedStrategy,
     on_existing: OnExisting = OnExisting.FAIL,
     verify: VerifyMode = VerifyMode.CHECKSUM,
+    write_mhl: bool = False,
 ) -> Job:
     """Insert a PENDING job with its ``created`` and ``queued`` events."""
     job = Job(
         mode=mode,
         on_existing=on_existing,
         verify=verify,
+        write_mhl=write_mhl,
         source_portal_id=source_portal_id,
         source_path=source_path,
         target_portal_id=target_portal_id,
@@ -174,6 +176,7 @@ def create_job(
             "requested_strategy": requested_strategy.value,
             "on_existing": on_existing.value,
             "verify": verify.value,
+            "write_mhl": write_mhl,
         },
     )
     add_event(session, job_id=job.id, event_type=EventType.QUEUED, message="handed to the queue")

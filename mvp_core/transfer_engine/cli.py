@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify", choices=["checksum", "size"], default=None,
                         help="checksum (default, KETTER_VERIFY): every file's content hash "
                              "compared on both sides; size: names and sizes only")
+    parser.add_argument("--mhl", action="store_true", default=None,
+                        help="also write an ASC MHL receipt into <folder>/ascmhl "
+                             "(default: KETTER_WRITE_MHL)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--identity", type=Path, help="ssh private key file")
     parser.add_argument("--known-hosts", type=Path, help="known_hosts file for strict checking")
@@ -234,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # One job per process: nothing would reuse a kept connection.
     options = dataclasses.replace(settings.engine_options(), ssh_persist_s=0.0,
-                                  verify=args.verify or settings.verify)
+                                  verify=args.verify or settings.verify,
+                                  write_mhl=bool(args.mhl) or settings.write_mhl)
     return run(args, settings.zip_thresholds(), options,
                settings.default_known_hosts, sys.stdout, sys.stderr)
 

@@ -157,8 +157,28 @@ def algorithm_for(endpoints: Iterable[Endpoint], options: EngineOptions,
 
 
 def parse_hash_output(data: bytes, root_is_dir: bool) -> dict[str, str]:
-    """``HASH_TREE`` output: per file a line whose first word is the hash, then the name
-    and a NUL. Names are relative (``./`` dropped); a file root is ``""``."""
+    """``HASH_TREE`` output: the batch part (``HASH  ./rel`` lines), a NUL, then per odd
+    name a line whose first word is the hash, the name and a NUL. Names are relative
+    (``./`` dropped); a file root is ``""``."""
+    batch, sep, rest = data.partition(b"\0")
+    if not sep:
+        raise VerificationError("the remote hash listing ended early")
+    hashes: dict[str, str] = {}
+    for line in batch.split(b"\n"):
+        cut = line.find(b" ./")
+        if cut > 0:
+            words = line[:cut].split()
+            if words:
+                hashes[os.fsdecode(line[cut + 3:])] = _digest(words[0])
+    hashes.update(_parse_one_by_one(rest, root_is_dir))
+    return hashes
+
+
+def _digest(word: bytes) -> str:
+    return word.decode("ascii", "replace").lstrip("\\").lower()
+
+
+def _parse_one_by_one(data: bytes, root_is_dir: bool) -> dict[str, str]:
     hashes: dict[str, str] = {}
     pos = 0
     while pos < len(data):
@@ -167,7 +187,7 @@ def parse_hash_output(data: bytes, root_is_dir: bool) -> dict[str, str]:
         if nl < 0 or nul < 0:
             raise VerificationError("the remote hash listing ended early")
         words = data[pos:nl].split()
-        digest = words[0].decode("ascii", "replace").lstrip("\\").lower() if words else "!"
+        digest = _digest(words[0]) if words else "!"
         name = os.fsdecode(data[nl + 1:nul])
         rel = name.removeprefix("./")
         hashes[rel if root_is_dir else ""] = digest

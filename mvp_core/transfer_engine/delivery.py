@@ -51,13 +51,16 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
 
-from mvp_core.transfer_engine import integrity, remote_sh
+from mvp_core.transfer_engine import integrity, mhl, remote_sh
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -86,8 +89,12 @@ from mvp_core.transfer_engine.verify import (
     list_tree,
     listing_from_find,
     parse_find_output,
-    verify_destination,
 )
+
+try:
+    _VERSION = version("mvp_core")
+except PackageNotFoundError:  # running from a source tree
+    _VERSION = "3.0"
 
 STAGING_PREFIX = ".ketter-"
 DELIVERED_MARK = ".ketter-delivered"
@@ -724,12 +731,58 @@ def finish(delivery: Delivery, options: EngineOptions, clock: PhaseClock, *,
             check_listing(expected, actual, where, strict=strict)
             check = _check_content(expected, job, where, options, cancel, info)
             info.update(files=expected.n_files, bytes=expected.total_bytes)
+    if options.write_mhl and not delivery.delivered and expected is not None:
+        _write_mhl(delivery, expected, check, options, clock)
     if not delivery.in_place and not delivery.delivered:
         if cancel is not None and cancel.cancelled:
             raise TransferCancelledError("cancelled before the tree was put in place")
         with clock.phase("deliver") as info:
             info["how"] = commit(delivery, options)
     return _after_delivery(delivery, options, clock, expected, check, cancel)
+
+
+def _write_mhl(delivery: Delivery, expected: TreeListing,
+               check: integrity.ContentCheck | None, options: EngineOptions,
+               clock: PhaseClock) -> None:
+    """The ASC MHL receipt, written into the verified tree before it gets its name; where
+    it could not be a faithful first generation, a warning says why instead."""
+    why = None
+    if check is None:
+        why = "it needs verify=checksum"
+    elif check.algorithm not in mhl.SUPPORTED:
+        why = f"the target host could only hash with {check.algorithm}, which ASC MHL lacks"
+    elif not expected.is_dir:
+        why = "the source is a single file, not a folder"
+    elif mhl.FOLDER in expected.entries or (
+            delivery.in_place and exists_many((_child(delivery.written, mhl.FOLDER),),
+                                              options)[0]):
+        why = "the folder already holds an ascmhl history (not extended)"
+    if why is not None or check is None:
+        clock.warn(f"ASC MHL not written: {why}")
+        return
+    with clock.phase("mhl") as info:
+        now = datetime.now(UTC)
+        name = mhl.generation_name(delivery.job.source.name, now)
+        body = mhl.generation_xml(integrity.delivered_files(expected, check), check.algorithm,
+                                  hostname=socket.gethostname(), tool_version=_VERSION, now=now)
+        chain = mhl.chain_xml(name, body)
+        folder = _child(delivery.written, mhl.FOLDER)
+        if isinstance(folder, SshEndpoint):
+            result = run_remote(folder, ("sh", "-c", remote_sh.WRITE_MHL, "sh", _path(folder),
+                                         name, mhl.CHAIN, chain.decode()),
+                                options, what="write the ASC MHL", check=False,
+                                input_bytes=body)
+            raise_for_remote(result, folder, "write the ASC MHL")
+        else:
+            try:
+                os.mkdir(folder.path)
+                for file_name, data in ((name, body), (mhl.CHAIN, chain)):
+                    with open(os.path.join(folder.path, file_name), "xb") as f:
+                        f.write(data)
+            except OSError as exc:
+                raise TargetNotWritableError(f"cannot write the ASC MHL in {folder}: "
+                                             f"{exc.strerror}") from exc
+        info.update(generation=name, files=len(check.hashes))
 
 
 def _prune_strays(expected: TreeListing, actual: TreeListing, staged: Endpoint,
@@ -795,6 +848,8 @@ def _finish_in_one_session(delivery: Delivery, options: EngineOptions, clock: Ph
             check_listing(expected, actual, delivery.staged, strict=True)
             check = _check_content(expected, job, delivery.staged, options, cancel, info)
             info.update(files=expected.n_files, bytes=expected.total_bytes)
+        if options.write_mhl:
+            _write_mhl(delivery, expected, check, options, clock)
         if cancel is not None and cancel.cancelled:
             raise TransferCancelledError("cancelled before the tree was put in place")
         with clock.phase("deliver") as info:

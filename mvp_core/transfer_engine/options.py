@@ -23,6 +23,9 @@ class EngineOptions:
     # read back from the target's disk) or "size" (names, kinds and sizes only: faster,
     # blind to same-size changes).
     verify: str = "checksum"
+    # Also write an ASC MHL v2.0 generation into ``ascmhl/`` inside the delivered folder
+    # (needs verify="checksum": the hashes come from verification). See ``mhl``.
+    write_mhl: bool = False
     # One ssh connection per job: a master started for the job, every ssh of the job
     # (rsync's too) runs as a session over it (see ssh_master). False: one per command.
     ssh_multiplex: bool = True

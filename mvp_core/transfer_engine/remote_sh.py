@@ -16,6 +16,7 @@ What each needs on the remote host (POSIX ``sh``, ``find``, ``xargs -0``, plus):
   ``rm -f``; directories go with ``rmdir`` (only when empty), never ``rm -rf``.
 - ``PRUNE``: ``dirname``, ``mktemp``, ``touch -r``, ``rm -rf`` inside the job's own
   staging dir only.
+- ``WRITE_MHL``: ``mkdir``, ``cat``, ``printf``.
 - ``SYNC``: ``sync -f PATH`` (GNU coreutils >= 8.24), else a plain ``sync``.
 - ``DELETABLE``: GNU ``find -writable``; lists directories a move could not empty.
 - ``SAME_STORAGE``, ``PROBE_FILE``: ``test -e``, ``dirname``, ``mktemp``, ``touch -r``;
@@ -35,7 +36,8 @@ HASH_PROBE = (
 )
 
 # $1 algorithm (xxh128|sha256|md5); $@ files. For each: one line whose first word is the
-# hash (or "!" when the file cannot be read), then the file's name and a NUL.
+# hash (or "!" when the file cannot be read), then the file's name and a NUL. For the
+# few names a tool's own output could garble (newline, CR, backslash).
 _HASH_FILES = (
     'a=$1; shift; '
     'case $a in '
@@ -48,13 +50,26 @@ _HASH_FILES = (
     'for f; do h < "$f" 2>/dev/null || echo "!"; printf "%s\\0" "$f"; done'
 )
 
-# $1 algorithm, $2 root, $3 _HASH_FILES (a directory: every regular file under it, as ./rel; a file:
-# itself). Exit 4 when the root is missing.
+# $1 algorithm, $2 root, $3 _HASH_FILES. A directory: every regular file under it.
+# First the plain names in batches, one tool per thousands of files ("HASH ./rel"
+# lines: xxhsum, sha256sum, shasum and md5 -r all print the hash, spaces, the name),
+# then a NUL, then the odd names through _HASH_FILES. A file root: _HASH_FILES alone.
+# Exit 4 when the root is missing.
 HASH_TREE = (
-    'a=$1; r=$2; '
+    'a=$1; r=$2; one=$3; '
+    'case $a in '
+    'xxh128) set -- xxhsum -H2 ;; '
+    'sha256) if command -v sha256sum >/dev/null 2>&1; then set -- sha256sum; '
+    'else set -- shasum -a 256; fi ;; '
+    'md5) if command -v md5sum >/dev/null 2>&1; then set -- md5sum; else set -- md5 -r; fi ;; '
+    '*) exit 64 ;; esac; '
+    r"""nl=$(printf '\nx'); nl=${nl%x}; cr=$(printf '\r'); bs='*\\*'; """
     'if [ -d "$r" ] && [ ! -L "$r" ]; then cd -- "$r" || exit 4; '
-    'find . -type f -exec sh -c "$3" sh "$a" {} + ; '
-    'elif [ -f "$r" ]; then sh -c "$3" sh "$a" "$r"; '
+    'find . -type f ! -name "*$nl*" ! -name "*$cr*" ! -name "$bs" -exec "$@" {} + '
+    r'2>/dev/null; printf "\000"; '
+    r'find . -type f \( -name "*$nl*" -o -name "*$cr*" -o -name "$bs" \) '
+    '-exec sh -c "$one" sh "$a" {} + ; '
+    r'elif [ -f "$r" ]; then printf "\000"; sh -c "$one" sh "$a" "$r"; '
     'else echo "No such file or directory: $r" >&2; exit 4; fi'
 )
 
@@ -87,6 +102,13 @@ PRUNE = (
     'for s; do p=$(dirname -- "$s"); r=$(mktemp) || exit 3; touch -r "$p" -- "$r"; '
     'rm -rf -- "$s" 2>/dev/null || { chmod -R u+rwx -- "$s"; rm -rf -- "$s"; }; '
     'touch -r "$r" -- "$p"; rm -f -- "$r"; done'
+)
+
+# $1 the ascmhl folder to create (must not exist), $2 the generation's name, its content
+# on stdin, $3 the chain file's name, $4 its content (small: an argument).
+WRITE_MHL = (
+    'd=$1; mkdir -- "$d" || exit 3; cat > "$d/$2" || exit 3; '
+    "printf '%s' \"$4\" > \"$d/$3\" || exit 3"
 )
 
 # $1 a path on the filesystem to flush.

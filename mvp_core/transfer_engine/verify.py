@@ -127,19 +127,6 @@ def compare(expected: TreeListing, actual: TreeListing, *, strict: bool = False)
     return problems
 
 
-def verify_destination(
-    expected: TreeListing,
-    destination: Endpoint,
-    options: EngineOptions,
-    *,
-    cancel: CancelToken | None = None,
-    strict: bool = False,
-) -> TreeListing:
-    """Raise ``VerificationError`` unless ``destination`` holds every expected entry."""
-    return check_listing(expected, list_tree(destination, options, cancel=cancel), destination,
-                         strict=strict)
-
-
 def check_listing(expected: TreeListing, actual: TreeListing | None,
                   destination: Endpoint, *, strict: bool = False) -> TreeListing:
     """Raise ``VerificationError`` unless ``actual`` (the destination's listing, None

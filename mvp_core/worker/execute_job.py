@@ -212,7 +212,8 @@ class JobRun:
                 finished = await self._finished_earlier(snap, transfer_job)
                 if finished is not None:
                     return await self._done(finished)
-            self.options = dataclasses.replace(self.options, verify=snap.job.verify.value)
+            self.options = dataclasses.replace(self.options, verify=snap.job.verify.value,
+                                               write_mhl=snap.job.write_mhl)
             plan = await asyncio.to_thread(
                 decide_strategy, transfer_job, self.settings.zip_thresholds(),
                 force=_FORCED.get(snap.job.requested_strategy),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -508,3 +509,132 @@ def test_staging_names_carry_the_installation() -> None:
     assert staging_job_id(ours, "a1b2c3d4") == 12
     assert staging_job_id(ours, "ffffffff") is None  # another installation's: never swept
     assert staging_job_id(".ketter-job-12", "a1b2c3d4") is None  # ids alone are not ours
+
+
+# ---------------------------------------------------------------- what the remote can hash
+
+
+@pytest.fixture(scope="module")
+def sshd_without_hash_tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real sshd whose sessions have rsync and the POSIX tools but no hash tool."""
+    import shutil as sh
+
+    from tests.fixtures.sshd import _PATH_TOOLS, start_sshd, stop_sshd
+
+    workdir = tmp_path_factory.mktemp("sshd_nohash")
+    bindir = workdir / "bin"
+    bindir.mkdir()
+    for tool in (*_PATH_TOOLS, "unzip"):
+        found = sh.which(tool)
+        if found and tool not in ("sha256sum", "xxhsum", "md5sum", "shasum", "md5"):
+            (bindir / tool).symlink_to(found)
+    server = start_sshd(workdir, extra_config=f"SetEnv PATH={bindir}\n")
+    try:
+        yield server
+    finally:
+        stop_sshd(server)
+
+
+def test_a_host_with_only_sha256sum_is_verified_with_sha256(
+        tmp_path: Path, sshd_without_unzip: SshServer, options: EngineOptions) -> None:
+    import hashlib
+
+    src = make_session_tree(tmp_path / "src", n_audio=4)
+    (src / "Audio Files" / "odd\nname\\.wav").write_bytes(b"RIFF odd")
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), sshd_without_unzip.endpoint(out), MOVE, job_id="j21")
+    result = _run(job, DIRECT, options)
+    assert result.algorithm == "sha256"
+    for f in result.files:
+        assert f.hash == hashlib.sha256((out / src.name / f.path).read_bytes()).hexdigest()
+    assert not src.exists()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+def test_a_host_with_no_hash_tool_is_refused_before_any_byte_unless_size_is_chosen(
+        tmp_path: Path, sshd_without_hash_tools: SshServer, options: EngineOptions,
+        strategy: TransferStrategy) -> None:
+    from mvp_core.transfer_engine.errors import RemoteCommandMissingError
+
+    src = make_session_tree(tmp_path / "src", n_audio=3)
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), sshd_without_hash_tools.endpoint(out), MOVE,
+                      job_id="j22")
+    events: list[PhaseEvent] = []
+    with pytest.raises(RemoteCommandMissingError, match="no hash tool.*verify=size"):
+        _run(job, strategy, options, on_phase=events.append)
+    assert not [e for e in events if e.phase in ("send", "zip")]
+    assert tree_snapshot(src) == reference and entries(out) == []
+    result = _run(job, strategy, dataclasses.replace(options, verify="size"))
+    assert result.algorithm is None
+    assert tree_snapshot(out / src.name) == reference
+
+
+# ---------------------------------------------------------------- the ASC MHL receipt
+
+
+ASCMHL_VENV = Path(__file__).resolve().parents[2] / ".cache" / "ascmhl-venv"
+
+
+@pytest.fixture(scope="session")
+def ascmhl() -> Path:
+    """The reference ``ascmhl`` tool, in a venv of its own (it pins an old Click, ships
+    a top-level ``tests`` package and checks for updates at start: never in ours)."""
+    exe = ASCMHL_VENV / "bin" / "ascmhl"
+    if not exe.exists():
+        subprocess.run(["python3", "-m", "venv", str(ASCMHL_VENV)], check=True)
+        subprocess.run([str(ASCMHL_VENV / "bin" / "pip"), "install", "-q", "ascmhl==1.2"],
+                       check=True)
+    return exe
+
+
+def _ascmhl(exe: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # Its start-up update check (a GitHub call) goes to a closed local port and fails at
+    # once: no traffic leaves the machine and no test waits on it.
+    env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+           "NO_PROXY": "", "no_proxy": ""}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, check=False,
+                          env=env, timeout=120)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_the_delivered_folder_carries_an_asc_mhl_the_reference_tool_accepts(
+        tmp_path: Path, sshd: SshServer, options: EngineOptions, strategy: TransferStrategy,
+        where: str, ascmhl: Path) -> None:
+    src = make_session_tree(tmp_path / "src", "Sessão Final", n_audio=5)
+    (src / "Audio Files" / "Take <1> & 'two'.wav").write_bytes(b"RIFF quoted")
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), target_for(where, out, sshd), MOVE, job_id="j23")
+    result = _run(job, strategy, dataclasses.replace(options, write_mhl=True))
+    delivered = out / src.name
+    names = sorted(p.name for p in (delivered / "ascmhl").iterdir())
+    assert names[1] == "ascmhl_chain.xml" and names[0].startswith("0001_") and len(names) == 2
+    assert {f.path for f in result.files} == {
+        str(p.relative_to(delivered)) for p in delivered.rglob("*")
+        if p.is_file() and p.parts[len(delivered.parts)] != "ascmhl"}
+    # The receiving side's check: no file missing or new, every hash as recorded. `create`
+    # verifies the history before it adds a generation (on a copy: it writes one).
+    check = tmp_path / "check" / src.name
+    shutil.copytree(delivered, check)
+    diff = _ascmhl(ascmhl, "diff", str(check))
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    ok = _ascmhl(ascmhl, "create", "-h", "xxh128", str(check))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = tmp_path / "bad" / src.name
+    shutil.copytree(delivered, bad)
+    _rewrite_in_place(bad / TAKE, keep_mtime=True)
+    caught = _ascmhl(ascmhl, "create", "-h", "xxh128", str(bad))
+    assert caught.returncode != 0 and "mismatch" in caught.stdout + caught.stderr
+
+
+def test_no_asc_mhl_where_it_could_not_be_faithful(
+        tmp_path: Path, sshd_without_unzip: SshServer, options: EngineOptions) -> None:
+    src = make_session_tree(tmp_path / "src", n_audio=2)
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), sshd_without_unzip.endpoint(out), COPY, job_id="j24")
+    result = _run(job, DIRECT, dataclasses.replace(options, write_mhl=True))
+    assert result.algorithm == "sha256"
+    assert any("ASC MHL not written" in w and "sha256" in w for w in result.warnings)
+    assert not (out / src.name / "ascmhl").exists()

@@ -9,6 +9,7 @@ import pytest
 from mvp_core.transfer_engine.direct import run_transfer
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint
 from mvp_core.transfer_engine.execute import execute_plan
+from mvp_core.transfer_engine.zip_first import zip_name
 from mvp_core.transfer_engine.job import TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
@@ -119,7 +120,7 @@ def test_retry_over_a_partial_destination_completes(tmp_path: Path, sshd: SshSer
     # A stale temp zip from a crashed attempt is replaced, then removed.
     stale = Path(engine_options.remote_temp_dir)
     stale.mkdir(parents=True)
-    (stale / "ketter-retry.zip").write_bytes(b"garbage")
+    (stale / zip_name("retry", remote=True)).write_bytes(b"garbage")
     execute_plan(decide_strategy(job, force=strategy), options=engine_options)
     # unzip restores directories it creates only; the engine restores the others.
     assert_trees_identical(src, tmp_path / "out" / src.name)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -86,15 +88,18 @@ def test_done_job_serves_its_manifest_as_json_and_csv(
         ketter_stack: Stack, api_client: httpx.Client, portals: Portals, strategy: str) -> None:
     stack, client = ketter_stack, api_client
     src = make_session_tree(portals.local_src_base, "Sessão Final", n_audio=7)
-    job = submit(client, portals, "Sessão Final", strategy=strategy, mode="move")
-    assert job["verify"] == "checksum"
+    job = submit(client, portals, "Sessão Final", strategy=strategy, mode="move",
+                 write_mhl=True)
+    assert job["verify"] == "checksum" and job["write_mhl"] is True
     stack.start_worker()
     final = stack.wait_job(client, job["id"], FINAL, timeout=60)
     assert final["status"] == "DONE", final
     assert final["manifest_algorithm"] == XXH128
     assert not src.exists()
     delivered = portals.ssh_dst_base / "Sessão Final"
-    on_disk = {str(p.relative_to(delivered)): p for p in delivered.rglob("*") if p.is_file()}
+    assert len(list((delivered / "ascmhl").glob("0001_*.mhl"))) == 1  # the receipt, inside
+    on_disk = {str(p.relative_to(delivered)): p for p in delivered.rglob("*")
+               if p.is_file() and "ascmhl" not in p.relative_to(delivered).parts}
 
     body = client.get(f"/jobs/{job['id']}/manifest").json()
     assert body["job_id"] == job["id"] and body["algorithm"] == XXH128
@@ -149,3 +154,83 @@ def test_a_cancel_racing_the_rename_ends_done_and_says_so(
     assert not src.exists()
     done = [e for e in stack.events(client, job["id"]) if e["event_type"] == "done"]
     assert any("cancel arrived after" in w for w in done[0]["payload"]["warnings"]), done
+
+
+def test_move_with_a_byte_flipped_in_staging_fails_and_keeps_the_source(
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals,
+        freezer: Freezer) -> None:
+    stack, client = ketter_stack, api_client
+    src = make_session_tree(portals.local_src_base, "Flip Mix", n_audio=5)
+    before = tree_snapshot(src)
+    job = submit(client, portals, "Flip Mix", strategy="direct", mode="move")
+    freezer.at_phase_event(job["id"], "verify", "started")
+    stack.start_worker()
+    freezer.wait_frozen()
+    staged = [p for p in portals.ssh_dst_base.rglob("Kick_0002.wav")]
+    assert len(staged) == 1 and ".ketter-" in str(staged[0])
+    _flip_keeping_size_and_mtime(staged[0])
+    freezer.release()
+    final = stack.wait_job(client, job["id"], FINAL, timeout=60)
+    assert final["status"] == "FAILED" and final["error_type"] == "VerificationError", final
+    assert "content differs" in final["error_message"]
+    assert tree_snapshot(src) == before
+    assert not (portals.ssh_dst_base / "Flip Mix").exists()
+
+
+def test_move_onto_the_same_folder_through_an_ssh_portal_is_refused(
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals, sshd: Any) -> None:
+    """An ssh portal to this very host whose base is the LAB portal's own folder."""
+    stack, client = ketter_stack, api_client
+    src = make_session_tree(portals.local_src_base, "Twin Mix", n_audio=3)
+    before = tree_snapshot(src)
+    twin = client.post("/portals", json={
+        "name": "lab-over-ssh", "kind": "ssh", "host": sshd.host, "port": sshd.port,
+        "username": sshd.user, "base_path": str(portals.local_src_base),
+        "identity_file": str(sshd.identity_file), "known_hosts_file": str(sshd.known_hosts_file),
+    })
+    assert twin.status_code == 201, twin.text
+    job = submit(client, portals, "Twin Mix", mode="move", on_existing="replace",
+                 target_portal_id=twin.json()["id"])
+    stack.start_worker()
+    final = stack.wait_job(client, job["id"], FINAL, timeout=60)
+    assert final["status"] == "FAILED" and final["attempts"] == 1, final
+    assert "same storage" in final["error_message"], final
+    assert tree_snapshot(src) == before
+
+
+def test_move_of_a_source_the_worker_cannot_empty_is_refused_before_any_byte(
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals) -> None:
+    stack, client = ketter_stack, api_client
+    src = make_session_tree(portals.local_src_base, "Locked Mix", n_audio=3)
+    locked = src / "Fade Files"
+    subprocess.run(["chattr", "+i", str(locked)], check=True)
+    try:
+        job = submit(client, portals, "Locked Mix", mode="move")
+        stack.start_worker()
+        final = stack.wait_job(client, job["id"], FINAL, timeout=60)
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert final["status"] == "FAILED" and final["error_type"] == "SourceNotDeletableError", final
+    assert "Fade Files" in final["error_message"]
+    phases = {e["payload"].get("phase") for e in stack.events(client, job["id"])}
+    assert "send" not in phases and "zip" not in phases
+    assert list(portals.ssh_dst_base.iterdir()) == []
+
+
+def test_merge_move_over_a_stale_same_size_file_delivers_the_source_bytes(
+        ketter_stack: Stack, api_client: httpx.Client, portals: Portals) -> None:
+    stack, client = ketter_stack, api_client
+    src = make_session_tree(portals.local_src_base, "Merge Mix", n_audio=3)
+    reference = tree_snapshot(src)
+    stale = portals.ssh_dst_base / "Merge Mix" / VICTIM
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(bytes(b ^ 0x55 for b in (src / VICTIM).read_bytes()))
+    st = os.stat(src / VICTIM)
+    os.utime(stale, ns=(st.st_atime_ns, st.st_mtime_ns))
+    job = submit(client, portals, "Merge Mix", mode="move", on_existing="merge",
+                 strategy="direct")
+    stack.start_worker()
+    final = stack.wait_job(client, job["id"], FINAL, timeout=60)
+    assert final["status"] == "DONE", final
+    assert tree_snapshot(portals.ssh_dst_base / "Merge Mix") == reference
+    assert not src.exists()

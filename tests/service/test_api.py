@@ -295,3 +295,40 @@ def test_api_token_required_except_health(database_url: str, clean_database_url:
         assert TOKEN not in proc.log_text()
     finally:
         proc.stop()
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_manifest_of_a_100000_file_job(client: httpx.Client, portals: Portals,
+                                       clean_database_url: str) -> None:
+    """The receipt holds every file of a big session; 409 until DONE, 404 for no job."""
+    from sqlalchemy import create_engine, pool, update
+    from sqlalchemy.orm import Session
+
+    from mvp_core.db import repository as repo
+    from mvp_core.db.models import Job, JobStatus
+
+    job = client.post("/jobs", json=_job(portals)).json()
+    assert job["verify"] == "checksum" and job["manifest_algorithm"] is None
+    assert client.get(f"/jobs/{job['id']}/manifest").status_code == 409
+    assert client.get("/jobs/999999/manifest").status_code == 404
+    assert client.get(f"/jobs/{job['id']}/manifest", params={"format": "xml"}).status_code == 422
+    n = 100_000
+    lines = [repo.ManifestLine(f"Audio Files/Take {i // 1000:03d}/Kick_{i:06d}.wav", 1_048_576,
+                               1_700_000_000_000_000_000 + i, f"{i:032x}") for i in range(n)]
+    engine = create_engine(clean_database_url, poolclass=pool.NullPool)
+    try:
+        with Session(engine) as s:
+            s.execute(update(Job).where(Job.id == job["id"]).values(status=JobStatus.DONE))
+            repo.record_manifest(s, job_id=job["id"], algorithm="xxh128", files=lines)
+            s.commit()
+    finally:
+        engine.dispose()
+    body = client.get(f"/jobs/{job['id']}/manifest", timeout=60).json()
+    assert body["algorithm"] == "xxh128" and len(body["files"]) == n
+    assert body["files"][12345] == {"path": lines[12345].path, "size": 1_048_576,
+                                    "hash": f"{12345:032x}"}
+    csv_text = client.get(f"/jobs/{job['id']}/manifest", params={"format": "csv"},
+                          timeout=60).text
+    assert csv_text.count("\n") == n + 1

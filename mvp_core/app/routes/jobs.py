@@ -22,6 +22,7 @@ from mvp_core.app.schemas import (
     error_responses,
 )
 from mvp_core.app.services import submit_job
+from mvp_core.config import Settings
 from mvp_core.db import repository as repo
 from mvp_core.db.models import EventLevel, EventType, JobStatus, VerifyMode
 from mvp_core.worker.queue import enqueue
@@ -31,8 +32,9 @@ ENQUEUE_TIMEOUT_S = 5.0  # a hung Redis must not hang the submit: the reconciler
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401, 503))
 
 
-def _store(session: SessionDep, body: JobCreate, default_verify: VerifyMode) -> int:
-    job = submit_job(session, request=body, default_verify=default_verify)
+def _store(session: SessionDep, body: JobCreate, settings: Settings) -> int:
+    job = submit_job(session, request=body, default_verify=VerifyMode(settings.verify),
+                     default_write_mhl=settings.write_mhl)
     session.commit()
     return job.id
 
@@ -55,7 +57,7 @@ async def create_job(
     If Redis is unreachable the job is still stored: Postgres is the truth, and
     every worker's reconciler queues PENDING jobs Redis does not hold.
     """
-    job_id = await run_in_threadpool(_store, session, body, VerifyMode(settings.verify))
+    job_id = await run_in_threadpool(_store, session, body, settings)
     response.headers["Location"] = f"/jobs/{job_id}"
     try:
         await asyncio.wait_for(enqueue(queue, job_id=job_id, queue_name=settings.queue_name),

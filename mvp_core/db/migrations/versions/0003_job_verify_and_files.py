@@ -1,4 +1,4 @@
-"""jobs.verify + jobs.manifest_algorithm, job_files (the per-job delivery receipt), and
+"""jobs.verify + jobs.write_mhl + jobs.manifest_algorithm, job_files (the per-job delivery receipt), and
 the installation id.
 
 Revision ID: 0003
@@ -32,6 +32,8 @@ def upgrade() -> None:
     op.create_check_constraint(
         op.f("ck_jobs_verify"), "jobs", "verify IN ('checksum', 'size')"
     )
+    op.add_column("jobs", sa.Column("write_mhl", sa.Boolean(), server_default=sa.false(),
+                                    nullable=False))
     op.add_column("jobs", sa.Column("manifest_algorithm", sa.String(length=16), nullable=True))
     op.create_table(
         "job_files",
@@ -62,5 +64,6 @@ def downgrade() -> None:
     op.drop_table("installation")
     op.drop_table("job_files")
     op.drop_column("jobs", "manifest_algorithm")
+    op.drop_column("jobs", "write_mhl")
     op.drop_constraint(op.f("ck_jobs_verify"), "jobs", type_="check")
     op.drop_column("jobs", "verify")
