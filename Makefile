@@ -46,8 +46,7 @@ down:
 	bash infra/native_down.sh
 
 dku: $(STAMP)
-	KETTER_API_URL=$${KETTER_API_URL:-http://$${KETTER_API_HOST:-127.0.0.1}:$${KETTER_API_PORT:-8000}} \
-	  $(PY) -m mvp_core.dku $(DKU_ARGS)
+	KETTER_PYTHON=$(PY) bash infra/native_dku.sh $(DKU_ARGS)
 
 bench: $(STAMP)
 	bash scripts/bootstrap.sh services

@@ -23,9 +23,33 @@ ketter_compose_client() {
   fi
 }
 
+ketter_buildkit() {
+  # Prints 1 when this docker CLI can build with BuildKit, 0 otherwise. Since docker 23
+  # BuildKit lives in the buildx plugin and DOCKER_BUILDKIT=1 without it is an error
+  # ("BuildKit is enabled but the buildx component is missing or broken"); older CLIs
+  # (Debian 12's 20.10) have it built in.
+  local major
+  command -v docker >/dev/null 2>&1 || { echo 0; return 0; }
+  if docker buildx version >/dev/null 2>&1; then echo 1; return 0; fi
+  # "Docker version 20.10.24+dfsg1, build 297e128": the client alone, no engine asked.
+  major=$(docker --version 2>/dev/null | sed -n 's/^Docker version \([0-9]*\)\..*/\1/p' || true)
+  if [ -n "$major" ] && [ "$major" -lt 23 ]; then echo 1; else echo 0; fi
+}
+
+ketter_build_env() {
+  # BuildKit when the CLI has it, else the classic builder; a value the caller set wins.
+  # Builds go through the docker CLI either way (it reads the root .dockerignore too).
+  if [ -z "${DOCKER_BUILDKIT:-}" ]; then
+    DOCKER_BUILDKIT=$(ketter_buildkit)
+    export DOCKER_BUILDKIT
+  fi
+  export COMPOSE_DOCKER_CLI_BUILD="${COMPOSE_DOCKER_CLI_BUILD:-1}"
+}
+
 ketter_compose() {
   local client env_file
   client=$(ketter_compose_client) || return 2
+  ketter_build_env
   env_file="${KETTER_COMPOSE_ENV:-$KETTER_INFRA_DIR/.env}"
   if [ ! -f "$env_file" ]; then
     # No local settings yet: validate against the documented defaults.

@@ -25,6 +25,10 @@ fi
 env_get() { # env_get NAME: value of NAME in .env (last one wins), empty when absent
   sed -n "s/^$1=//p" .env | tail -n 1
 }
+env_set() { # env_set NAME VALUE: replace (or add) NAME's line in .env
+  sed -i "s|^$1=.*|$1=$2|" .env
+  grep -q "^$1=" .env || echo "$1=$2" >> .env
+}
 
 # Local settings, with a fresh random API token the first time.
 if [ ! -f .env ]; then
@@ -32,17 +36,30 @@ if [ ! -f .env ]; then
   echo "dev_up: created infra/.env from .env.example"
 fi
 if [ -z "$(env_get KETTER_API_TOKEN)" ]; then
-  token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
-  sed -i "s|^KETTER_API_TOKEN=.*|KETTER_API_TOKEN=$token|" .env
-  grep -q '^KETTER_API_TOKEN=' .env || echo "KETTER_API_TOKEN=$token" >> .env
+  env_set KETTER_API_TOKEN "$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
   echo "dev_up: generated KETTER_API_TOKEN in infra/.env (not printed)"
 fi
 
-# The container user must be able to read the mounted ssh key.
+# The container user (uid KETTER_APP_UID) must be able to read the mounted ssh key, and
+# the key's owner on the host is that same uid. A non-root operator owns it. Root must
+# not hand it to uid 1000 blindly (on a real host an unrelated account): the uid of the
+# sudo caller, else the first uid from 10000 that no account on this host has; kept in
+# infra/.env so later builds agree.
 if [ -z "${KETTER_APP_UID:-}" ]; then
   if [ "$(id -u)" -ne 0 ]; then KETTER_APP_UID="$(id -u)"; else
-    KETTER_APP_UID="$(env_get KETTER_APP_UID)"; KETTER_APP_UID="${KETTER_APP_UID:-1000}"
+    KETTER_APP_UID="$(env_get KETTER_APP_UID)"
+    if [ -z "$KETTER_APP_UID" ]; then
+      if [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ]; then KETTER_APP_UID="$SUDO_UID"; else
+        KETTER_APP_UID=10000
+        while getent passwd "$KETTER_APP_UID" >/dev/null; do KETTER_APP_UID=$((KETTER_APP_UID + 1)); done
+      fi
+      env_set KETTER_APP_UID "$KETTER_APP_UID"
+      echo "dev_up: the containers run as uid $KETTER_APP_UID (KETTER_APP_UID in infra/.env)"
+    fi
   fi
+fi
+if ! [[ "$KETTER_APP_UID" =~ ^[1-9][0-9]*$ ]]; then
+  echo "dev_up: KETTER_APP_UID=$KETTER_APP_UID is not a uid above 0" >&2; exit 2
 fi
 export KETTER_APP_UID
 
@@ -62,7 +79,9 @@ if [ ! -f "$known" ]; then
   mkdir -p "$(dirname "$known")"; touch "$known"
   echo "dev_up: created empty $known; add host keys with ssh-keyscan HOST >> $known"
 fi
-if [ "$(id -u)" -eq 0 ] && [ "$(stat -c %u "$key")" != "$KETTER_APP_UID" ]; then
+# Root hands over only the files it made itself; an operator's own key stays theirs.
+if [ "$(id -u)" -eq 0 ] && [ "$key" = "./ssh/id_ed25519" ] \
+  && [ "$(stat -c %u "$key")" != "$KETTER_APP_UID" ]; then
   chown "$KETTER_APP_UID" "$key" "$known"
 fi
 
@@ -71,7 +90,9 @@ if [ "$prepare_only" -eq 1 ]; then
   exit 0
 fi
 
-export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
+# BuildKit only when this docker CLI has it (compose.sh's ketter_build_env).
+ketter_build_env
+echo "dev_up: building with $([ "$DOCKER_BUILDKIT" = 1 ] && echo BuildKit || echo the classic builder)"
 ketter_compose up --build -d
 
 echo "dev_up: waiting up to ${timeout_s}s for the api to be healthy"
@@ -102,7 +123,10 @@ done
 # Idempotent: a no-op at head, and proves the migrations run from this image.
 ketter_compose run --rm --no-deps migrate
 echo "dev_up: stack healthy, migrations at head"
-echo "dev_up: API on http://${KETTER_API_BIND:-127.0.0.1}:$(env_get KETTER_API_PORT | grep . || echo 8000) (token in infra/.env)"
+# What compose published: the shell's value wins over infra/.env, as in substitution.
+bind="${KETTER_API_BIND:-$(env_get KETTER_API_BIND)}"
+port="${KETTER_API_PORT:-$(env_get KETTER_API_PORT)}"
+echo "dev_up: API on http://${bind:-127.0.0.1}:${port:-8000} (token in infra/.env)"
 
 if [ "$run_dku" -eq 1 ]; then
   ketter_compose exec -T worker python -m mvp_core.dku

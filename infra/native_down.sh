@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # `make down`: stops exactly the API and worker that `make up` started (their pid files
 # in .run/, or KETTER_RUN_DIR), never anything matched by name. Idempotent.
+# KETTER_RUN_DIR may come from the settings file (infra/ketter_env.sh), as for make up.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=infra/ketter_env.sh
+source "$root/infra/ketter_env.sh"
+ketter_load_env || exit 2
 run_dir="${KETTER_RUN_DIR:-$root/.run}"
 grace_s="${KETTER_DOWN_GRACE_S:-20}"
 

@@ -2,16 +2,22 @@
 # `make up`: the docker-compose stack without Docker. Postgres and Redis are already
 # running (make up runs scripts/bootstrap.sh services first); this creates the database,
 # migrates, starts uvicorn and the arq worker in the background (pid files and logs in
-# .run/) and waits until /health answers. Idempotent: running services are left alone.
+# .run/, rotated at start-up once over 10 MiB; a long-lived host runs the systemd units of
+# infra/systemd/ with the journal instead) and waits until /health answers.
+# Idempotent: running services are left alone.
 # Each process runs under native_supervise.sh, which restarts it when it exits (as
 # compose's `restart: unless-stopped` does). If start-up fails, everything is stopped.
 #
-# Settings come from the environment (KETTER_*; see infra/.env.example). For a second,
+# Settings come from the settings file (KETTER_ENV_FILE, default /etc/ketter/ketter.env
+# when present; see README "Settings") under the environment's KETTER_*. For a second,
 # isolated stack (tests) set KETTER_API_PORT, KETTER_DATABASE_URL, KETTER_REDIS_URL and
 # KETTER_RUN_DIR.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+# shellcheck source=infra/ketter_env.sh
+source "$root/infra/ketter_env.sh"
+ketter_load_env || exit 2
 
 py="${KETTER_PYTHON:-$root/.venv/bin/python}"
 run_dir="${KETTER_RUN_DIR:-$root/.run}"
@@ -54,8 +60,18 @@ print(make_url(sys.argv[1]).render_as_string(hide_password=True))' \
 echo "up: migrating $shown_db"
 "$py" -m mvp_core.db.migrate
 
+rotate_log() { # rotate_log NAME: a log over 10 MiB becomes NAME.log.1 (one kept)
+  local log="$run_dir/$1.log"
+  if [ -f "$log" ] && [ "$(stat -c %s "$log")" -gt $((10 * 1024 * 1024)) ]; then
+    mv -f "$log" "$log.1"
+    echo "up: $1's log was over 10 MiB: kept as $log.1"
+  fi
+}
+
 declare -A crashes_before
 for name in api worker; do
+  # Only a stopped process's log: a running one keeps writing to its open file.
+  alive "$name" || rotate_log "$name"
   crashes_before[$name]=$(crashes "$name"); crashes_before[$name]=${crashes_before[$name]:-0}
   if alive "$name"; then
     echo "up: $name already running (pid $(cat "$run_dir/$name.pid"))"

@@ -2,10 +2,17 @@
 
 The API dependency, the worker's start-up and the CLI's ``main`` call
 ``get_settings()`` once and pass values down; the engine never imports this module.
+
+A native install keeps its settings in one file of ``KETTER_X=value`` lines: the file
+named by ``KETTER_ENV_FILE``, else ``/etc/ketter/ketter.env`` when it exists. Environment
+variables override it. A named file that is missing or unreadable is an error, never a
+silent fall-back to the defaults (which would talk to another stack).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -123,7 +130,36 @@ class Settings(BaseSettings):
         )
 
 
+DEFAULT_ENV_FILE = Path("/etc/ketter/ketter.env")
+
+
+class ConfigFileError(ValueError):
+    """The settings file cannot be used; ``str()`` is one line naming it and why."""
+
+
+def env_file(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The settings file to read: ``KETTER_ENV_FILE``, else the default when it exists."""
+    named = environ.get("KETTER_ENV_FILE", "")
+    path = Path(named) if named else DEFAULT_ENV_FILE
+    if not named and not path.exists():
+        return None
+    source = f"KETTER_ENV_FILE={named}" if named else str(path)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ConfigFileError(f"settings file {source}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"settings file {source}: not UTF-8 text") from exc
+    return path
+
+
+def load_settings() -> Settings:
+    """Settings from the settings file (if any) under the environment's ``KETTER_*``."""
+    return Settings(_env_file=env_file())  # type: ignore[call-arg]
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings; tests override with ``app.dependency_overrides``."""
-    return Settings()
+    return load_settings()

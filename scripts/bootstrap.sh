@@ -2,7 +2,9 @@
 # Installs and starts what Ketter needs from the system, so a fresh Debian/Ubuntu
 # machine runs `make test` / `make demo` with no hand work.
 #   scripts/bootstrap.sh tools     rsync, ssh client+server, zip, unzip
-#   scripts/bootstrap.sh services  tools + PostgreSQL and Redis, started
+#   scripts/bootstrap.sh services  tools + PostgreSQL and Redis, started; the Docker engine,
+#                                  docker-compose and mmdebstrap (tests/infra/test_compose_run.py
+#                                  starts dockerd itself) and systemd-analyze (unit checks)
 #   scripts/bootstrap.sh lab       services + iproute2 (ip, tc) and socat for infra/lab/netlab.sh
 set -euo pipefail
 
@@ -36,6 +38,12 @@ if [ "$want" = "services" ] || [ "$want" = "lab" ]; then
   # CI validates infra/docker-compose.yml with a compose client (no engine needed).
   command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
     || missing+=("docker-compose")
+  # The compose run in the test suite: Debian's engine (and its CLI, /usr/bin/docker),
+  # stand-in base images made with mmdebstrap; systemd-analyze verifies infra/systemd/.
+  need /usr/sbin/dockerd docker.io
+  need /usr/bin/docker docker.io
+  need mmdebstrap mmdebstrap
+  need systemd-analyze systemd
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,4 +1,4 @@
-"""The FastAPI app: ``uvicorn mvp_core.app.main:app`` (settings from KETTER_* env vars).
+"""The FastAPI app: ``uvicorn mvp_core.app.main:app`` (settings: ``mvp_core.config``).
 
 ``create_app(settings)`` builds an app bound to explicit settings (tests, embedding);
 routes read settings only through the ``get_settings`` dependency.
@@ -21,6 +21,9 @@ from mvp_core.config import Settings, get_settings
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Bad settings (an unreadable KETTER_ENV_FILE, a bad value) stop the start-up,
+    # not every later request with a 500.
+    app.dependency_overrides.get(get_settings, get_settings)()
     try:
         yield
     finally:

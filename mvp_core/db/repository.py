@@ -115,10 +115,20 @@ def get_portal(session: Session, *, portal_id: int, for_update: bool = False) ->
     return portal
 
 
-def list_portals(session: Session) -> Sequence[Portal]:
-    return session.scalars(
-        select(Portal).where(Portal.deleted_at.is_(None)).order_by(Portal.id)
-    ).all()
+# The DKU's smoke portals (mvp_core/dku/smoke.py) are named with this prefix; listings
+# hide them and their jobs unless asked, so health checks do not clutter the operator's lists.
+DKU_PORTAL_PREFIX = "dku-smoke-"
+
+
+def _not_dku(column: Any) -> Any:
+    return ~column.startswith(DKU_PORTAL_PREFIX, autoescape=True)
+
+
+def list_portals(session: Session, *, include_dku: bool = True) -> Sequence[Portal]:
+    query = select(Portal).where(Portal.deleted_at.is_(None)).order_by(Portal.id)
+    if not include_dku:
+        query = query.where(_not_dku(Portal.name))
+    return session.scalars(query).all()
 
 
 def update_portal(session: Session, *, portal_id: int, values: dict[str, Any]) -> Portal:
@@ -229,11 +239,15 @@ def list_jobs(
     status: JobStatus | None = None,
     limit: int = 50,
     offset: int = 0,
+    include_dku: bool = True,
 ) -> Sequence[Job]:
-    """Newest first."""
+    """Newest first; ``include_dku=False`` leaves out jobs from or to a DKU smoke portal."""
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     if status is not None:
         query = query.where(Job.status == status)
+    if not include_dku:
+        dku = select(Portal.id).where(~_not_dku(Portal.name))
+        query = query.where(Job.source_portal_id.not_in(dku), Job.target_portal_id.not_in(dku))
     return session.scalars(query).all()
 
 

@@ -10,10 +10,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from mvp_core.dku.checks import BINARIES, host_checks, shown_url
 from mvp_core.dku.options import DkuOptions
+from mvp_core.dku.portal_smoke import portal_smoke_checks
 from mvp_core.dku.portals import portal_checks
 from mvp_core.dku.report import Report, render, utc_now, write_report
 from mvp_core.dku.result import CheckResult, Status, describe_exception, run_check
@@ -50,6 +52,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-smoke", action="store_true", help="checks only, no transfers")
     parser.add_argument(
+        "--smoke-portals",
+        action="store_true",
+        help="also copy the smoke tree to every ssh portal (into <base>/.ketter-dku/<run>/,"
+        " removed afterwards): proves the worker can write there",
+    )
+    parser.add_argument(
         "--only",
         help=f"comma-separated check names, e.g. worker or redis,api (groups: {', '.join(GROUPS)})",
     )
@@ -76,7 +84,7 @@ def build_options(args: argparse.Namespace) -> DkuOptions:
 
 
 def run_all(
-    opts: DkuOptions, *, only: set[str] | None, skip_smoke: bool
+    opts: DkuOptions, *, only: set[str] | None, skip_smoke: bool, smoke_portals: bool = False
 ) -> tuple[list[CheckResult], list[SmokeRun]]:
     """Every selected check in report order; the smoke jobs last."""
 
@@ -95,7 +103,8 @@ def run_all(
             results += [CheckResult(f"smoke_{s}", Status.FAIL, 0.0, reason) for s in STRATEGIES]
             runs = [SmokeRun(s, error=reason) for s in STRATEGIES]
         else:
-            smoke_results, runs = run_smoke(opts)
+            extra = partial(portal_smoke_checks, opts) if smoke_portals else None
+            smoke_results, runs = run_smoke(opts, extra)
             results += smoke_results
     return results, runs
 
@@ -124,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_url, database = args.api_url or "?", "?"
     else:
         secrets = opts.secrets()
-        results, runs = run_all(opts, only=only, skip_smoke=args.skip_smoke)
+        results, runs = run_all(
+            opts, only=only, skip_smoke=args.skip_smoke, smoke_portals=args.smoke_portals
+        )
         api_url, database = opts.api_url, shown_url(opts.database_url)
     report = Report(
         started_at=started,

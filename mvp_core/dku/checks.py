@@ -149,7 +149,7 @@ def check_api(opts: DkuOptions) -> Outcome:
         body = response.json()
     except ValueError:
         body = response.text
-    summary = one_line(body if isinstance(body, str) else _compact(body), 200)
+    summary = one_line(health_summary(body) if isinstance(body, dict) else str(body), 200)
     if response.status_code != 200:
         raise CheckFailed(
             f"GET /health answered {response.status_code}: {summary}",
@@ -166,10 +166,26 @@ def check_api(opts: DkuOptions) -> Outcome:
     return Outcome(f"{opts.api_url}/health 200: {summary}", data={"body": body})
 
 
-def _compact(body: object) -> str:
+def health_summary(body: dict[str, Any]) -> str:
+    """``/health``'s JSON as a sentence: "ok: database ok, redis ok, 1 of 2 workers alive
+    (freshest heartbeat 1.2s ago)". Unknown shapes fall back to compact JSON."""
     import json
 
-    return json.dumps(body, separators=(",", ":"), sort_keys=True, default=str)
+    try:
+        parts = []
+        for name in ("database", "redis"):
+            service = body[name]
+            parts.append(f"{name} {'ok' if service['ok'] else 'DOWN'}"
+                         + (f" ({service['error']})" if service.get("error") else ""))
+        workers = body.get("workers") or []
+        alive = sum(1 for w in workers if w.get("alive"))
+        worker = f"{alive} of {len(workers)} worker(s) alive"
+        age = body.get("worker_heartbeat_age_s")
+        if age is not None:
+            worker += f" (freshest heartbeat {float(age):.1f}s ago)"
+        return f"{body['status']}: {', '.join(parts)}, {worker}"
+    except (KeyError, TypeError, ValueError):
+        return json.dumps(body, separators=(",", ":"), sort_keys=True, default=str)
 
 
 def check_worker(opts: DkuOptions) -> Outcome:

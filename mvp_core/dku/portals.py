@@ -117,7 +117,8 @@ def check_key_files(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
     return Outcome("; ".join(notes), Status.WARN if warn else Status.OK)
 
 
-def _endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
+def ssh_endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
+    """How the worker reaches an ssh portal (its key, its known_hosts or the default)."""
     known = portal["known_hosts_file"] or opts.default_known_hosts
     return SshEndpoint(
         host=portal["host"],
@@ -131,7 +132,7 @@ def _endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
 
 def check_ssh_portal(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
     """One ssh round trip: reachable, host key known, tools present, free space."""
-    endpoint = _endpoint(portal, opts)
+    endpoint = ssh_endpoint(portal, opts)
     argv = remote_command_argv(
         endpoint,
         ("sh", "-c", _PROBE, "ketter-dku", str(endpoint.path), opts.engine.remote_temp_dir),
@@ -216,10 +217,12 @@ def _judge_probe(stdout: str, endpoint: SshEndpoint, opts: DkuOptions) -> Outcom
 
 
 def check_local_portal(portal: dict[str, Any]) -> Outcome:
-    """A local portal's base path exists here (this host should be the worker's)."""
+    """A local portal's base path exists here (run the DKU where the worker runs): every
+    job from or to a portal whose base path is missing would fail."""
     base = Path(portal["base_path"])
     if not base.is_dir():
-        return Outcome(f"base path {base} is not a directory on this host", Status.WARN)
+        what = "is not a directory" if base.exists() else "does not exist"
+        raise CheckFailed(f"base path {base} {what} on this host")
     usage = os.statvfs(base)
     free = usage.f_bavail * usage.f_frsize
     return Outcome(f"base path {base}, {free / 1024**3:.1f} GiB free", data={"free_bytes": free})

@@ -1,7 +1,7 @@
 """The DKU report: ``dku_<UTC timestamp>.txt`` for people, ``.json`` for machines.
 
-Both are built from the same results and scrubbed of secrets (API token, database
-password) before anything is written or printed.
+Both are built from the same results and scrubbed of credentials (URL passwords, the API
+token, secret values; see ``mvp_core.dku.redact``) before anything is written or printed.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mvp_core.dku.redact import REDACTED, redact
 from mvp_core.dku.result import CheckResult, Status
 from mvp_core.dku.smoke import SmokeRun
 
-REDACTED = "***"
+__all__ = ["REDACTED", "Report", "redact", "render", "utc_now", "write_report"]
 _NAME_WIDTH = 28
 
 
@@ -89,21 +90,6 @@ class Report:
             )
         lines.append(self.summary_line())
         return lines
-
-
-def redact(value: Any, secrets: tuple[str, ...]) -> Any:
-    """``value`` with every occurrence of every secret replaced, recursively."""
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, dict):
-        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v, secrets) for v in value]
-    return value
 
 
 def render(report: Report, secrets: tuple[str, ...]) -> tuple[str, str]:

@@ -4,7 +4,8 @@ A small tree is generated under ``<work dir>/ketter-dku-smoke/src/<run>/``, copi
 jobs into ``.../dst/<run>/<strategy>/`` and compared file by file (size and SHA-256);
 the run's directories are removed afterwards. The two local portals are named after
 their base path and reused by later runs (jobs keep their portals, so they cannot be
-deleted; reuse keeps the portal list from growing with every DKU run).
+deleted; reuse keeps the portal list from growing with every DKU run). The API leaves
+them and their jobs out of ``GET /portals`` and ``GET /jobs`` unless ``include_dku=true``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,11 +24,12 @@ from typing import Any
 
 import httpx
 
+from mvp_core.db.repository import DKU_PORTAL_PREFIX
 from mvp_core.dku.checks import api_client
 from mvp_core.dku.options import DkuOptions
 from mvp_core.dku.result import CheckFailed, CheckResult, Outcome, Status, one_line, run_check
 
-PORTAL_PREFIX = "dku-smoke-"
+PORTAL_PREFIX = DKU_PORTAL_PREFIX  # the API hides these portals and their jobs by default
 STRATEGIES = ("direct", "zip_first")
 FINAL = frozenset({"DONE", "FAILED", "CANCELLED"})
 _POLL_S = 0.25
@@ -136,7 +139,9 @@ def ensure_local_portal(client: httpx.Client, role: str, base: Path) -> int:
         return int(response.json()["id"])
     if response.status_code != 409:
         _expect(response, f"POST /portals ({name})", 200, 201)
-    listing = _expect(client.get("/portals"), "GET /portals", 200)
+    listing = _expect(
+        client.get("/portals", params={"include_dku": "true"}), "GET /portals", 200
+    )
     items = listing.get("items", listing) if isinstance(listing, dict) else listing
     for portal in items:
         if portal.get("name") == name:
@@ -248,7 +253,14 @@ def smoke_one(
     )
 
 
-def run_smoke(opts: DkuOptions) -> tuple[list[CheckResult], list[SmokeRun]]:
+# More smoke jobs from the same tree (the opt-in ssh portal smoke): called with the API
+# client, the DKU's source portal id and the run's folder name while the tree exists.
+ExtraSmoke = Callable[[httpx.Client, int, str], tuple[list[CheckResult], list[SmokeRun]]]
+
+
+def run_smoke(
+    opts: DkuOptions, extra: ExtraSmoke | None = None
+) -> tuple[list[CheckResult], list[SmokeRun]]:
     """Both smoke jobs as checks, plus their records for the JSON report."""
     runs = [SmokeRun(strategy) for strategy in STRATEGIES]
     base = Path(opts.work_dir or tempfile.gettempdir()) / "ketter-dku-smoke"
@@ -294,6 +306,10 @@ def run_smoke(opts: DkuOptions) -> tuple[list[CheckResult], list[SmokeRun]]:
             if result.status is Status.FAIL and run.error is None:
                 run.error = result.detail
             results.append(result)
+        if extra is not None and setup.status is not Status.FAIL:
+            more_results, more_runs = extra(client, prepared["src"], run_name)
+            results += more_results
+            runs += more_runs
     finally:
         client.close()
         shutil.rmtree(src_root / run_name, ignore_errors=True)

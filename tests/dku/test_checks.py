@@ -15,9 +15,11 @@ from mvp_core.dku.checks import (
     check_redis,
     check_temp_dir,
     check_worker,
+    health_summary,
+    shown_url,
 )
 from mvp_core.dku.options import DkuOptions
-from mvp_core.dku.report import Report, redact, write_report
+from mvp_core.dku.report import Report, redact, render, write_report
 from mvp_core.dku.result import CheckResult, Status, run_check
 from mvp_core.transfer_engine.options import EngineOptions
 
@@ -82,16 +84,60 @@ def test_redis_up_and_down(redis_url: str) -> None:
 
 
 def test_secrets_are_found_and_redacted() -> None:
-    o = opts("postgresql+psycopg2://u:db-pass-1@h/db", api_token="tok-123")
-    assert set(o.secrets()) == {"tok-123", "db-pass-1"}
-    value = {"a": ["x tok-123 y", ("db-pass-1",)], "tok-123": 5}
-    assert redact(value, o.secrets()) == {"a": ["x *** y", ["***"]], "***": 5}
+    token = "tok-" + "9f3a" * 8  # a generated token: long, masked wherever it appears
+    o = opts("postgresql+psycopg2://u:db-pass-1@h/db", api_token=token)
+    assert set(o.secrets()) == {token, "db-pass-1"}
+    value = {"a": [f"x {token} y", ("postgresql://u:db-pass-1@h/db",)], "api_token": "short"}
+    assert redact(value, o.secrets()) == {
+        "a": ["x *** y", ["postgresql://u:***@h/db"]],
+        "api_token": "***",
+    }
+
+
+def test_redaction_masks_credentials_not_words() -> None:
+    """Compose's default password is ``ketter``: paths and names that contain it stay intact."""
+    o = opts("postgresql+psycopg2://ketter:ketter@postgres:5432/ketter", api_token="ketter")
+    secrets = o.secrets()
+    lines = [
+        "OK   temp_dir /tmp/ketter_tmp writable",
+        "PostgreSQL 15 at postgresql+psycopg2://ketter:ketter@postgres:5432/ketter",
+        "redis://:ketter@redis:6379/0 refused",
+        "GET /jobs sent Authorization: Bearer ketter",
+    ]
+    assert [redact(line, secrets) for line in lines] == [
+        "OK   temp_dir /tmp/ketter_tmp writable",
+        "PostgreSQL 15 at postgresql+psycopg2://ketter:***@postgres:5432/ketter",
+        "redis://:***@redis:6379/0 refused",
+        "GET /jobs sent Authorization: Bearer ***",
+    ]
+    # A name that happens to equal the password is a name; a secret-named key is masked.
+    assert redact({"user": "ketter", "password": "ketter"}, secrets) == {
+        "user": "ketter",
+        "password": "***",
+    }
+
+
+def test_report_shows_paths_and_urls_with_credentials_masked(tmp_path: Path) -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    o = opts("postgresql+psycopg2://ketter:ketter@postgres:5432/ketter")
+    report = Report(
+        started_at=now,
+        finished_at=now + timedelta(seconds=1),
+        api_url="http://api:8000",
+        database=shown_url(o.database_url),
+        checks=[CheckResult("temp_dir", Status.OK, 0.01, "/tmp/ketter_tmp writable")],
+    )
+    text, body = render(report, o.secrets())
+    assert "/tmp/ketter_tmp writable" in text
+    assert "postgresql+psycopg2://ketter:***@postgres:5432/ketter" in text
+    assert ":ketter@" not in text + body
+    assert json.loads(body)["database"] == "postgresql+psycopg2://ketter:***@postgres:5432/ketter"
 
 
 def test_report_files_never_overwrite(tmp_path: Path) -> None:
     now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     checks = [
-        CheckResult("python", Status.OK, 0.01, "Python 3.11 secret-x"),
+        CheckResult("python", Status.OK, 0.01, "Python 3.11 secret-x-0123456789abcdef"),
         CheckResult("redis", Status.FAIL, 0.2, "refused"),
     ]
     report = Report(
@@ -101,8 +147,8 @@ def test_report_files_never_overwrite(tmp_path: Path) -> None:
         database="d",
         checks=checks,
     )
-    first = write_report(report, tmp_path, ("secret-x",))
-    second = write_report(report, tmp_path, ("secret-x",))
+    first = write_report(report, tmp_path, ("secret-x-0123456789abcdef",))
+    second = write_report(report, tmp_path, ("secret-x-0123456789abcdef",))
     assert [p.name for p in first] == ["dku_20260102T030405Z.txt", "dku_20260102T030405Z.json"]
     assert [p.name for p in second] == ["dku_20260102T030405Z_2.txt", "dku_20260102T030405Z_2.json"]
     text_ = first[0].read_text()
@@ -128,3 +174,23 @@ def test_temp_dir_is_created_and_probed(tmp_path: Path) -> None:
     bad = opts("postgresql://x@127.0.0.1:9/x", engine_temp=tmp_path / "a_file" / "tmp")
     failed = run_check("temp_dir", lambda: check_temp_dir(bad))
     assert failed.status is Status.FAIL and "NotADirectoryError" in failed.detail
+
+
+def test_api_line_reads_as_a_sentence() -> None:
+    body = {
+        "status": "degraded",
+        "database": {"ok": True, "error": None},
+        "redis": {"ok": True, "error": None},
+        "worker_ok": False,
+        "worker_heartbeat_age_s": 41.25,
+        "workers": [{"id": "w1", "alive": False}, {"id": "w2", "alive": False}],
+    }
+    assert health_summary(body) == (
+        "degraded: database ok, redis ok, 0 of 2 worker(s) alive (freshest heartbeat 41.2s ago)"
+    )
+    down = body | {"status": "down", "workers": [], "worker_heartbeat_age_s": None}
+    down["redis"] = {"ok": False, "error": "ConnectionError"}
+    assert health_summary(down) == (
+        "down: database ok, redis DOWN (ConnectionError), 0 of 0 worker(s) alive"
+    )
+    assert health_summary({"odd": 1}) == '{"odd":1}'

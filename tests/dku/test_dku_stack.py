@@ -153,7 +153,11 @@ def test_dku_passes_on_a_healthy_stack(
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.startswith("SUMMARY PASS")
-    assert len(client.get("/portals").json()) == 3  # srvtrf + the DKU's two
+    # srvtrf + the DKU's two, which (with their jobs) stay out of the operator's listings.
+    assert [p["name"] for p in client.get("/portals").json()] == ["srvtrf"]
+    assert len(client.get("/portals", params={"include_dku": "true"}).json()) == 3
+    assert client.get("/jobs").json() == []
+    assert len(client.get("/jobs", params={"include_dku": "true"}).json()) == 4  # 2 runs x 2
 
 
 def test_dku_with_redis_stopped_fails_and_still_reports(
@@ -288,3 +292,44 @@ def test_dku_reports_a_failing_zip_first_path(
     assert run["status"] == "FAILED" and run["job_id"] and run["error"]
     detail = next(c["detail"] for c in report["checks"] if c["name"] == "smoke_zip_first")
     assert f"job {run['job_id']} FAILED" in detail
+
+
+def test_smoke_portals_writes_into_each_ssh_portal_and_cleans_up(
+    ketter_stack: Stack, ketter_env: dict[str, str], sshd: SshServer, tmp_path: Path
+) -> None:
+    """``--smoke-portals``: one real job into every ssh portal's scratch folder, removed
+    afterwards; a portal the worker cannot write into fails by name."""
+    token = f"dku-token-{secrets.token_hex(12)}"
+    api = ketter_stack.start_api(token=token)
+    ketter_stack.start_worker(api_token=token)
+    client = ketter_stack.client(api, token=token)
+    remote_base = tmp_path / "srvtrf"
+    (remote_base / "Show 101").mkdir(parents=True)  # the operator's own files stay
+    for name, base in (("srvtrf", str(remote_base)), ("readonly", "/proc/ketter-dku-nowhere")):
+        created = client.post("/portals", json={
+            "name": name, "kind": "ssh", "host": sshd.host, "port": sshd.port,
+            "username": sshd.user, "base_path": base,
+            "identity_file": str(sshd.identity_file),
+            "known_hosts_file": str(sshd.known_hosts_file),
+        })
+        assert created.status_code == 201, created.text
+
+    proc = run_dku(
+        {**ketter_env, "KETTER_API_TOKEN": token},
+        "--api-url", api.url, "--report-dir", str(tmp_path / "reports"),
+        "--work-dir", str(tmp_path / "work"), "--smoke-portals", "--only", "smoke",
+    )
+    _, report = read_report(tmp_path / "reports")
+    got = {c["name"]: c for c in report["checks"]}
+    assert got["smoke_portal:srvtrf"]["status"] == "ok", got["smoke_portal:srvtrf"]
+    assert "10 files arrived, scratch removed" in got["smoke_portal:srvtrf"]["detail"]
+    assert got["smoke_portal:readonly"]["status"] == "fail"
+    readonly = got["smoke_portal:readonly"]["detail"]
+    assert "cannot create /proc/ketter-dku-nowhere/.ketter-dku/" in readonly
+    assert proc.returncode == 1  # the read-only portal failed
+    run = next(r for r in report["smoke"] if r["strategy"] == "portal:srvtrf")
+    job = client.get(f"/jobs/{run['job_id']}").json()
+    assert job["status"] == "DONE" and job["target_path"] == f".ketter-dku/{job['source_path']}"
+    assert sorted(p.name for p in remote_base.iterdir()) == ["Show 101"]  # scratch gone
+    # Hidden from the operator's job list: its source is the DKU's smoke portal.
+    assert run["job_id"] not in [j["id"] for j in client.get("/jobs").json()]

@@ -91,6 +91,7 @@ def test_unknown_host_key_and_missing_base_path_fail(
         [
             _ssh_portal("badkey", sshd, tmp_path, known_hosts_file=str(wrong_known_hosts)),
             _ssh_portal("nobase", sshd, tmp_path / "does not exist"),
+            Portal(name="gone", kind=PortalKind.LOCAL, base_path=str(tmp_path / "unmounted")),
         ]
     )
     db_session.commit()
@@ -99,6 +100,10 @@ def test_unknown_host_key_and_missing_base_path_fail(
     assert "host key not trusted" in results["portal:badkey"].detail
     assert results["portal:nobase"].status is Status.FAIL
     assert "does not exist" in results["portal:nobase"].detail
+    # A local portal's missing base path fails every job that uses it: a FAIL, not a WARN.
+    assert results["portal:gone"].status is Status.FAIL
+    gone = tmp_path / "unmounted"
+    assert results["portal:gone"].detail == f"base path {gone} does not exist on this host"
 
 
 def test_key_files_missing_or_readable_by_others(

@@ -106,3 +106,61 @@ def test_prepare_writes_private_settings_and_a_worker_key(tmp_path: Path) -> Non
 def test_dev_up_rejects_unknown_arguments() -> None:
     proc = run(["bash", str(INFRA / "dev_up.sh"), "--bogus"], base_env())
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def _prepare_as_root(tmp_path: Path, **extra: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    infra = tmp_path / "infra"
+    shutil.copytree(INFRA, infra, ignore=shutil.ignore_patterns(".env", "ssh", "lab"))
+    env = {k: v for k, v in base_env().items() if k != "SUDO_UID"} | extra
+    return infra, run(["bash", str(infra / "dev_up.sh"), "--prepare"], env)
+
+
+def _env_value(infra: Path, name: str) -> str:
+    values = [
+        ln.split("=", 1)[1]
+        for ln in (infra / ".env").read_text().splitlines()
+        if ln.startswith(f"{name}=")
+    ]
+    return values[-1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root-only branch; CI runs as root")
+def test_prepare_as_root_gives_the_key_to_no_existing_account(tmp_path: Path) -> None:
+    """Root never hands the new private key to uid 1000 (on a real host, someone else)."""
+    infra, proc = _prepare_as_root(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    uid = int(_env_value(infra, "KETTER_APP_UID"))
+    assert uid >= 10000
+    owner = (infra / "ssh" / "id_ed25519").stat().st_uid
+    assert owner == uid
+    taken = subprocess.run(["getent", "passwd", str(uid)], capture_output=True, check=False)
+    assert taken.returncode != 0, f"uid {uid} belongs to {taken.stdout!r}"
+    assert f"uid {uid}" in proc.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root-only branch; CI runs as root")
+def test_prepare_under_sudo_gives_the_key_to_the_caller(tmp_path: Path) -> None:
+    infra, proc = _prepare_as_root(tmp_path, SUDO_UID="4242")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _env_value(infra, "KETTER_APP_UID") == "4242"
+    assert (infra / "ssh" / "id_ed25519").stat().st_uid == 4242
+
+
+def test_debian_docker_cli_builds_with_buildkit_others_only_with_buildx() -> None:
+    """dev_up.sh asks for BuildKit only where the CLI has it (a docker >= 23 without buildx
+    fails a DOCKER_BUILDKIT=1 build); Debian 12's 20.10 CLI has it built in."""
+    assert Path("/usr/bin/docker").exists(), "bootstrap.sh services installs docker.io"
+    probe = 'source infra/compose.sh; ketter_buildkit'
+    env = base_env() | {"PATH": f"/usr/bin:{os.environ['PATH']}"}
+    assert run(["bash", "-c", probe], env).stdout.strip() == "1"
+    for cli in {os.path.realpath(p) for p in _all_on_path("docker")} - {"/usr/bin/docker"}:
+        has_buildx = run([cli, "buildx", "version"], base_env()).returncode == 0
+        major = int(run([cli, "--version"], base_env()).stdout.split()[2].split(".")[0])
+        shim = Path(cli).parent
+        got = run(["bash", "-c", probe], env | {"PATH": f"{shim}:{os.environ['PATH']}"})
+        assert got.stdout.strip() == ("1" if has_buildx or major < 23 else "0"), cli
+
+
+def _all_on_path(name: str) -> list[str]:
+    dirs = os.environ.get("PATH", "").split(os.pathsep)
+    return [str(Path(d) / name) for d in dirs if (Path(d) / name).is_file()]

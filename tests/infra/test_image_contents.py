@@ -1,6 +1,6 @@
 """What infra/Dockerfile installs, checked without a Docker engine.
 
-The image runs ``pip install .`` on a context cut down by infra/Dockerfile.dockerignore.
+The image runs ``pip install .`` on a context cut down by the root .dockerignore.
 This builds the same wheel from the same files and runs the compose services' commands
 (migrate, the DKU healthcheck) from it, outside the source tree, so a file missing from
 the package (e.g. the Alembic migrations) fails here instead of in a container.
@@ -25,7 +25,7 @@ INFRA = ROOT / "infra"
 
 def dockerignore_allows() -> set[str]:
     """Top-level names the ignore file lets into the build context."""
-    lines = (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
     allowed = {ln[1:].split("/")[0] for ln in lines if ln.startswith("!")}
     assert "**" in lines, "the ignore file must start from nothing"
     return allowed
@@ -36,6 +36,9 @@ def test_dockerfile_copies_only_what_the_context_holds() -> None:
     sources = {src.split("/")[0] for line in copies for src in line.split()[:-1]}
     assert sources == {"pyproject.toml", "README.md", "mvp_core"}
     assert sources <= dockerignore_allows()
+    # The classic builder (no BuildKit) reads only <context>/.dockerignore: a
+    # Dockerfile-specific one would let the whole tree (.venv) into its context.
+    assert not (INFRA / "Dockerfile.dockerignore").exists()
 
 
 def test_installed_package_migrates_and_runs_the_dku(

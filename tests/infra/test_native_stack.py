@@ -86,8 +86,8 @@ def test_make_up_dku_down(
     run_dir = tmp_path / "run"
     report_dir = tmp_path / "reports"
     token = f"native-{secrets.token_hex(12)}"
-    env = isolated_env(fresh_database_url(create=False), redis_server, port, run_dir)
-    env.update(
+    settings = isolated_env(fresh_database_url(create=False), redis_server, port, run_dir)
+    settings.update(
         {
             "KETTER_API_TOKEN": token,
             "KETTER_DKU_WORK_DIR": str(tmp_path / "work"),
@@ -95,11 +95,25 @@ def test_make_up_dku_down(
             "KETTER_QUEUE_NAME": "ketter:native-test",
         }
     )
+    # As a native install keeps them: one settings file that every `make` reads (up, dku
+    # and down must agree on the port, the run dir and the token without re-exporting).
+    env_file = tmp_path / "ketter.env"
+    env_file.write_text(
+        "# the test stack\n"
+        + "".join(f"{k}={v}\n" for k, v in settings.items() if k.startswith("KETTER_"))
+    )
+    env = {k: v for k, v in settings.items() if not k.startswith("KETTER_")}
+    env |= {"KETTER_ENV_FILE": str(env_file), "KETTER_REDIS_PORT": str(redis_server.port)}
     pids: list[int] = []
+    # A log left over 10 MiB by an earlier stack is set aside at start-up (one kept).
+    run_dir.mkdir()
+    (run_dir / "api.log").write_bytes(b"old line\n" * (1200 * 1024))  # 10.5 MiB
     try:
         up = make("up", env)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "created" in up.stdout  # the database did not exist before
+        assert (run_dir / "api.log.1").stat().st_size > 10 * 1024 * 1024
+        assert "old line" not in (run_dir / "api.log").read_text()
         pids = [int((run_dir / f"{n}.pid").read_text()) for n in ("api", "worker")]
         assert all(pid_alive(p) for p in pids)
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
@@ -159,3 +173,32 @@ def test_make_up_refuses_a_port_someone_else_serves(
     assert up.returncode != 0
     assert f"port {port} on 127.0.0.1 is already in use" in up.stderr
     assert not list((tmp_path / "run").glob("*.pid"))
+
+
+def test_a_missing_settings_file_is_one_clear_error(tmp_path: Path) -> None:
+    """`make up`/`dku`/`down` with KETTER_ENV_FILE naming nothing: one line, non-zero."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KETTER_") and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    }
+    missing = tmp_path / "nope.env"
+    for target, argv in (
+        ("up", ["bash", "infra/native_up.sh"]),
+        ("dku", ["bash", "infra/native_dku.sh"]),
+        ("down", ["bash", "infra/native_down.sh"]),
+    ):
+        proc = subprocess.run(
+            argv, cwd=REPO_ROOT, env=env | {"KETTER_ENV_FILE": str(missing)},
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert proc.returncode == 2, (target, proc.stdout, proc.stderr)
+        assert proc.stderr == f"ketter: settings file KETTER_ENV_FILE={missing}: no such file\n"
+        assert proc.stdout == ""
+    unreadable = subprocess.run(
+        ["bash", "infra/native_down.sh"],
+        cwd=REPO_ROOT,
+        env=env | {"KETTER_ENV_FILE": str(tmp_path)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert unreadable.returncode == 2 and "not a readable file" in unreadable.stderr

@@ -213,6 +213,25 @@ def test_cancel_pending_job_ends_it_at_once(client: httpx.Client, portals: Porta
     assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "CANCELLED"
 
 
+def test_dku_smoke_portals_and_jobs_are_hidden_unless_asked(
+    client: httpx.Client, portals: Portals, tmp_path: Path
+) -> None:
+    smoke = client.post("/portals", json={"name": "dku-smoke-src-0123456789", "kind": "local",
+                                          "base_path": str(tmp_path)}).json()
+    odd = client.post("/portals", json={"name": "dku_smoke-not-ours", "kind": "local",
+                                        "base_path": str(tmp_path)}).json()
+    ours = client.post("/jobs", json=_job(portals)).json()
+    dku = client.post("/jobs", json=_job(portals) | {"target_portal_id": smoke["id"]}).json()
+    listed = [p["id"] for p in client.get("/portals").json()]
+    assert smoke["id"] not in listed and odd["id"] in listed  # only the exact prefix hides
+    everything = [p["id"] for p in client.get("/portals", params={"include_dku": "true"}).json()]
+    assert smoke["id"] in everything and len(everything) == len(listed) + 1
+    assert [j["id"] for j in client.get("/jobs").json()] == [ours["id"]]
+    assert [j["id"] for j in client.get("/jobs", params={"include_dku": "true"}).json()] == [
+        dku["id"], ours["id"]]
+    assert client.get(f"/jobs/{dku['id']}").status_code == 200  # still readable by id
+
+
 def test_list_jobs_newest_first_filter_and_pages(client: httpx.Client, portals: Portals) -> None:
     ids = [client.post("/jobs", json=_job(portals, target=f"t{i}")).json()["id"]
            for i in range(4)]

@@ -79,9 +79,12 @@ def list_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    include_dku: Annotated[bool, Query()] = False,
 ) -> list[JobOut]:
-    """Newest first."""
-    jobs = repo.list_jobs(session, status=status_, limit=limit, offset=offset)
+    """Newest first; the DKU's smoke jobs only with ``include_dku=true``."""
+    jobs = repo.list_jobs(
+        session, status=status_, limit=limit, offset=offset, include_dku=include_dku
+    )
     return [JobOut.from_job(j) for j in jobs]
 
 

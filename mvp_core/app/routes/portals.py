@@ -4,8 +4,9 @@ one that only ended jobs name is hidden but kept for their history."""
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -37,8 +38,12 @@ def create_portal(body: PortalCreate, response: Response, session: SessionDep) -
 
 
 @router.get("")
-def list_portals(session: SessionDep) -> list[PortalOut]:
-    return [PortalOut.model_validate(p) for p in repo.list_portals(session)]
+def list_portals(
+    session: SessionDep, include_dku: Annotated[bool, Query()] = False
+) -> list[PortalOut]:
+    """Every portal but the DKU's smoke portals (``include_dku=true`` lists them too)."""
+    portals = repo.list_portals(session, include_dku=include_dku)
+    return [PortalOut.model_validate(p) for p in portals]
 
 
 @router.get("/{portal_id}", responses=error_responses(404))
