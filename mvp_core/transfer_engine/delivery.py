@@ -44,7 +44,6 @@ script), the whole command quoted once by ``ssh.run_remote``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import errno
 import os
@@ -71,6 +70,7 @@ from mvp_core.transfer_engine.errors import (
     TransferError,
 )
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
+from mvp_core.transfer_engine.libc import LIBC
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.remote_sh import FIND_FORMAT
 from mvp_core.transfer_engine.results import CancelToken, DeliveredFile, PhaseSkipped
@@ -168,8 +168,7 @@ class Delivery:
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_libc_name = ctypes.util.find_library("c")
-_libc = ctypes.CDLL(_libc_name, use_errno=True) if _libc_name else None
+_libc = LIBC
 
 
 def _rename_noreplace_local(src: str, dst: str) -> None:
@@ -757,7 +756,7 @@ def _write_mhl(delivery: Delivery, expected: TreeListing,
             delivery.in_place and exists_many((_child(delivery.written, mhl.FOLDER),),
                                               options)[0]):
         why = "the folder already holds an ascmhl history (not extended)"
-    if why is not None or check is None:
+    if why is not None or check is None:  # (check is None implies a why: for the type checker)
         clock.warn(f"ASC MHL not written: {why}")
         return
     with clock.phase("mhl") as info:

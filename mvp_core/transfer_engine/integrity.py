@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import os
 import stat
@@ -28,6 +26,7 @@ from mvp_core.transfer_engine.errors import (
     SourceNotDeletableError,
     VerificationError,
 )
+from mvp_core.transfer_engine.libc import LIBC
 from mvp_core.transfer_engine.manifest import DIR, FILE
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken, DeliveredFile
@@ -130,8 +129,7 @@ def _mtime_ns(text: str) -> int | None:
 
 # ---------------------------------------------------------------- durable, then delete
 
-_libc_name = ctypes.util.find_library("c")
-_libc = ctypes.CDLL(_libc_name, use_errno=True) if _libc_name else None
+_libc = LIBC
 
 
 def flush(where: Endpoint, options: EngineOptions) -> None:

@@ -11,7 +11,7 @@ What each needs on the remote host (POSIX ``sh``, ``find``, ``xargs -0``, plus):
 - ``HASH_TREE``: the chosen tool (``xxhsum`` for xxh128, ``sha256sum`` or
   ``shasum -a 256``, ``md5sum`` or ``md5 -r``), each fed one file on stdin so that no
   tool ever prints a name (names with newlines cannot break the parse).
-- ``STAT_LIST``: GNU ``find -printf`` (the same format as ``verify.remote_find_argv``).
+- ``FIND_FORMAT``: the listing format of ``verify.remote_find_argv`` (GNU ``find -printf``).
 - ``DELETE_VERIFIED``: GNU ``find -printf`` to re-check each file just before its
   ``rm -f``; directories go with ``rmdir`` (only when empty), never ``rm -rf``.
 - ``PRUNE``: ``dirname``, ``mktemp``, ``touch -r``, ``rm -rf`` inside the job's own

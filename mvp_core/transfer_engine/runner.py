@@ -17,8 +17,6 @@ Why one module: every child must be started the same careful way.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -34,6 +32,7 @@ from mvp_core.transfer_engine.errors import (
     RemoteCommandMissingError,
     TransferCancelledError,
 )
+from mvp_core.transfer_engine.libc import LIBC
 from mvp_core.transfer_engine.results import CancelToken
 
 LineCallback = Callable[[str], None]
@@ -41,8 +40,7 @@ LineCallback = Callable[[str], None]
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.1
 _TERM_GRACE_S = 3.0
-_libc_name = ctypes.util.find_library("c")
-_libc = ctypes.CDLL(_libc_name, use_errno=True) if _libc_name else None
+_libc = LIBC
 
 
 @dataclass(frozen=True)
