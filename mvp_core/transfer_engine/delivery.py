@@ -72,7 +72,6 @@ from mvp_core.transfer_engine.errors import (
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.libc import LIBC
 from mvp_core.transfer_engine.options import EngineOptions
-from mvp_core.transfer_engine.remote_sh import FIND_FORMAT
 from mvp_core.transfer_engine.results import CancelToken, DeliveredFile, PhaseSkipped
 from mvp_core.transfer_engine.runner import CommandResult, Conversation
 from mvp_core.transfer_engine.ssh import raise_for_remote, remote_command_argv, run_remote
@@ -209,7 +208,7 @@ def _rmtree_local(path: str) -> bool:
 _EXISTS = 'for p in "$@"; do if [ -e "$p" ] || [ -L "$p" ]; then printf 1; else printf 0; fi; done'
 _RMTREE = ('if [ -e "$1" ] || [ -L "$1" ]; then rm -rf -- "$1" 2>/dev/null '
            '|| { chmod -R u+rwx -- "$1"; rm -rf -- "$1"; }; echo removed; fi')
-_RENAME = ('if [ -e "$2" ] || [ -L "$2" ]; then exit 17; fi; mv -n -T -- "$1" "$2"; rc=$?; '
+_RENAME = ('if [ -e "$2" ] || [ -L "$2" ]; then exit 17; fi; ' + remote_sh.MV_NOREPLACE + '; rc=$?; '
            'if [ -e "$1" ] || [ -L "$1" ]; then '
            'if [ -e "$2" ] || [ -L "$2" ]; then exit 17; fi; exit $(( rc ? rc : 3 )); fi')
 _MKDIR = 'mkdir -p -- "$1" && : > "$1"/.ketter-probe && rm -f -- "$1"/.ketter-probe'
@@ -221,7 +220,7 @@ _TOUCH = ': > "$1"'
 # $2 (marker), $3 -> $4. EOF (we died, or aborted) or anything else: exit 5, nothing done.
 _LIST_END = b"\0\0"
 _LIST_THEN_RENAME = (
-    "find \"$1\" -printf '" + FIND_FORMAT + "' || exit 4; printf '\\000\\000'; "
+    remote_sh.LISTER + 'kls "$1" || exit 4; printf \'\\000\\000\'; '
     'IFS= read -r nod || exit 5; [ "$nod" = go ] || exit 5; shift; ' + _MARK_RENAME)
 # $1 make the root even if the final name exists (replace); $2 how many dirs follow to
 # create and check (the target first); then final, staged, marker, old tree (one 0/1
@@ -453,9 +452,11 @@ def assume_fresh(job: TransferJob) -> Delivery:
 def guard_rsync_path(delivery: Delivery) -> str:
     """rsync's ``--rsync-path`` for ``assume_fresh``'s delivery: the guard, then rsync."""
     root = delivery.root
+    final = delivery.final
+    rsync = final.rsync_path if isinstance(final, SshEndpoint) else None
     return shlex.join(("sh", "-c", _GUARD, "ketter-guard", _path(delivery.final),
                        _path(_child(root, DELIVERED_MARK)), _path(_child(root, OLD_TREE)),
-                       _path(root), "rsync"))
+                       _path(root), rsync or "rsync"))
 
 
 def chunk_mark_name(digest: str, index: int) -> str:
@@ -646,8 +647,8 @@ def finish_interrupted_move(job: TransferJob, options: EngineOptions) -> TreeLis
 def list_staging(target: Endpoint, options: EngineOptions) -> list[str]:
     """Names of staging roots in a target directory (for the orphan sweep)."""
     if isinstance(target, SshEndpoint):
-        result = run_remote(target, ("find", _path(target), "-mindepth", "1", "-maxdepth", "1",
-                                     "-name", STAGING_PREFIX + "*", "-printf", "%f\\0"),
+        result = run_remote(target, ("sh", "-c", remote_sh.LIST_PREFIXED, "sh", _path(target),
+                                     STAGING_PREFIX),
                             options, what="look for staging dirs", check=False,
                             capture_stdout=True)
         if result.exit_code != 0:

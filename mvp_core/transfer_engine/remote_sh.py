@@ -29,6 +29,22 @@ without GNU ``find`` fails these steps with a clear error, before deleting anyth
 
 from __future__ import annotations
 
+# $1 the remote rsync (a portal's rsync_path, else "rsync"): what this host can do, as
+# "key=value" lines, then "rsync:" and the first lines of that rsync's --version. Only
+# POSIX sh and command -v; every tool it asks about may be missing (that is the answer).
+PROBE_HOST = (
+    'r=$1; printf "os=%s\\n" "$(uname -s 2>/dev/null)"; '
+    "if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then echo find=gnu; else echo find=bsd; fi; "
+    'if stat -c %s . >/dev/null 2>&1; then echo stat=gnu; '
+    'elif stat -f %z . >/dev/null 2>&1; then echo stat=bsd; else echo stat=none; fi; '
+    'if command -v unzip >/dev/null 2>&1; then echo unzip=1; '
+    'unzip -v 2>/dev/null | grep -q ZIP64_SUPPORT && echo zip64=1; fi; '
+    'for t in xxhsum sha256sum shasum md5sum md5; do '
+    'command -v "$t" >/dev/null 2>&1 && echo "hash=$t"; done; '
+    'if command -v "$r" >/dev/null 2>&1; then echo rsync:; "$r" --version 2>&1 | head -n 3; '
+    'else echo rsync=missing; fi; exit 0'
+)
+
 # Which of the known hash tools exist: one name per line.
 HASH_PROBE = (
     'for t in xxhsum sha256sum shasum md5sum md5; do '
@@ -75,17 +91,69 @@ HASH_TREE = (
 
 # The integrity listing of a tree: kind/size/mtime/inode/relative path, NUL-separated.
 FIND_FORMAT = "%y/%s/%T@/%i/%P\\0"
+# The same record from BSD stat: the mode string's first letter is the kind ("-" file,
+# "d", "l"), whole seconds as "S.0", the path as "./rel" ("." the root).
+_STAT_FORMAT = "%Sp/%z/%m.0/%i/%N"
+
+# Shell functions both dialects share, prefixed to the scripts that list or re-check:
+#   kls ROOT     the listing of ROOT (``FIND_FORMAT`` records; exit 1 and "No such file
+#                or directory" on stderr when ROOT is missing);
+#   kstamp PATH  "size/mtime/inode" of PATH, as kls wrote it.
+# GNU find's -printf where it exists; else BSD stat: names without a newline in
+# batches (one line each, turned into NUL records), the others one stat each.
+LISTER = (
+    "if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then "
+    "kls() { find \"$1\" -printf '" + FIND_FORMAT + "'; }; "
+    "kstamp() { find \"$1\" -prune -printf '%s/%T@/%i'; }; "
+    "else "
+    "kls() { if [ -d \"$1\" ] && [ ! -L \"$1\" ]; then ( cd -- \"$1\" || exit 4; "
+    "nl=$(printf '\\nx'); nl=${nl%x}; "
+    "find . ! -path \"*$nl*\" -exec stat -f '" + _STAT_FORMAT + "' {} + | tr '\\n' '\\000'; "
+    "find . -path \"*$nl*\" -exec sh -c "
+    "'for f; do stat -n -f \"$0\" -- \"$f\"; printf \"\\000\"; done' "
+    "'" + _STAT_FORMAT + "' {} + ); "
+    "elif [ -e \"$1\" ] || [ -L \"$1\" ]; then stat -n -f '%Sp/%z/%m.0/%i/' -- \"$1\"; "
+    "printf '\\000'; "
+    "else echo \"find: $1: No such file or directory\" >&2; return 1; fi; }; "
+    "kstamp() { stat -n -f '%z/%m.0/%i' -- \"$1\"; }; "
+    "fi; "
+)
+
+# $1 a tree: its listing (``kls``).
+LIST_TREE = LISTER + 'kls "$1"'
+
+# $1 a folder, $2 a name prefix: the names in it starting with the prefix, NUL-separated.
+LIST_PREFIXED = (
+    '[ -d "$1" ] || exit 0; cd -- "$1" || exit 4; for f in "$2"*; do '
+    '[ -e "$f" ] || [ -L "$f" ] || continue; printf "%s\\000" "$f"; done'
+)
+
+# Rename $1 to $2 only if $2 does not exist: GNU ``mv -n -T``; a Mac's mv has -n but not
+# -T (after the test, a folder appearing at $2 in between is the one race left there).
+MV_NOREPLACE = (
+    'if mv --version >/dev/null 2>&1; then mv -n -T -- "$1" "$2"; '
+    'else mv -n -- "$1" "$2"; fi'
+)
+
+# $1 a folder, $2 a reference file: the "./rel" of each file under $1 newer than the
+# reference (an interrupted unzip's files), NUL-separated, an "END" record, then the
+# folder's listing (``kls``).
+UNFINISHED_FILES = (
+    LISTER + 'cd -- "$1" || exit 4; '
+    'find . -type f -newer "$2" -exec sh -c \'for f; do printf "%s\\000" "$f"; done\' sh {} + '
+    '&& printf "END\\000" && kls .'
+)
 
 # $1 root, $2 _DELETE_RECORDS, $3 1 to remove the root too (a folder job). stdin: NUL-separated records "f/<size>/<mtime>/<inode>/./<rel>" (files, to
 # delete only if still exactly so) and "d/0/0/0/./<rel>" (directories, deepest first,
 # removed only when empty). Prints "C<rel>\0" for a file that changed (kept), "K<rel>\0"
 # for one that could not be removed, "N<rel>\0" for a directory not empty (kept). The
 # root itself is removed last, if empty; if not, "R<rel>\0" for every file still in it.
-_DELETE_RECORDS = (
+_DELETE_RECORDS = LISTER + (
     'for r; do k=${r%%/*}; r=${r#*/}; s=${r%%/*}; r=${r#*/}; m=${r%%/*}; r=${r#*/}; '
     'i=${r%%/*}; p=${r#*/}; '
     'if [ "$k" = d ]; then rmdir -- "$p" 2>/dev/null || printf "N%s\\0" "$p"; continue; fi; '
-    "now=$(find \"$p\" -prune -printf '%s/%T@/%i' 2>/dev/null); "
+    'now=$(kstamp "$p" 2>/dev/null); '
     'if [ "$now" != "$s/$m/$i" ]; then printf "C%s\\0" "$p"; continue; fi; '
     'rm -f -- "$p" 2>/dev/null || printf "K%s\\0" "$p"; done'
 )
@@ -120,7 +188,8 @@ DELETABLE = (
     'r=$1; p=$(dirname -- "$r"); '
     '[ -w "$p" ] || printf "%s\\0" "$p"; '
     'if [ -d "$r" ] && [ ! -L "$r" ]; then '
-    'find "$r" -type d \\( ! -writable -o ! -executable \\) -print0 2>/dev/null; fi'
+    'find "$r" -type d -exec sh -c \'for d; do [ -w "$d" ] && [ -x "$d" ] '
+    '|| printf "%s\\000" "$d"; done\' sh {} + 2>/dev/null; fi'
 )
 
 # $1 a probe name, $2 1 to walk up from $3 too; $3.. directories: prints 1 when any of
