@@ -33,22 +33,17 @@ from __future__ import annotations
 # "key=value" lines, then "rsync:" and the first lines of that rsync's --version. Only
 # POSIX sh and command -v; every tool it asks about may be missing (that is the answer).
 PROBE_HOST = (
-    'r=$1; printf "os=%s\\n" "$(uname -s 2>/dev/null)"; '
+    'r=$1; echo "os=$(uname -s 2>/dev/null)"; '
     "if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then echo find=gnu; else echo find=bsd; fi; "
     'if stat -c %s . >/dev/null 2>&1; then echo stat=gnu; '
     'elif stat -f %z . >/dev/null 2>&1; then echo stat=bsd; else echo stat=none; fi; '
     'if command -v unzip >/dev/null 2>&1; then echo unzip=1; '
-    'unzip -v 2>/dev/null | grep -q ZIP64_SUPPORT && echo zip64=1; fi; '
+    'case $(unzip -v 2>/dev/null) in *ZIP64_SUPPORT*) echo zip64=1 ;; esac; fi; '
     'for t in xxhsum sha256sum shasum md5sum md5; do '
     'command -v "$t" >/dev/null 2>&1 && echo "hash=$t"; done; '
-    'if command -v "$r" >/dev/null 2>&1; then echo rsync:; "$r" --version 2>&1 | head -n 3; '
+    'if command -v "$r" >/dev/null 2>&1; then echo rsync:; "$r" --version 2>&1 | '
+    '{ IFS= read -r a; IFS= read -r b; printf "%s\\n%s\\n" "$a" "$b"; }; '
     'else echo rsync=missing; fi; exit 0'
-)
-
-# Which of the known hash tools exist: one name per line.
-HASH_PROBE = (
-    'for t in xxhsum sha256sum shasum md5sum md5; do '
-    'if command -v "$t" >/dev/null 2>&1; then printf "%s\\n" "$t"; fi; done'
 )
 
 # $1 algorithm (xxh128|sha256|md5); $@ files. For each: one line whose first word is the

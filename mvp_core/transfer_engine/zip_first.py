@@ -255,6 +255,7 @@ def _run_zip_first(
     blocker = zip_blocker(manifest)
     if blocker:
         raise UnsupportedTreeError(f"ZIP_FIRST cannot carry this tree: {blocker}")
+    preflight.check_unzip(job, options, cancel)
     preflight.check_before_send(job, from_manifest(manifest), options, cancel)
     losses = preflight.fidelity_losses(manifest)
     options = dataclasses.replace(

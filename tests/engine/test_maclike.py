@@ -1,41 +1,112 @@
-"""The engine against a macOS-like remote (../shared/maclike): Apple's openrsync (macOS
-15+) and rsync 2.6.9 (macOS <= 14) with BSD tools. Every result identical and
-content-verified, nothing left in temp or staging on either side."""
+"""The engine against a macOS-like remote (../shared/maclike, see tests/fixtures/maclike):
+Apple's openrsync (macOS 15+) and rsync 2.6.9 (macOS <= 14), BSD find/stat/mv, shasum
+and md5, no GNU tools. Push and pull, DIRECT and ZIP_FIRST, copy and move, a hostile
+tree with NFD and NFC names: every result identical and content-verified, nothing
+left in temp or staging on either side."""
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from pathlib import Path
 
 import pytest
 
+from mvp_core.transfer_engine import capabilities
 from mvp_core.transfer_engine.endpoints import LocalEndpoint
+from mvp_core.transfer_engine.errors import RemoteCommandMissingError
 from mvp_core.transfer_engine.execute import execute_plan
 from mvp_core.transfer_engine.job import TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
 from tests.engine.conftest import temp_leftovers
 from tests.fixtures.maclike import MacHost
-from tests.fixtures.trees import assert_trees_identical, make_hostile_tree, tree_snapshot
+from tests.fixtures.trees import assert_trees_identical, make_hostile_tree
 
-import dataclasses
+# A Mac hands out decomposed names; users type composed ones.
+NFD_NAMES = (unicodedata.normalize("NFD", "Sessão/Áudio ção.wav"),
+             unicodedata.normalize("NFC", "Sessão NFC/Mixagem é.wav"))
+ROOT = "-Sessão 'x' $(y)"
 
 
-def _opts(o: EngineOptions) -> EngineOptions:
-    return dataclasses.replace(o, verify="checksum")
+def _tree(parent: Path) -> Path:
+    root = make_hostile_tree(parent, name=ROOT)
+    for i, rel in enumerate(NFD_NAMES):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(bytes([i]) * (100 + i))
+    return root
+
+
+def _checked(options: EngineOptions) -> EngineOptions:
+    return dataclasses.replace(options, verify="checksum")
+
+
+def _only(folder: Path, name: str) -> None:
+    """The delivered tree and nothing else: no staging root, no temp file."""
+    assert sorted(p.name for p in folder.iterdir()) == [name]
 
 
 @pytest.mark.parametrize("strategy", list(TransferStrategy))
 @pytest.mark.parametrize("mode", list(TransferMode))
 def test_push(mac_host: MacHost, tmp_path: Path, engine_options: EngineOptions,
               strategy: TransferStrategy, mode: TransferMode) -> None:
-    src = make_hostile_tree(tmp_path / "src", name="-Sessão 'x' $(y)")
-    copy = make_hostile_tree(tmp_path / "ref", name="-Sessão 'x' $(y)")
+    src, reference = _tree(tmp_path / "src"), _tree(tmp_path / "ref")
     dest = tmp_path / "dest"
-    job = TransferJob(LocalEndpoint(src), mac_host.endpoint(dest), mode, job_id="p")
-    result = execute_plan(decide_strategy(job, force=strategy), options=_opts(engine_options))
-    assert result.algorithm
-    assert_trees_identical(copy, dest / src.name)
-    assert (not src.exists()) == (mode is TransferMode.MOVE)
+    job = TransferJob(LocalEndpoint(src), mac_host.endpoint(dest), mode, job_id="push")
+    result = execute_plan(decide_strategy(job, force=strategy),
+                          options=_checked(engine_options))
+    assert result.algorithm == "sha256"  # shasum -a 256: content verified, not sizes
+    assert all(f.hash for f in result.files)
+    assert_trees_identical(reference, dest / ROOT)
+    assert src.exists() == (mode is TransferMode.COPY)
     assert temp_leftovers(engine_options) == []
-    assert [p.name for p in dest.iterdir()] == [src.name]
+    _only(dest, ROOT)
+
+
+@pytest.mark.parametrize("mode", list(TransferMode))
+def test_pull(mac_host: MacHost, tmp_path: Path, engine_options: EngineOptions,
+              mode: TransferMode) -> None:
+    src, reference = _tree(tmp_path / "mac"), _tree(tmp_path / "ref")
+    dest = tmp_path / "here"
+    job = TransferJob(mac_host.endpoint(src), LocalEndpoint(dest), mode, job_id="pull")
+    result = execute_plan(decide_strategy(job), options=_checked(engine_options))
+    assert result.algorithm == "sha256" and all(f.hash for f in result.files)
+    assert_trees_identical(reference, dest / ROOT)
+    assert src.exists() == (mode is TransferMode.COPY)
+    if mode is TransferMode.MOVE:
+        assert list((tmp_path / "mac").iterdir()) == []
+    assert temp_leftovers(engine_options) == []
+    _only(dest, ROOT)
+
+
+def test_probe_reads_the_mac(mac_host: MacHost, engine_options: EngineOptions) -> None:
+    caps = capabilities.of_host(mac_host.endpoint("/"), engine_options)
+    assert caps.rsync is not None and caps.rsync.protocol == 29
+    assert caps.rsync.flavour == {"openrsync": capabilities.OPENRSYNC,
+                                  "rsync269": capabilities.RSYNC2}[mac_host.variant]
+    assert not caps.rsync.protects_args
+    assert (caps.os, caps.find, caps.stat, caps.unzip) == ("Darwin", "bsd", "bsd", True)
+    assert set(caps.hash_tools) == {"shasum", "md5"}
+    assert "Darwin" in caps.describe() and "shasum" in caps.describe()
+
+
+@pytest.mark.parametrize("strategy", list(TransferStrategy))
+def test_a_mac_without_unzip_or_hash_tool_is_refused_before_a_byte_moves(
+        mac_host_bare: MacHost, tmp_path: Path, engine_options: EngineOptions,
+        strategy: TransferStrategy) -> None:
+    src = _tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    job = TransferJob(LocalEndpoint(src), mac_host_bare.endpoint(dest), job_id="bare")
+    with pytest.raises(RemoteCommandMissingError) as caught:
+        execute_plan(decide_strategy(job, force=strategy), options=_checked(engine_options))
+    if strategy is TransferStrategy.ZIP_FIRST:
+        assert "unzip is not installed" in str(caught.value)
+    else:
+        assert "no hash tool" in str(caught.value)
+    assert not dest.exists() or list(dest.iterdir()) == []
+    assert temp_leftovers(engine_options) == []
+    # verify=size is the documented fallback without a hash tool (DIRECT needs no unzip).
+    if strategy is TransferStrategy.DIRECT:
+        execute_plan(decide_strategy(job, force=strategy),
+                     options=dataclasses.replace(engine_options, verify="size"))
+        assert_trees_identical(src, dest / ROOT)
