@@ -108,6 +108,14 @@ _SOURCE_MISSING = re.compile(
 _TARGET_REFUSED = re.compile(
     r"(\[receiver\]|\[generator\]|mkdir|mkstemp|rename|recv_files|chdir).*"
     r"(Permission denied|Read-only file system)", re.IGNORECASE)
+# An rsync that refused an option: GNU 2.6.9 on the server ("on remote machine: -slogD...:
+# unknown option"), openrsync ("invalid option -- 's'", "unrecognized option '--mkpath'"),
+# BSD getopt ("illegal option -- s").
+_REFUSED_OPTION = re.compile(
+    r"on remote machine: (?P<remote>\S+): unknown option"
+    r"|(?:invalid|illegal) option -- '?(?P<short>[^'\s])'?"
+    r"|unrecognized option '(?P<long>--[^'\s]+)'"
+    r"|rsync: (?P<local>--?[\w-]+): unknown option")
 # Exit codes where ssh (the transport) is the likely culprit.
 _TRANSPORT_CODES = {5, 10, 12, 14, 255}
 
@@ -122,6 +130,9 @@ def classify_failure(exit_code: int, stderr_tail: str) -> tuple[type[TransferErr
     meaning = interpret_exit(exit_code)
     if _NO_SPACE.search(stderr_tail):
         return NoSpaceError, "no space left on the receiving side", False
+    refused = refused_option(exit_code, stderr_tail)
+    if refused is not None:
+        return CommandFailedError, refused, False
     if exit_code in _TRANSPORT_CODES or exit_code == 127:
         cmd = missing_command(exit_code, stderr_tail)
         if cmd:
@@ -136,6 +147,22 @@ def classify_failure(exit_code: int, stderr_tail: str) -> tuple[type[TransferErr
     if _TARGET_REFUSED.search(stderr_tail):
         return TargetNotWritableError, "target cannot be written", False
     return CommandFailedError, f"rsync: {meaning.meaning}", meaning.transient
+
+
+def refused_option(exit_code: int, stderr_tail: str) -> str | None:
+    """Which side's rsync refused which option, said as such (an old peer's refusal
+    ends in exit 12, "protocol data stream", which is not a network fault)."""
+    match = _REFUSED_OPTION.search(stderr_tail)
+    if match is None:
+        return None
+    option = match["remote"] or match["long"] or (f"-{match['short']}" if match["short"]
+                                                   else match["local"])
+    remote = match["local"] is None and (exit_code == 12 or match["remote"] is not None
+                                         or "[server=" in stderr_tail)
+    side = ("the remote rsync (protocol 29, e.g. a Mac's openrsync or rsync 2.6.9)"
+            if remote else "this machine's rsync")
+    return (f"{side} refused the option {option}: the two rsyncs do not understand the same "
+            "options (set the portal's rsync_path to a newer rsync, or report this)")
 
 
 def raise_for_result(result: CommandResult) -> tuple[str, ...]:

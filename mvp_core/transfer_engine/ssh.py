@@ -47,7 +47,9 @@ _SSH_STDERR_RULES: tuple[tuple[re.Pattern[str], type[TransferError], str], ...] 
     (re.compile(r"Connection reset|Broken pipe|Connection closed|closed by remote host"
                 r"|kex_exchange_identification", re.IGNORECASE),
      SshConnectionError, "ssh connection lost"),
-    (re.compile(r"timed out|No route to host|Network is unreachable|Timeout", re.IGNORECASE),
+    # "Timeout, server ... not responding" (ServerAlive), not a usage line's "--timeout=".
+    (re.compile(r"timed out|No route to host|Network is unreachable|Timeout, server",
+                re.IGNORECASE),
      SshConnectionError, "ssh host unreachable (timeout)"),
 )
 _NOT_FOUND = re.compile(
