@@ -123,6 +123,15 @@ LIST_PREFIXED = (
     '[ -e "$f" ] || [ -L "$f" ] || continue; printf "%s\\000" "$f"; done'
 )
 
+# $1 an absolute path: "=" if it exists; else its deepest existing folder, then the names
+# in that folder (NUL records), for ``names.resolve_remote`` to match under NFC.
+NEAREST_LISTING = (
+    'p=$1; if [ -e "$p" ] || [ -L "$p" ]; then printf "=\\000"; exit 0; fi; d=$p; '
+    'while :; do d=${d%/*}; [ -n "$d" ] || d=/; [ -d "$d" ] && break; [ "$d" = / ] && break; '
+    'done; printf "%s\\000" "$d"; cd -- "$d" || exit 0; for f in * .[!.]* ..?*; do '
+    '[ -e "$f" ] || [ -L "$f" ] || continue; printf "%s\\000" "$f"; done'
+)
+
 # Rename $1 to $2 only if $2 does not exist: GNU ``mv -n -T``; a Mac's mv has -n but not
 # -T (after the test, a folder appearing at $2 in between is the one race left there).
 MV_NOREPLACE = (

@@ -110,3 +110,28 @@ def test_a_mac_without_unzip_or_hash_tool_is_refused_before_a_byte_moves(
         execute_plan(decide_strategy(job, force=strategy),
                      options=dataclasses.replace(engine_options, verify="size"))
         assert_trees_identical(src, dest / ROOT)
+
+
+def test_a_path_typed_in_nfc_finds_the_macs_nfd_folder(
+        mac_host: MacHost, tmp_path: Path, engine_options: EngineOptions) -> None:
+    typed = "Sessão Final"
+    on_disk = unicodedata.normalize("NFD", typed)
+    assert typed.encode() != on_disk.encode()
+    mac = tmp_path / "mac" / on_disk
+    inner = mac / unicodedata.normalize("NFD", "Áudio")
+    inner.mkdir(parents=True)
+    (inner / "take 1.wav").write_bytes(b"RIFF" * 50)
+    dest = tmp_path / "here"
+    job = TransferJob(mac_host.endpoint(tmp_path / "mac" / typed), LocalEndpoint(dest),
+                      TransferMode.MOVE, job_id="nfc")
+    result = execute_plan(decide_strategy(job), options=_checked(engine_options))
+    assert [f.path for f in result.files] == [unicodedata.normalize("NFD", "Áudio/take 1.wav")]
+    # The folder crossed under its real (NFD) name, content verified, and left the Mac.
+    assert (dest / on_disk / unicodedata.normalize("NFD", "Áudio") / "take 1.wav"
+            ).read_bytes() == b"RIFF" * 50
+    assert list((tmp_path / "mac").iterdir()) == []
+    # The same the other way: a local NFD folder typed in NFC, pushed to the Mac.
+    back = TransferJob(LocalEndpoint(dest / typed), mac_host.endpoint(tmp_path / "mac"),
+                       job_id="nfc-back")
+    execute_plan(decide_strategy(back), options=_checked(engine_options))
+    assert (tmp_path / "mac" / on_disk).is_dir()
