@@ -34,35 +34,16 @@ from mvp_core.dku.result import (
     one_line,
     run_check,
 )
-from mvp_core.transfer_engine import capabilities
+from mvp_core.transfer_engine import capabilities, remote_sh
 from mvp_core.transfer_engine.endpoints import SshEndpoint
 from mvp_core.transfer_engine.errors import TransferError
 from mvp_core.transfer_engine.ssh import classify_ssh_failure, remote_command_argv
 
-REMOTE_TOOLS = ("rsync", "unzip")
+REMOTE_TOOLS = remote_sh.DKU_TOOLS
 _SSH_MARGIN_S = 20.0
 
-# Runs under ``sh -c`` on the portal's host: $1 is the base path, $2 the remote temp dir
-# (free space is read on its nearest existing parent: the engine creates it), $3 the
-# portal's rsync (its rsync_path, else "rsync"). Arguments are
-# never parsed by the shell; builtins and df only, so a minimal remote PATH cannot break
-# the probe itself. Output: "tool NAME PATH|MISSING", then "df-WHICH-ok|error LINE".
-_PROBE = r"""
-for t in TOOLS; do
-  c=$t; [ "$t" = rsync ] && c=$3
-  if p=$(command -v "$c"); then echo "tool $t $p"; else echo "tool $t MISSING"; fi
-done
-d=$2
-while [ -n "$d" ] && [ ! -d "$d" ]; do
-  case $d in */*) d=${d%/*} ;; *) d= ;; esac
-done
-[ -n "$d" ] || d=/
-for which in base temp; do
-  if [ "$which" = base ]; then target=$1; else target=$d; fi
-  if out=$(df -Pk -- "$target" 2>&1); then st=ok; else st=error; fi
-  printf '%s\n' "$out" | while IFS= read -r line; do echo "df-$which-$st $line"; done
-done
-""".replace("TOOLS", " ".join(REMOTE_TOOLS))
+_PROBE = remote_sh.DKU_PORTAL_PROBE
+
 
 
 def load_portals(database_url: str) -> list[dict[str, Any]]:

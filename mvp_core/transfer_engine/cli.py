@@ -45,6 +45,7 @@ from rich.progress import BarColumn, TaskID, TaskProgressColumn, TextColumn
 from rich.progress import Progress as RichProgress
 
 from mvp_core.speed import SpeedMeter
+from mvp_core.transfer_engine import remote_sh
 from mvp_core.transfer_engine.delivery import staging_root
 from mvp_core.transfer_engine.endpoints import (
     Endpoint,
@@ -266,13 +267,6 @@ def _duration(seconds: float | None) -> str:
         f"{whole} s" if whole < 60 else f"{whole // 60} min {whole % 60:02d} s")
 
 
-# Run on an ssh target by --dry-run: the nearest existing directory (a real run creates
-# the rest), whether it is writable, whether the output name is taken.
-_LOOK = ('d=$1; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; echo "base=$d"; '
-         '[ -w "$d" ] && echo writable; { [ -e "$2" ] || [ -L "$2" ]; } && echo exists; '
-         'exit 0')
-
-
 def _nearest_dir(path: str) -> str:
     while not os.path.isdir(path):
         path = os.path.dirname(path)
@@ -286,7 +280,8 @@ def check_target(job: TransferJob, options: EngineOptions) -> str:
     target, name = job.target, job.source.name
     path, final = str(target.path), _delivered(job)
     if isinstance(target, SshEndpoint):
-        result = run_remote(target, ("sh", "-c", _LOOK, "sh", path, f"{path}/{name}"),
+        result = run_remote(target, ("sh", "-c", remote_sh.LOOK_AT_TARGET, "sh", path,
+                                     f"{path}/{name}"),
                             options, what="look at the target", capture_stdout=True)
         facts = result.stdout.decode(errors="replace").split()
         base = next((f[5:] for f in facts if f.startswith("base=")), path)

@@ -93,31 +93,17 @@ def run_unzip_local(zip_path: str, dest_dir: str, *, cancel: CancelToken | None 
     return raise_for_unzip(result, "this machine")
 
 
-# One chunk of a pipelined ZIP_FIRST: unzip, and only if it succeeded (exit 0 or 1)
-# write the chunk's marker and remove its zip, in the same ssh session (one round
-# trip per chunk). Like ssh's stop-with-us wrapper, a watcher on our never-written
-# stdin kills unzip when our ssh goes away; the marker is then not written.
-_MARKER_FAILED = 97
-_UNZIP_CHUNK = (
-    'LC_ALL=C.UTF-8; export LC_ALL; z=$1; m=$2; shift 2; exec 3<&0; "$@" 3<&- & pid=$!; '
-    '{ cat <&3 >/dev/null; kill -TERM "$pid"; } >/dev/null 2>&1 & watcher=$!; '
-    'exec 3<&-; wait "$pid"; rc=$?; kill "$watcher" 2>/dev/null; '
-    f'if [ "$rc" -le 1 ]; then {{ : > "$m" && rm -f -- "$z"; }} || exit {_MARKER_FAILED}; fi; '
-    'exit "$rc"'
-)
-
-
 def run_unzip_chunk_remote(endpoint: SshEndpoint, zip_path: str, dest_dir: str, marker: str,
                            options: EngineOptions, *, cancel: CancelToken | None = None
                            ) -> tuple[str, ...]:
     """unzip one chunk remotely; on success write ``marker`` and remove the zip there."""
-    remote = ("sh", "-c", _UNZIP_CHUNK, "sh", zip_path, marker,
+    remote = ("sh", "-c", remote_sh.UNZIP_CHUNK, "sh", zip_path, marker,
               *unzip_argv(zip_path, dest_dir, remote=True))
     result = run_command(remote_command_argv(endpoint, remote, options), cancel=cancel,
                          what="unzip", stdin_pipe=True)
     if result.exit_code == SSH_FAILED:
         raise_for_remote(result, endpoint, "unzip")
-    if result.exit_code == _MARKER_FAILED:
+    if result.exit_code == remote_sh.MARKER_FAILED:
         raise TargetNotWritableError(f"cannot record the extracted chunk on {endpoint.host}",
                                      **result.evidence())
     return raise_for_unzip(result, endpoint.host)

@@ -72,7 +72,8 @@ def test_pull(mac_host: MacHost, tmp_path: Path, engine_options: EngineOptions,
     result = execute_plan(decide_strategy(job), options=_checked(engine_options))
     assert result.algorithm == "sha256" and all(f.hash for f in result.files)
     assert_trees_identical(reference, dest / ROOT)
-    assert src.exists() == (mode is TransferMode.COPY)
+    left = sorted(str(p.relative_to(src)) for p in src.rglob("*")) if src.exists() else None
+    assert src.exists() == (mode is TransferMode.COPY), (result.warnings, left)
     if mode is TransferMode.MOVE:
         assert list((tmp_path / "mac").iterdir()) == []
     assert temp_leftovers(engine_options) == []
