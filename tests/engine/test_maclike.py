@@ -136,3 +136,37 @@ def test_a_path_typed_in_nfc_finds_the_macs_nfd_folder(
                        job_id="nfc-back")
     execute_plan(decide_strategy(back), options=_checked(engine_options))
     assert (tmp_path / "mac" / on_disk).is_dir()
+
+
+def test_a_portal_naming_a_missing_rsync_fails_before_a_byte_moves(
+        mac_host: MacHost, tmp_path: Path, engine_options: EngineOptions) -> None:
+    src = _tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    job = TransferJob(LocalEndpoint(src),
+                      mac_host.endpoint(dest, rsync_path="/opt/homebrew/bin/rsync"),
+                      TransferMode.MOVE, job_id="brew")
+    with pytest.raises(RemoteCommandMissingError, match="rsync_path") as caught:
+        execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT),
+                     options=_checked(engine_options))
+    assert "/opt/homebrew/bin/rsync is not installed" in str(caught.value)
+    assert src.exists() and (not dest.exists() or list(dest.iterdir()) == [])
+
+
+def test_an_old_rsync_refusing_protect_args_is_named_not_called_unreachable(
+        mac_host: MacHost, tmp_path: Path, engine_options: EngineOptions) -> None:
+    """What every job met before the probe: -s sent to a protocol-29 rsync (exit 12)."""
+    from mvp_core.transfer_engine.capabilities import RsyncFlags
+    from mvp_core.transfer_engine.errors import CommandFailedError, SshConnectionError
+    from mvp_core.transfer_engine.rsync import build_argv, raise_for_result
+    from mvp_core.transfer_engine.runner import run_command
+
+    src = _tree(tmp_path / "src")
+    argv = build_argv(LocalEndpoint(src), mac_host.endpoint(tmp_path / "dest"), engine_options,
+                      flags=RsyncFlags(protect_args=True))
+    result = run_command(argv, what="rsync")
+    assert result.exit_code == 12
+    with pytest.raises(CommandFailedError) as caught:
+        raise_for_result(result)
+    assert not isinstance(caught.value, SshConnectionError)
+    assert "the remote rsync (protocol 29" in str(caught.value)
+    assert "refused the option -s" in str(caught.value)
