@@ -118,6 +118,20 @@ def test_portal_bad_input_is_422(client: httpx.Client, body: dict[str, Any], nee
 # --------------------------------------------------------------------------- jobs
 
 
+def test_a_source_typed_in_nfc_names_the_nfd_folder_on_disk(
+        client: httpx.Client, portals: Portals, redis_server: Any) -> None:
+    import unicodedata
+
+    on_disk = unicodedata.normalize("NFD", "Sessão Mac")
+    (portals.local_src_base / on_disk).mkdir()
+    typed = unicodedata.normalize("NFC", "Sessão Mac")
+    response = client.post("/jobs", json=_job(portals, typed))
+    assert response.status_code == 201, response.text
+    assert response.json()["source_path"] == on_disk
+    missing = client.post("/jobs", json=_job(portals, "Sessão Nenhuma"))
+    assert missing.status_code == 422 and "does not exist" in missing.text
+
+
 def test_submit_job_pending_with_events(client: httpx.Client, portals: Portals,
                                         redis_server: Any) -> None:
     response = client.post("/jobs", json=_job(portals, "./Session A/", "deliveries//today"))
