@@ -4,8 +4,9 @@ A Mac runs Apple's openrsync (macOS 15+) or rsync 2.6.9 (macOS <= 14), both prot
 29, with BSD tools; Linux runs GNU rsync 3.x. On first contact with an ssh host (one
 ssh round trip, ``remote_sh.PROBE_HOST``) we learn the remote rsync's flavour, version
 and protocol, which ``find``/``stat`` dialect it has, whether ``unzip`` exists (and
-handles zip64), and which hash tools exist. The answer is cached per process per
-host, port, user and rsync path (a Mac does not change its rsync between jobs). The
+handles zip64), and which hash tools exist. A complete answer is cached per process
+per host, port, user and rsync path (a Mac does not change its rsync between jobs); a
+host missing a tool is asked again at the next job, so installing it needs no restart. The
 local rsync is probed the same way (a worker on a Mac).
 
 The flags chosen from it (``rsync_flags``):
@@ -149,8 +150,11 @@ def of_host(endpoint: SshEndpoint, options: EngineOptions,
                         capture_stdout=True)
     raise_for_remote(result, endpoint, "probe the host's tools")
     caps = parse_probe(result.stdout.decode("utf-8", "replace"), command)
-    with _lock:
-        _cache[key] = caps
+    if caps.rsync is not None and caps.unzip and caps.hash_tools:
+        # Only a complete answer is kept: a host missing something is asked again next
+        # job, so installing the tool there needs no worker restart.
+        with _lock:
+            _cache[key] = caps
     return caps
 
 
