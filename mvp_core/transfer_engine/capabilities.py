@@ -19,6 +19,10 @@ The flags chosen from it (``rsync_flags``):
   are local-side options; protocol 29 peers accept them). Otherwise no progress.
 - Never ``--mkpath``, ``-A``/``-X``, ``--iconv``, ``--outbuf`` or
   ``--checksum-choice``: openrsync refuses them all.
+- No ``--no-implied-dirs`` towards an rsync 2.6.9 (a receiver of that version stops
+  on it with ``--files-from``): DIRECT's streams and ZIP_FIRST's as-is copies then send
+  the folders of their files too (modes included; a read-only source folder can then
+  refuse a later stream's file when the remote account is not root).
 """
 
 from __future__ import annotations
@@ -211,6 +215,9 @@ class RsyncFlags:
     protect_args: bool = True
     old_args: bool = False
     progress2: bool = True
+    # rsync 2.6.9 as the receiver cannot take ``--no-implied-dirs`` with ``--files-from``
+    # (it stops: "protocol incompatibility", generator.c): its streams send the folders.
+    no_implied_dirs: bool = True
 
     @property
     def quote_remote(self) -> bool:
@@ -227,4 +234,4 @@ def rsync_flags(remote: SshEndpoint | None, options: EngineOptions,
     peer = require_rsync(remote, of_host(remote, options, cancel))
     protect = local.protects_args and peer.protects_args
     return RsyncFlags(protect_args=protect, old_args=not protect and local.escapes_args,
-                      progress2=local.progress2)
+                      progress2=local.progress2, no_implied_dirs=peer.flavour != RSYNC2)

@@ -217,6 +217,8 @@ def build_argv(
     if rsync_path is None and isinstance(remote, SshEndpoint) and remote.rsync_path:
         rsync_path = shlex.quote(remote.rsync_path)
     quote = flags.quote_remote
+    if not flags.no_implied_dirs:
+        extra = tuple(e for e in extra if e != "--no-implied-dirs")
     return (
         ("rsync", "-a", "--no-owner", "--no-group")
         + (("-s",) if flags.protect_args else ("--old-args",) if flags.old_args else ())

@@ -170,3 +170,23 @@ def test_an_old_rsync_refusing_protect_args_is_named_not_called_unreachable(
     assert not isinstance(caught.value, SshConnectionError)
     assert "the remote rsync (protocol 29" in str(caught.value)
     assert "refused the option -s" in str(caught.value)
+
+
+def test_direct_streams_push_to_a_mac(mac_host: MacHost, tmp_path: Path,
+                                      engine_options: EngineOptions,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several rsyncs with --files-from (rsync 2.6.9 cannot take --no-implied-dirs)."""
+    from mvp_core.transfer_engine import streams
+
+    monkeypatch.setattr(streams, "MIN_STREAM_BYTES", 1)
+    src, reference = _tree(tmp_path / "src"), _tree(tmp_path / "ref")
+    dest = tmp_path / "dest"
+    job = TransferJob(LocalEndpoint(src), mac_host.endpoint(dest), TransferMode.MOVE,
+                      job_id="streams")
+    result = execute_plan(decide_strategy(job, force=TransferStrategy.DIRECT),
+                          options=dataclasses.replace(_checked(engine_options),
+                                                      direct_streams=3))
+    assert result.streams == 3
+    assert_trees_identical(reference, dest / ROOT)
+    assert not src.exists() and temp_leftovers(engine_options) == []
+    _only(dest, ROOT)
