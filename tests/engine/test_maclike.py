@@ -16,7 +16,7 @@ from mvp_core.transfer_engine import capabilities
 from mvp_core.transfer_engine.endpoints import LocalEndpoint
 from mvp_core.transfer_engine.errors import RemoteCommandMissingError
 from mvp_core.transfer_engine.execute import execute_plan
-from mvp_core.transfer_engine.job import TransferJob, TransferMode
+from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
 from tests.engine.conftest import temp_leftovers
@@ -189,4 +189,29 @@ def test_direct_streams_push_to_a_mac(mac_host: MacHost, tmp_path: Path,
     assert result.streams == 3
     assert_trees_identical(reference, dest / ROOT)
     assert not src.exists() and temp_leftovers(engine_options) == []
+    _only(dest, ROOT)
+
+
+@pytest.mark.parametrize("on_existing", [OnExisting.REPLACE, OnExisting.MERGE])
+def test_replace_and_merge_on_a_mac(mac_host: MacHost, tmp_path: Path,
+                                    engine_options: EngineOptions,
+                                    on_existing: OnExisting) -> None:
+    """The old tree set aside and renamed without overwrite (BSD mv), or merged into
+    (symlinks looked for with BSD find); ZIP_FIRST in many chunks, some sent as is."""
+    src, reference = _tree(tmp_path / "src"), _tree(tmp_path / "ref")
+    dest = tmp_path / "dest"
+    old = dest / ROOT / "old only.txt"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"from before")
+    options = dataclasses.replace(_checked(engine_options), zip_chunk_bytes=700)
+    job = TransferJob(LocalEndpoint(src), mac_host.endpoint(dest), job_id="again",
+                      on_existing=on_existing)
+    execute_plan(decide_strategy(job, force=TransferStrategy.ZIP_FIRST), options=options)
+    if on_existing is OnExisting.MERGE:
+        assert old.read_bytes() == b"from before"
+        old.unlink()
+    else:
+        assert not old.exists()
+    assert_trees_identical(reference, dest / ROOT, root_mtime=False)
+    assert temp_leftovers(engine_options) == []
     _only(dest, ROOT)
