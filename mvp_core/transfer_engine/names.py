@@ -73,8 +73,7 @@ def resolve_remote(endpoint: SshEndpoint, options: EngineOptions,
         other = _match(missing, names)
         if other is None:
             return endpoint
-        path = base / other / PurePosixPath(*path.parts[len(base.parts) + 1:]) \
-            if len(path.parts) > len(base.parts) + 1 else base / other
+        path = base.joinpath(other, *path.parts[len(base.parts) + 1:])
     return endpoint
 
 
