@@ -2,7 +2,7 @@
 
     python -m mvp_core.transfer_engine.cli --from A --to B --mode copy|move
         [--strategy auto|direct|zip_first] [--on-existing fail|replace|merge]
-        [--dry-run] [--identity F] [--known-hosts F]
+        [--dry-run] [--identity F] [--known-hosts F] [--rsync-path /remote/rsync]
 
 A and B are local paths or ``[user@]host[:port]:/path``; the result is
 ``B/<basename of A>``, which appears complete or not at all (docs/delivery.md).
@@ -112,6 +112,9 @@ def build_parser(prog: str = "python -m mvp_core.transfer_engine.cli"
                              "directory? the name free?) and say what a real run would do")
     parser.add_argument("--identity", type=Path, help="ssh private key file")
     parser.add_argument("--known-hosts", type=Path, help="known_hosts file for strict checking")
+    parser.add_argument("--rsync-path",
+                        help="the remote rsync when not the first on the host's PATH "
+                             "(e.g. /opt/homebrew/bin/rsync on a Mac; docs/mac_hosts.md)")
     parser.add_argument("--job-id", help="names temp files (default: derived from A and B, "
                                          "so a rerun replaces the previous attempt's zip)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -329,6 +332,13 @@ def default_job_id(source: str, target: str) -> str:
     return "cli-" + hashlib.sha256(f"{source}\0{target}".encode()).hexdigest()[:12]
 
 
+def _with_rsync(endpoint: Endpoint, rsync_path: str | None) -> Endpoint:
+    """An ssh endpoint with ``--rsync-path`` (checked like a portal's)."""
+    if rsync_path is None or not isinstance(endpoint, SshEndpoint):
+        return endpoint
+    return dataclasses.replace(endpoint, rsync_path=rsync_path)
+
+
 def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOptions,
         default_known_hosts: Path | None, out: TextIO, err: TextIO) -> int:
     """Plan, print, execute; translate errors into one line and an exit status."""
@@ -336,10 +346,12 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
     line = ProgressLine(err)
     try:
         job = TransferJob(
-            source=absolute(parse_endpoint(args.source, identity_file=args.identity,
-                                           known_hosts_file=known_hosts)),
-            target=absolute(parse_endpoint(args.target, identity_file=args.identity,
-                                           known_hosts_file=known_hosts)),
+            source=_with_rsync(absolute(parse_endpoint(
+                args.source, identity_file=args.identity, known_hosts_file=known_hosts)),
+                args.rsync_path),
+            target=_with_rsync(absolute(parse_endpoint(
+                args.target, identity_file=args.identity, known_hosts_file=known_hosts)),
+                args.rsync_path),
             mode=TransferMode(args.mode),
             job_id=args.job_id or default_job_id(args.source, args.target),
             on_existing=OnExisting(args.on_existing),

@@ -215,3 +215,33 @@ def test_replace_and_merge_on_a_mac(mac_host: MacHost, tmp_path: Path,
     assert_trees_identical(reference, dest / ROOT, root_mtime=False)
     assert temp_leftovers(engine_options) == []
     _only(dest, ROOT)
+
+
+def test_the_engine_cli_takes_an_rsync_path(mac_host: MacHost, tmp_path: Path) -> None:
+    """``--rsync-path``: the Mac's own /usr/bin/rsync works; a missing one is one line."""
+    import os
+    import subprocess
+    import sys
+
+    src = _tree(tmp_path / "src")
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KETTER_")}
+    env.update(KETTER_TEMP_DIR=str(tmp_path / "ltmp"), KETTER_REMOTE_TEMP_DIR=str(tmp_path / "rt"))
+    spec = f"{mac_host.user}@{mac_host.host}:{mac_host.port}:{tmp_path / 'dest'}"
+
+    def cli(rsync_path: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mvp_core.transfer_engine.cli", "--from", str(src), "--to",
+             spec, "--strategy", "direct", "--quiet", "--identity", str(mac_host.identity_file),
+             "--known-hosts", str(mac_host.known_hosts_file), "--rsync-path", rsync_path],
+            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+    missing = cli("/opt/homebrew/bin/rsync")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [
+        next(line for line in missing.stderr.splitlines() if line.startswith("ketter: error:"))]
+    assert "/opt/homebrew/bin/rsync is not installed" in missing.stderr
+    assert cli("$(id)").returncode == 2 or "invalid rsync_path" in cli("$(id)").stderr
+    done = cli("/usr/bin/rsync")
+    assert done.returncode == 0, done.stderr
+    assert_trees_identical(src, tmp_path / "dest" / ROOT)
