@@ -226,7 +226,8 @@ def test_the_engine_cli_takes_an_rsync_path(mac_host: MacHost, tmp_path: Path) -
     src = _tree(tmp_path / "src")
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KETTER_")}
-    env.update(KETTER_TEMP_DIR=str(tmp_path / "ltmp"), KETTER_REMOTE_TEMP_DIR=str(tmp_path / "rt"))
+    env.update(KETTER_TEMP_DIR=str(tmp_path / "ltmp"),
+               KETTER_REMOTE_TEMP_DIR=str(tmp_path / "rt"))
     spec = f"{mac_host.user}@{mac_host.host}:{mac_host.port}:{tmp_path / 'dest'}"
 
     def cli(rsync_path: str) -> subprocess.CompletedProcess[str]:
@@ -241,7 +242,10 @@ def test_the_engine_cli_takes_an_rsync_path(mac_host: MacHost, tmp_path: Path) -
     assert missing.stderr.strip().splitlines() == [
         next(line for line in missing.stderr.splitlines() if line.startswith("ketter: error:"))]
     assert "/opt/homebrew/bin/rsync is not installed" in missing.stderr
-    assert cli("$(id)").returncode == 2 or "invalid rsync_path" in cli("$(id)").stderr
+    refused = cli("$(id)")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == ("ketter: error: invalid rsync_path '$(id)': an absolute "
+                                      "path such as /opt/homebrew/bin/rsync")
     done = cli("/usr/bin/rsync")
     assert done.returncode == 0, done.stderr
     assert_trees_identical(src, tmp_path / "dest" / ROOT)
