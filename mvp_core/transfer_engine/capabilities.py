@@ -225,6 +225,10 @@ class RsyncFlags:
         return not self.protect_args
 
 
+# Both sides GNU rsync 3.x: every flag (the default of ``rsync.build_argv``).
+GNU_FLAGS = RsyncFlags()
+
+
 def rsync_flags(remote: SshEndpoint | None, options: EngineOptions,
                 cancel: CancelToken | None = None) -> RsyncFlags:
     """Flags both sides understand (see the module doc)."""

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvp_core.transfer_engine.capabilities import RsyncFlags, rsync_flags
+from mvp_core.transfer_engine.capabilities import GNU_FLAGS, RsyncFlags, rsync_flags
 from mvp_core.transfer_engine.endpoints import Endpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -203,7 +203,7 @@ def build_argv(
     extra: tuple[str, ...] = (),
     rsync_path: str | None = None,
     as_file: bool = False,
-    flags: RsyncFlags = RsyncFlags(),
+    flags: RsyncFlags = GNU_FLAGS,
 ) -> tuple[str, ...]:
     """rsync argv copying ``source`` INTO the directory ``target`` (``target/<basename>``).
 

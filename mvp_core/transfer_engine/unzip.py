@@ -27,7 +27,6 @@ from mvp_core.transfer_engine.manifest import FILE, Manifest
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.runner import CommandResult, run_command
-from mvp_core.transfer_engine.verify import parse_find_output
 from mvp_core.transfer_engine.ssh import (
     SSH_FAILED,
     missing_command,
@@ -35,6 +34,7 @@ from mvp_core.transfer_engine.ssh import (
     remote_command_argv,
     run_remote,
 )
+from mvp_core.transfer_engine.verify import parse_find_output
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 

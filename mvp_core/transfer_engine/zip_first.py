@@ -62,9 +62,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
-from mvp_core.transfer_engine import remote_sh
 from mvp_core.transfer_engine import delivery as deliver
-from mvp_core.transfer_engine import preflight
+from mvp_core.transfer_engine import preflight, remote_sh
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.chunks import Chunk, ChunkPlan, plan_chunks
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint

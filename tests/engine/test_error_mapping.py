@@ -127,7 +127,7 @@ def test_an_option_refused_by_an_old_remote_rsync_is_not_a_network_fault(
     error = caught.value
     assert not isinstance(error, SshConnectionError) and not error.transient
     assert "unreachable" not in str(error)
-    assert f"the remote rsync (protocol 29" in error.message
+    assert "the remote rsync (protocol 29" in error.message
     assert f"refused the option {option}" in error.message
 
 
