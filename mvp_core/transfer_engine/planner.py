@@ -81,10 +81,11 @@ def decide_strategy(
     assert isinstance(job.source, LocalEndpoint)
     from mvp_core.transfer_engine.names import resolve_local  # names imports results → here
 
-    found = resolve_local(Path(job.source.path).absolute())
-    if found != Path(job.source.path).absolute():  # typed NFC, on disk NFD (``names``)
-        job = replace(job, source=LocalEndpoint(found))
-    manifest = build_manifest(job.source.path)
+    source_path = Path(job.source.path)
+    found = resolve_local(source_path.absolute())
+    if found != source_path.absolute():  # typed NFC, on disk NFD (``names``)
+        job, source_path = replace(job, source=LocalEndpoint(found)), found
+    manifest = build_manifest(source_path)
     n_files, total = manifest.n_files, manifest.total_bytes
     avg = total // n_files if n_files else 0
 
