@@ -76,6 +76,9 @@ def test_pull(mac_host: MacHost, tmp_path: Path, engine_options: EngineOptions,
     assert src.exists() == (mode is TransferMode.COPY), (result.warnings, left)
     if mode is TransferMode.MOVE:
         assert list((tmp_path / "mac").iterdir()) == []
+    else:  # no probe file or anything else left beside the Mac's source
+        _only(tmp_path / "mac", ROOT)
+        assert_trees_identical(reference, src)
     assert temp_leftovers(engine_options) == []
     _only(dest, ROOT)
 
