@@ -27,6 +27,17 @@ need zip zip
 need unzip unzip
 need xxhsum xxhash  # xxh128 content hashes on the remote side of the tests' own sshd
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("python3-venv")
+# What ../shared/maclike/build.sh compiles the Mac-like test host with (openrsync, rsync
+# 2.6.9) and runs it on; installed here so the tests' kit build never needs apt itself.
+need gcc gcc
+need make make
+need bmake bmake
+need patch patch
+need busybox busybox
+need unshare util-linux
+need cmp diffutils
+[ -e /usr/include/stdio.h ] || missing+=("libc6-dev")
+[ -e /usr/include/zlib.h ] || missing+=("zlib1g-dev")
 if [ "$want" = "lab" ]; then
   need ip iproute2
   need tc iproute2

@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.trees",
     "tests.fixtures.sshd",
+    "tests.fixtures.maclike",
     "tests.fixtures.postgres",
     "tests.fixtures.redis",
     "tests.fixtures.stack",

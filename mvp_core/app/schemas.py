@@ -23,7 +23,7 @@ from mvp_core.db.models import (
     RequestedStrategy,
     VerifyMode,
 )
-from mvp_core.transfer_engine.endpoints import validate_ssh_name
+from mvp_core.transfer_engine.endpoints import validate_rsync_path, validate_ssh_name
 from mvp_core.transfer_engine.errors import InvalidEndpointError
 
 MAX_ID = 2**31 - 1
@@ -72,6 +72,21 @@ class PortalCreate(BaseModel):
     known_hosts_file: str | None = Field(
         default=None, min_length=1, max_length=PATH_MAX,
         description="ssh only: known_hosts on the worker host, for strict host key checks")
+    rsync_path: str | None = Field(
+        default=None, min_length=1, max_length=PATH_MAX, examples=["/opt/homebrew/bin/rsync"],
+        description="ssh only: the remote rsync when it is not the first on the host's PATH "
+                    "(e.g. a Mac's Homebrew rsync); absolute")
+
+    @field_validator("rsync_path")
+    @classmethod
+    def _rsync_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            validate_rsync_path(value)
+        except InvalidEndpointError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("name")
     @classmethod
@@ -112,7 +127,7 @@ class PortalCreate(BaseModel):
         if self.kind is PortalKind.LOCAL and any(
             v is not None
             for v in (self.host, self.port, self.username, self.identity_file,
-                      self.known_hosts_file)
+                      self.known_hosts_file, self.rsync_path)
         ):
             raise ValueError("a local portal takes only name, kind and base_path")
         return self
@@ -132,6 +147,7 @@ class PortalUpdate(BaseModel):
     username: str | None = Field(default=None, min_length=1, max_length=64)
     identity_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
     known_hosts_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+    rsync_path: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
 
 
 class PortalOut(BaseModel):
@@ -146,6 +162,7 @@ class PortalOut(BaseModel):
     username: str | None
     identity_file: str | None
     known_hosts_file: str | None
+    rsync_path: str | None = None
     created_at: datetime
     warnings: list[str] = Field(
         default_factory=list,

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from mvp_core.app.schemas import JobCreate
 from mvp_core.db.models import Job, OnExisting, Portal, PortalKind, VerifyMode
 from mvp_core.db.repository import InvalidRequestError, NotFoundError, create_job, get_portal
+from mvp_core.transfer_engine.names import resolve_local
 from mvp_core.worker.job_mapping import check_overlap, clean_relative, confined_local_path
 
 
@@ -49,6 +50,12 @@ def submit_job(session: Session, *, request: JobCreate,
     target_rel = clean_relative(request.target_path, what="target_path", allow_empty=True)
     if source_portal.kind is PortalKind.LOCAL:
         source = confined_local_path(source_portal, source_rel, what="source_path")
+        found = resolve_local(source) if not os.path.lexists(source) else source
+        if found != source:
+            # Typed in NFC, on disk in NFD (a Mac's tree): the job names what is there.
+            depth = len(PurePosixPath(source_rel).parts)
+            source_rel = str(PurePosixPath(*Path(found).parts[-depth:]))
+            source = found
         if not os.path.lexists(source):
             raise InvalidRequestError(
                 f"source_path {source_rel!r} does not exist on portal {source_portal.name!r}",

@@ -160,6 +160,8 @@ def portals_add(
         help="ssh private key file, on the worker host")] = None,
     known_hosts: Annotated[Path | None, typer.Option(
         help="known_hosts file, on the worker host")] = None,
+    rsync_path: Annotated[str | None, typer.Option(
+        help="the remote rsync, e.g. /opt/homebrew/bin/rsync on a Mac")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a portal."""
@@ -168,6 +170,8 @@ def portals_add(
         body["identity_file"] = str(identity)
     if known_hosts is not None:
         body["known_hosts_file"] = str(known_hosts)
+    if rsync_path is not None:
+        body["rsync_path"] = rsync_path
     portal = _ctx(ctx).api.add_portal(body)
     if as_json:
         render.print_json(out, portal)
@@ -207,6 +211,8 @@ def portals_edit(
         help="new /path or [user@]host[:port]:/path")] = None,
     identity: Annotated[Path | None, typer.Option(help="ssh private key file")] = None,
     known_hosts: Annotated[Path | None, typer.Option(help="known_hosts file")] = None,
+    rsync_path: Annotated[str | None, typer.Option(
+        help="the remote rsync, e.g. /opt/homebrew/bin/rsync on a Mac")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a portal (jobs not started yet use the new values)."""
@@ -220,8 +226,11 @@ def portals_edit(
         body["identity_file"] = str(identity)
     if known_hosts is not None:
         body["known_hosts_file"] = str(known_hosts)
+    if rsync_path is not None:
+        body["rsync_path"] = rsync_path
     if not body:
-        raise ApiError("nothing to change (--name, --location, --identity, --known-hosts)")
+        raise ApiError("nothing to change (--name, --location, --identity, --known-hosts, "
+                       "--rsync-path)")
     p = api.edit_portal(_portal_id(api, portal), body)
     if as_json:
         render.print_json(out, p)

@@ -53,7 +53,7 @@ def portal_table(p: dict[str, Any]) -> Table:
     for key in ("id", "name", "kind"):
         table.add_row(key, str(p[key]))
     table.add_row("location", portal_location(p))
-    for key in ("identity_file", "known_hosts_file"):
+    for key in ("identity_file", "known_hosts_file", "rsync_path"):
         table.add_row(key, p.get(key) or "-")
     table.add_row("created", when(p.get("created_at")))
     for warning in p.get("warnings") or ():

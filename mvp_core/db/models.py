@@ -145,6 +145,7 @@ class Portal(Base):
         CheckConstraint("port IS NULL OR (port > 0 AND port < 65536)", name="port_range"),
         CheckConstraint("base_path LIKE '/%'", name="base_path_absolute"),
         CheckConstraint("length(name) > 0", name="name_not_empty"),
+        CheckConstraint("rsync_path IS NULL OR rsync_path LIKE '/%'", name="rsync_path_absolute"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -156,6 +157,8 @@ class Portal(Base):
     base_path: Mapped[str] = mapped_column(Text, nullable=False)
     identity_file: Mapped[str | None] = mapped_column(Text)
     known_hosts_file: Mapped[str | None] = mapped_column(Text)
+    # ssh only: the remote rsync when not the first on the host's PATH (a Mac's Homebrew).
+    rsync_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now_column()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(

@@ -80,6 +80,7 @@ def create_portal(
     username: str | None = None,
     identity_file: str | None = None,
     known_hosts_file: str | None = None,
+    rsync_path: str | None = None,
 ) -> Portal:
     """Insert a portal (validated by the caller); a duplicate name is a conflict."""
     _check_name_free(session, name)
@@ -92,6 +93,7 @@ def create_portal(
         username=username,
         identity_file=identity_file,
         known_hosts_file=known_hosts_file,
+        rsync_path=rsync_path,
     )
     session.add(portal)
     session.flush()

@@ -22,6 +22,7 @@ from mvp_core.dku.options import DkuOptions
 from mvp_core.dku.portals import load_portals, ssh_endpoint
 from mvp_core.dku.result import CheckFailed, CheckResult, Outcome, one_line, run_check
 from mvp_core.dku.smoke import PORTAL_PREFIX, SMOKE_FILES, SmokeRun, _expect, wait_final
+from mvp_core.transfer_engine import remote_sh
 from mvp_core.transfer_engine.ssh import remote_command_argv
 
 SCRATCH = ".ketter-dku"
@@ -95,7 +96,7 @@ def smoke_portal(
         counted = _ssh(
             portal,
             opts,
-            ("sh", "-c", 'find "$1" -type f | wc -l', "ketter-dku", str(scratch / run_name)),
+            ("sh", "-c", remote_sh.COUNT_FILES, "ketter-dku", str(scratch / run_name)),
         )
         arrived = int(counted.stdout.strip()) if counted.stdout.strip().isdigit() else None
         if arrived != file_count:

@@ -1,8 +1,11 @@
 """Checks for every registered portal, as the worker would reach it.
 
 An ssh portal must answer in BatchMode with its host key already known (the engine's own
-ssh argv: strict host-key checking, no prompt), have ``rsync`` and ``unzip``, and have free
-space on its base path. Key files a portal references must exist and must not be readable
+ssh argv: strict host-key checking, no prompt), have ``rsync`` (its ``rsync_path`` when
+set) and ``unzip``, and have free space on its base path. Then the engine's own capability
+probe (``transfer_engine.capabilities``) reports what the host is: its rsync's flavour,
+version and protocol (GNU 3.x, a Mac's openrsync or rsync 2.6.9), find dialect, unzip,
+hash tools; a host without any hash tool fails (jobs verify content by default). Key files a portal references must exist and must not be readable
 by others (ssh itself refuses such keys; the DKU warns before a job fails on it).
 """
 
@@ -31,31 +34,16 @@ from mvp_core.dku.result import (
     one_line,
     run_check,
 )
+from mvp_core.transfer_engine import capabilities, remote_sh
 from mvp_core.transfer_engine.endpoints import SshEndpoint
+from mvp_core.transfer_engine.errors import TransferError
 from mvp_core.transfer_engine.ssh import classify_ssh_failure, remote_command_argv
 
-REMOTE_TOOLS = ("rsync", "unzip")
+REMOTE_TOOLS = remote_sh.DKU_TOOLS
 _SSH_MARGIN_S = 20.0
 
-# Runs under ``sh -c`` on the portal's host: $1 is the base path, $2 the remote temp dir
-# (free space is read on its nearest existing parent: the engine creates it). Arguments are
-# never parsed by the shell; builtins and df only, so a minimal remote PATH cannot break
-# the probe itself. Output: "tool NAME PATH|MISSING", then "df-WHICH-ok|error LINE".
-_PROBE = r"""
-for t in TOOLS; do
-  if p=$(command -v "$t"); then echo "tool $t $p"; else echo "tool $t MISSING"; fi
-done
-d=$2
-while [ -n "$d" ] && [ ! -d "$d" ]; do
-  case $d in */*) d=${d%/*} ;; *) d= ;; esac
-done
-[ -n "$d" ] || d=/
-for which in base temp; do
-  if [ "$which" = base ]; then target=$1; else target=$d; fi
-  if out=$(df -Pk -- "$target" 2>&1); then st=ok; else st=error; fi
-  printf '%s\n' "$out" | while IFS= read -r line; do echo "df-$which-$st $line"; done
-done
-""".replace("TOOLS", " ".join(REMOTE_TOOLS))
+_PROBE = remote_sh.DKU_PORTAL_PROBE
+
 
 
 def load_portals(database_url: str) -> list[dict[str, Any]]:
@@ -77,6 +65,7 @@ def load_portals(database_url: str) -> list[dict[str, Any]]:
                     "base_path": p.base_path,
                     "identity_file": p.identity_file,
                     "known_hosts_file": p.known_hosts_file,
+                    "rsync_path": p.rsync_path,
                 }
                 for p in rows
             ]
@@ -127,6 +116,7 @@ def ssh_endpoint(portal: dict[str, Any], opts: DkuOptions) -> SshEndpoint:
         port=portal["port"] or 22,
         identity_file=Path(portal["identity_file"]) if portal["identity_file"] else None,
         known_hosts_file=Path(known) if known else None,
+        rsync_path=portal.get("rsync_path"),
     )
 
 
@@ -135,7 +125,8 @@ def check_ssh_portal(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
     endpoint = ssh_endpoint(portal, opts)
     argv = remote_command_argv(
         endpoint,
-        ("sh", "-c", _PROBE, "ketter-dku", str(endpoint.path), opts.engine.remote_temp_dir),
+        ("sh", "-c", _PROBE, "ketter-dku", str(endpoint.path), opts.engine.remote_temp_dir,
+         endpoint.rsync_path or "rsync"),
         opts.engine,
     )
     timeout = opts.engine.ssh_connect_timeout_s + _SSH_MARGIN_S
@@ -160,7 +151,33 @@ def check_ssh_portal(portal: dict[str, Any], opts: DkuOptions) -> Outcome:
             f"{endpoint.destination} port {endpoint.port}: {reason}: {one_line(proc.stderr, 200)}",
             exit_code=proc.returncode,
         )
-    return _judge_probe(proc.stdout, endpoint, opts)
+    return _with_capabilities(_judge_probe(proc.stdout, endpoint, opts), endpoint, opts)
+
+
+def _with_capabilities(outcome: Outcome, endpoint: SshEndpoint, opts: DkuOptions) -> Outcome:
+    """The engine's probe of the host, as jobs will see it: reported, and a host no job
+    could verify on fails."""
+    capabilities.forget(endpoint)  # the DKU reports the host as it is now
+    try:
+        caps = capabilities.of_host(endpoint, opts.engine)
+    except TransferError as exc:
+        raise CheckFailed(f"{endpoint.host}: cannot probe its tools: {exc}",
+                          **outcome.data) from exc
+    data = {**outcome.data, "capabilities": {
+        "os": caps.os, "find": caps.find, "unzip": caps.unzip, "zip64": caps.zip64,
+        "hash_tools": list(caps.hash_tools),
+        "rsync": caps.rsync.describe() if caps.rsync else None,
+        "rsync_flavour": caps.rsync.flavour if caps.rsync else None,
+        "rsync_protocol": caps.rsync.protocol if caps.rsync else None}}
+    if caps.rsync is None or caps.rsync.flavour == capabilities.UNKNOWN:
+        raise CheckFailed(f"{endpoint.host}: {caps.rsync_command} is not a usable rsync "
+                          f"({caps.describe()}); set the portal's rsync_path", **data)
+    if not caps.hash_tools:
+        raise CheckFailed(
+            f"{endpoint.host}: no hash tool (xxhsum, sha256sum, shasum, md5sum or md5), so "
+            f"content cannot be verified there: install one, or submit jobs with verify=size "
+            f"({caps.describe()})", **data)
+    return Outcome(f"{outcome.detail}; {caps.describe()}", outcome.status, data)
 
 
 def _free_bytes(lines: list[str]) -> int | None:

@@ -2,7 +2,7 @@
 
     python -m mvp_core.transfer_engine.cli --from A --to B --mode copy|move
         [--strategy auto|direct|zip_first] [--on-existing fail|replace|merge]
-        [--dry-run] [--identity F] [--known-hosts F]
+        [--dry-run] [--identity F] [--known-hosts F] [--rsync-path /remote/rsync]
 
 A and B are local paths or ``[user@]host[:port]:/path``; the result is
 ``B/<basename of A>``, which appears complete or not at all (docs/delivery.md).
@@ -45,6 +45,7 @@ from rich.progress import BarColumn, TaskID, TaskProgressColumn, TextColumn
 from rich.progress import Progress as RichProgress
 
 from mvp_core.speed import SpeedMeter
+from mvp_core.transfer_engine import remote_sh
 from mvp_core.transfer_engine.delivery import staging_root
 from mvp_core.transfer_engine.endpoints import (
     Endpoint,
@@ -111,6 +112,9 @@ def build_parser(prog: str = "python -m mvp_core.transfer_engine.cli"
                              "directory? the name free?) and say what a real run would do")
     parser.add_argument("--identity", type=Path, help="ssh private key file")
     parser.add_argument("--known-hosts", type=Path, help="known_hosts file for strict checking")
+    parser.add_argument("--rsync-path",
+                        help="the remote rsync when not the first on the host's PATH "
+                             "(e.g. /opt/homebrew/bin/rsync on a Mac; docs/mac_hosts.md)")
     parser.add_argument("--job-id", help="names temp files (default: derived from A and B, "
                                          "so a rerun replaces the previous attempt's zip)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -266,13 +270,6 @@ def _duration(seconds: float | None) -> str:
         f"{whole} s" if whole < 60 else f"{whole // 60} min {whole % 60:02d} s")
 
 
-# Run on an ssh target by --dry-run: the nearest existing directory (a real run creates
-# the rest), whether it is writable, whether the output name is taken.
-_LOOK = ('d=$1; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; echo "base=$d"; '
-         '[ -w "$d" ] && echo writable; { [ -e "$2" ] || [ -L "$2" ]; } && echo exists; '
-         'exit 0')
-
-
 def _nearest_dir(path: str) -> str:
     while not os.path.isdir(path):
         path = os.path.dirname(path)
@@ -286,7 +283,8 @@ def check_target(job: TransferJob, options: EngineOptions) -> str:
     target, name = job.target, job.source.name
     path, final = str(target.path), _delivered(job)
     if isinstance(target, SshEndpoint):
-        result = run_remote(target, ("sh", "-c", _LOOK, "sh", path, f"{path}/{name}"),
+        result = run_remote(target, ("sh", "-c", remote_sh.LOOK_AT_TARGET, "sh", path,
+                                     f"{path}/{name}"),
                             options, what="look at the target", capture_stdout=True)
         facts = result.stdout.decode(errors="replace").split()
         base = next((f[5:] for f in facts if f.startswith("base=")), path)
@@ -334,6 +332,13 @@ def default_job_id(source: str, target: str) -> str:
     return "cli-" + hashlib.sha256(f"{source}\0{target}".encode()).hexdigest()[:12]
 
 
+def _with_rsync(endpoint: Endpoint, rsync_path: str | None) -> Endpoint:
+    """An ssh endpoint with ``--rsync-path`` (checked like a portal's)."""
+    if rsync_path is None or not isinstance(endpoint, SshEndpoint):
+        return endpoint
+    return dataclasses.replace(endpoint, rsync_path=rsync_path)
+
+
 def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOptions,
         default_known_hosts: Path | None, out: TextIO, err: TextIO) -> int:
     """Plan, print, execute; translate errors into one line and an exit status."""
@@ -341,10 +346,12 @@ def run(args: argparse.Namespace, thresholds: ZipThresholds, options: EngineOpti
     line = ProgressLine(err)
     try:
         job = TransferJob(
-            source=absolute(parse_endpoint(args.source, identity_file=args.identity,
-                                           known_hosts_file=known_hosts)),
-            target=absolute(parse_endpoint(args.target, identity_file=args.identity,
-                                           known_hosts_file=known_hosts)),
+            source=_with_rsync(absolute(parse_endpoint(
+                args.source, identity_file=args.identity, known_hosts_file=known_hosts)),
+                args.rsync_path),
+            target=_with_rsync(absolute(parse_endpoint(
+                args.target, identity_file=args.identity, known_hosts_file=known_hosts)),
+                args.rsync_path),
             mode=TransferMode(args.mode),
             job_id=args.job_id or default_job_id(args.source, args.target),
             on_existing=OnExisting(args.on_existing),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ from pathlib import Path
 
 import xxhash
 
-from mvp_core.transfer_engine import remote_sh
+from mvp_core.transfer_engine import capabilities, remote_sh
 from mvp_core.transfer_engine.endpoints import Endpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import RemoteCommandMissingError, VerificationError
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.ssh import endpoint_key, raise_for_remote, run_remote
+from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
 
 XXH128, SHA256, MD5 = "xxh128", "sha256", "md5"
 # Best first. The remote tool names each algorithm can use.
@@ -114,24 +113,10 @@ def hash_local_tree(root: Path, rel_paths: Iterable[str], algorithm: str,
 
 # ---------------------------------------------------------------- remote side
 
-_probed: dict[tuple[object, ...], tuple[str, ...]] = {}
-_probed_lock = threading.Lock()
-
-
 def remote_tools(endpoint: SshEndpoint, options: EngineOptions,
                  cancel: CancelToken | None = None) -> tuple[str, ...]:
-    """The hash tools a remote host has (probed once per host and account)."""
-    key = endpoint_key(endpoint)
-    with _probed_lock:
-        if key in _probed:
-            return _probed[key]
-    result = run_remote(endpoint, ("sh", "-c", remote_sh.HASH_PROBE), options,
-                        what="look for hash tools", cancel=cancel, check=False)
-    raise_for_remote(result, endpoint, "look for hash tools")
-    tools = tuple(result.stdout_tail.split())
-    with _probed_lock:
-        _probed[key] = tools
-    return tools
+    """The hash tools a remote host has (from its one capability probe)."""
+    return capabilities.of_host(endpoint, options, cancel).hash_tools
 
 
 def remote_algorithm(endpoint: SshEndpoint, options: EngineOptions,

@@ -72,7 +72,6 @@ from mvp_core.transfer_engine.errors import (
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
 from mvp_core.transfer_engine.libc import LIBC
 from mvp_core.transfer_engine.options import EngineOptions
-from mvp_core.transfer_engine.remote_sh import FIND_FORMAT
 from mvp_core.transfer_engine.results import CancelToken, DeliveredFile, PhaseSkipped
 from mvp_core.transfer_engine.runner import CommandResult, Conversation
 from mvp_core.transfer_engine.ssh import raise_for_remote, remote_command_argv, run_remote
@@ -205,62 +204,10 @@ def _rmtree_local(path: str) -> bool:
     return True
 
 
-# Remote scripts: fixed text, paths as "$@". Exit 17 = the destination exists.
-_EXISTS = 'for p in "$@"; do if [ -e "$p" ] || [ -L "$p" ]; then printf 1; else printf 0; fi; done'
-_RMTREE = ('if [ -e "$1" ] || [ -L "$1" ]; then rm -rf -- "$1" 2>/dev/null '
-           '|| { chmod -R u+rwx -- "$1"; rm -rf -- "$1"; }; echo removed; fi')
-_RENAME = ('if [ -e "$2" ] || [ -L "$2" ]; then exit 17; fi; mv -n -T -- "$1" "$2"; rc=$?; '
-           'if [ -e "$1" ] || [ -L "$1" ]; then '
-           'if [ -e "$2" ] || [ -L "$2" ]; then exit 17; fi; exit $(( rc ? rc : 3 )); fi')
-_MKDIR = 'mkdir -p -- "$1" && : > "$1"/.ketter-probe && rm -f -- "$1"/.ketter-probe'
-# $1 the marker, then _RENAME of $2 -> $3.
-_MARK_RENAME = ': > "$1" || exit 3; shift; ' + _RENAME
-_TOUCH = ': > "$1"'
-# Verify and deliver in one ssh session: list $1 (NUL records, then an empty record as
-# the end mark), wait for our verdict on stdin, and only on "go" run _MARK_RENAME of
-# $2 (marker), $3 -> $4. EOF (we died, or aborted) or anything else: exit 5, nothing done.
+# The end mark of ``remote_sh.LIST_THEN_RENAME``'s listing (an empty record).
 _LIST_END = b"\0\0"
-_LIST_THEN_RENAME = (
-    "find \"$1\" -printf '" + FIND_FORMAT + "' || exit 4; printf '\\000\\000'; "
-    'IFS= read -r nod || exit 5; [ "$nod" = go ] || exit 5; shift; ' + _MARK_RENAME)
-# $1 make the root even if the final name exists (replace); $2 how many dirs follow to
-# create and check (the target first); then final, staged, marker, old tree (one 0/1
-# each) and the staging root, made (a trailing 1) when the final name is free or $1=1.
-_PREPARE_AND_LOOK = (
-    'mk=$1; nd=$2; shift 2; i=0; '
-    'while [ "$i" -lt "$nd" ]; do d=$1; shift; i=$((i + 1)); '
-    'mkdir -p -- "$d" || exit 3; '
-    'test -d "$d" || { echo "not a directory: $d" >&2; exit 3; }; '
-    'test -w "$d" || { echo "not writable: $d" >&2; exit 3; }; done; '
-    'for p in "$1" "$2" "$3" "$4"; do '
-    'if [ -e "$p" ] || [ -L "$p" ]; then printf 1; else printf 0; fi; done; '
-    'if [ "$mk" = 1 ] || ! { [ -e "$1" ] || [ -L "$1" ]; }; then '
-    'mkdir -p -- "$5" && : > "$5"/.ketter-probe && rm -f -- "$5"/.ketter-probe || exit 4; '
-    'printf 1; else printf 0; fi'
-)
-
-
-# Chunk markers: list those of plan "$2" in "$1" (created if missing); none → start
-# over: remove every marker and the staged tree "$3" (when given; never in merge).
-_CHUNK_STATE = (
-    'm=$1; d=$2; s=$3; mkdir -p -- "$m" || exit 3; found=0; '
-    'for f in "$m"/"$d"-*; do if [ -e "$f" ]; then found=1; printf "%s\\n" "${f##*/}"; fi; '
-    'done; if [ "$found" = 0 ]; then rm -f -- "$m"/*; '
-    'if [ -n "$s" ] && { [ -e "$s" ] || [ -L "$s" ]; }; then rm -rf -- "$s" 2>/dev/null '
-    '|| { chmod -R u+rwx -- "$s"; rm -rf -- "$s"; }; fi; fi'
-)
-
-
-# The guard in front of a fresh job's remote rsync (see the module doc): final name,
-# delivered mark and old tree absent, staging root made, then rsync itself.
-GUARD_REFUSED = "ketter-guard: target not fresh, look first"
-_GUARD = (
-    'f=$1; m=$2; o=$3; r=$4; shift 4; '
-    'for p in "$f" "$m" "$o"; do if [ -e "$p" ] || [ -L "$p" ]; then '
-    f'echo "{GUARD_REFUSED}" >&2; exit 97; fi; done; '
-    f'mkdir -p -- "$r" 2>/dev/null || {{ echo "{GUARD_REFUSED}" >&2; exit 97; }}; '
-    'exec "$@"'
-)
+# What the guard in front of a fresh job's rsync says when it refuses (see the module doc).
+GUARD_REFUSED = remote_sh.GUARD_REFUSED
 
 
 class TargetNotFresh(TransferError, PhaseSkipped):
@@ -283,7 +230,7 @@ def exists_many(endpoints: tuple[Endpoint, ...], options: EngineOptions,
     """Which of these paths (on one host) exist; one ssh round trip when remote."""
     first = endpoints[0]
     if isinstance(first, SshEndpoint):
-        result = _sh(first, _EXISTS, tuple(_path(e) for e in endpoints), options,
+        result = _sh(first, remote_sh.EXISTS, tuple(_path(e) for e in endpoints), options,
                      "look at the target", cancel)
         raise_for_remote(result, first, "look at the target")
         flags = result.stdout_tail.strip()
@@ -296,7 +243,8 @@ def exists_many(endpoints: tuple[Endpoint, ...], options: EngineOptions,
 def rmtree(endpoint: Endpoint, options: EngineOptions) -> bool:
     """Remove a tree here or there; True when something was removed."""
     if isinstance(endpoint, SshEndpoint):
-        result = _sh(endpoint, _RMTREE, (_path(endpoint),), options, "remove a staging tree")
+        result = _sh(endpoint, remote_sh.RMTREE, (_path(endpoint),), options,
+                     "remove a staging tree")
         raise_for_remote(result, endpoint, "remove a staging tree")
         return "removed" in result.stdout_tail
     return _rmtree_local(str(endpoint.path))
@@ -305,7 +253,8 @@ def rmtree(endpoint: Endpoint, options: EngineOptions) -> bool:
 def rename_noreplace(src: Endpoint, dst: Endpoint, options: EngineOptions) -> None:
     """One rename on one filesystem; ``TargetExistsError`` if ``dst`` exists."""
     if isinstance(src, SshEndpoint):
-        result = _sh(src, _RENAME, (_path(src), _path(dst)), options, "rename into place")
+        result = _sh(src, remote_sh.RENAME_NOREPLACE, (_path(src), _path(dst)), options,
+                     "rename into place")
         if result.exit_code == 17:
             raise TargetExistsError(f"{dst} appeared while the job ran; it was left as it is",
                                     **result.evidence())
@@ -322,8 +271,8 @@ def rename_noreplace(src: Endpoint, dst: Endpoint, options: EngineOptions) -> No
 
 def _mkdir(endpoint: Endpoint, options: EngineOptions, cancel: CancelToken | None) -> None:
     if isinstance(endpoint, SshEndpoint):
-        result = _sh(endpoint, _MKDIR, (_path(endpoint),), options, "create the staging dir",
-                     cancel)
+        result = _sh(endpoint, remote_sh.MKDIR, (_path(endpoint),), options,
+                     "create the staging dir", cancel)
         if result.exit_code != 0 and result.exit_code != 255:
             raise TargetNotWritableError(f"cannot create the staging dir {endpoint}",
                                          **result.evidence())
@@ -340,7 +289,7 @@ def touch(endpoint: Endpoint, options: EngineOptions, *, what: str = "mark the d
           cancel: CancelToken | None = None) -> None:
     """Create the empty marker file ``endpoint`` (a delivery's, a sent chunk's)."""
     if isinstance(endpoint, SshEndpoint):
-        result = _sh(endpoint, _TOUCH, (_path(endpoint),), options, what, cancel)
+        result = _sh(endpoint, remote_sh.TOUCH, (_path(endpoint),), options, what, cancel)
         raise_for_remote(result, endpoint, what)
         return
     with open(endpoint.path, "wb") as mark:
@@ -364,7 +313,7 @@ def _prepare_and_look(job: TransferJob, looked_at: tuple[Endpoint, ...], root: E
     assert isinstance(target, SshEndpoint)
     dirs = (_path(target), *(str(d) for d in target_dirs))
     make_root = "1" if job.on_existing is OnExisting.REPLACE else "0"
-    result = _sh(target, _PREPARE_AND_LOOK,
+    result = _sh(target, remote_sh.PREPARE_AND_LOOK,
                  (make_root, str(len(dirs)), *dirs, *(_path(e) for e in looked_at), _path(root)),
                  options, "prepare the target", cancel)
     if result.exit_code == 4:
@@ -453,9 +402,11 @@ def assume_fresh(job: TransferJob) -> Delivery:
 def guard_rsync_path(delivery: Delivery) -> str:
     """rsync's ``--rsync-path`` for ``assume_fresh``'s delivery: the guard, then rsync."""
     root = delivery.root
-    return shlex.join(("sh", "-c", _GUARD, "ketter-guard", _path(delivery.final),
+    final = delivery.final
+    rsync = final.rsync_path if isinstance(final, SshEndpoint) else None
+    return shlex.join(("sh", "-c", remote_sh.GUARD, "ketter-guard", _path(delivery.final),
                        _path(_child(root, DELIVERED_MARK)), _path(_child(root, OLD_TREE)),
-                       _path(root), "rsync"))
+                       _path(root), rsync or "rsync"))
 
 
 def chunk_mark_name(digest: str, index: int) -> str:
@@ -470,7 +421,7 @@ def chunks_extracted(delivery: Delivery, digest: str, options: EngineOptions,
     marks = delivery.marks
     staged = "" if delivery.in_place else _path(delivery.staged)
     if isinstance(marks, SshEndpoint):
-        result = run_remote(marks, ("sh", "-c", _CHUNK_STATE, "sh", _path(marks), digest,
+        result = run_remote(marks, ("sh", "-c", remote_sh.CHUNK_STATE, "sh", _path(marks), digest,
                                     staged), options, what="look for extracted chunks",
                             cancel=cancel, check=False, capture_stdout=True)
         if result.exit_code == 3:
@@ -537,15 +488,15 @@ def _mark_and_rename_remote(delivery: Delivery, options: EngineOptions) -> None:
     killed after the rename must find the marker to report DONE, not "target exists"."""
     root = delivery.root
     assert isinstance(root, SshEndpoint)
-    result = _sh(root, _MARK_RENAME, (_path(_child(root, DELIVERED_MARK)), _path(delivery.staged),
-                                      _path(delivery.final)),
+    result = _sh(root, remote_sh.MARK_RENAME, (_path(_child(root, DELIVERED_MARK)),
+                                               _path(delivery.staged), _path(delivery.final)),
                  options, "rename into place")
     _raise_for_mark_rename(result, delivery, root)
 
 
 def _raise_for_mark_rename(result: CommandResult, delivery: Delivery,
                            root: SshEndpoint) -> None:
-    """What a remote ``_MARK_RENAME`` ended with: 17 = the final name appeared."""
+    """What a remote ``remote_sh.MARK_RENAME`` ended with: 17 = the final name appeared."""
     if result.exit_code == 17:
         raise TargetExistsError(f"{delivery.final} appeared while the job ran; it was left as it is",
                                 **result.evidence())
@@ -566,7 +517,7 @@ class _VerifyThenRename:
         script_args = (_path(delivery.staged), _path(_child(root, DELIVERED_MARK)),
                        _path(delivery.staged), _path(delivery.final))
         self.talk = Conversation(remote_command_argv(
-            root, ("sh", "-c", _LIST_THEN_RENAME, "sh", *script_args), options),
+            root, ("sh", "-c", remote_sh.LIST_THEN_RENAME, "sh", *script_args), options),
             what="list and rename")
         self.done = False
 
@@ -646,8 +597,8 @@ def finish_interrupted_move(job: TransferJob, options: EngineOptions) -> TreeLis
 def list_staging(target: Endpoint, options: EngineOptions) -> list[str]:
     """Names of staging roots in a target directory (for the orphan sweep)."""
     if isinstance(target, SshEndpoint):
-        result = run_remote(target, ("find", _path(target), "-mindepth", "1", "-maxdepth", "1",
-                                     "-name", STAGING_PREFIX + "*", "-printf", "%f\\0"),
+        result = run_remote(target, ("sh", "-c", remote_sh.LIST_PREFIXED, "sh", _path(target),
+                                     STAGING_PREFIX),
                             options, what="look for staging dirs", check=False,
                             capture_stdout=True)
         if result.exit_code != 0:

@@ -17,6 +17,8 @@ _SSH_SPEC = re.compile(
     r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@/:\s\[\]]+)(?::(?P<port>\d+))?:(?P<path>/.*)$"
 )
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\[\]:%-]+$")
+# A portal's remote rsync: an absolute path, nothing a shell would read twice.
+_RSYNC_PATH = re.compile(r"^/[A-Za-z0-9_.+/-]+$")
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,14 @@ class SshEndpoint:
     port: int = 22
     identity_file: Path | None = None
     known_hosts_file: Path | None = None
+    # The remote rsync when it is not the first ``rsync`` on the host's PATH (a Mac's
+    # Homebrew rsync in /opt/homebrew/bin, which a non-interactive ssh PATH lacks).
+    rsync_path: str | None = None
 
     def __post_init__(self) -> None:
         validate_ssh_name("host", self.host)
+        if self.rsync_path is not None:
+            validate_rsync_path(self.rsync_path)
         if self.user is not None:
             validate_ssh_name("user", self.user)
         if not 0 < self.port < 65536:
@@ -83,6 +90,13 @@ def validate_ssh_name(kind: str, value: str) -> None:
     """Refuse a host or user that ssh could parse as an option or that holds odd bytes."""
     if not value or value.startswith("-") or not _SAFE_NAME.match(value):
         raise InvalidEndpointError(f"invalid ssh {kind}: {value!r}")
+
+
+def validate_rsync_path(value: str) -> None:
+    """An absolute path of plain characters: it is run by the remote shell as is."""
+    if not _RSYNC_PATH.match(value) or "/../" in f"{value}/":
+        raise InvalidEndpointError(
+            f"invalid rsync_path {value!r}: an absolute path such as /opt/homebrew/bin/rsync")
 
 
 def parse_endpoint(

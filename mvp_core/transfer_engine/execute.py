@@ -6,11 +6,14 @@ The one dispatch point, so the worker, the CLI and the DKU never repeat
 
 from __future__ import annotations
 
-from mvp_core.transfer_engine import delivery
+import dataclasses
+
+from mvp_core.transfer_engine import delivery, names
 from mvp_core.transfer_engine.direct import cleanup_stream_lists, run_transfer
+from mvp_core.transfer_engine.errors import SourceMissingError
 from mvp_core.transfer_engine.job import TransferJob
 from mvp_core.transfer_engine.options import EngineOptions
-from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy
+from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy, decide_strategy
 from mvp_core.transfer_engine.results import (
     CancelToken,
     PhaseCallback,
@@ -30,7 +33,24 @@ def execute_plan(
     on_phase: PhaseCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> TransferResult:
-    """DIRECT → ``run_transfer``; ZIP_FIRST → ``run_transfer_zip_first``."""
+    """DIRECT → ``run_transfer``; ZIP_FIRST → ``run_transfer_zip_first``. A source found
+    missing is looked for once more under another Unicode normalisation (``names``)."""
+    plan = dataclasses.replace(plan, job=names.resolve_local_target(plan.job))
+    try:
+        return _execute(plan, options=options, progress=progress, on_phase=on_phase,
+                        cancel=cancel)
+    except SourceMissingError:
+        found = names.resolve_source(plan.job, options, cancel)
+        if found is None:
+            raise
+    return _execute(decide_strategy(found, force=plan.strategy) if plan.manifest is not None
+                    else dataclasses.replace(plan, job=found),
+                    options=options, progress=progress, on_phase=on_phase, cancel=cancel)
+
+
+def _execute(plan: TransferPlan, *, options: EngineOptions,
+             progress: ProgressCallback | None, on_phase: PhaseCallback | None,
+             cancel: CancelToken | None) -> TransferResult:
     if plan.strategy is TransferStrategy.ZIP_FIRST:
         return run_transfer_zip_first(plan, options=options, progress=progress,
                                       on_phase=on_phase, cancel=cancel)

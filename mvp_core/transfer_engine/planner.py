@@ -10,8 +10,9 @@ planner never reads settings or the environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
+from pathlib import Path
 
 from mvp_core.transfer_engine.endpoints import LocalEndpoint
 from mvp_core.transfer_engine.job import TransferJob
@@ -78,7 +79,13 @@ def decide_strategy(
         return TransferPlan(job, TransferStrategy.DIRECT, None, None, None, reason)
 
     assert isinstance(job.source, LocalEndpoint)
-    manifest = build_manifest(job.source.path)
+    from mvp_core.transfer_engine.names import resolve_local  # names imports results → here
+
+    source_path = Path(job.source.path)
+    found = resolve_local(source_path.absolute())
+    if found != source_path.absolute():  # typed NFC, on disk NFD (``names``)
+        job, source_path = replace(job, source=LocalEndpoint(found)), found
+    manifest = build_manifest(source_path)
     n_files, total = manifest.n_files, manifest.total_bytes
     avg = total // n_files if n_files else 0
 

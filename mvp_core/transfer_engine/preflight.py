@@ -9,6 +9,8 @@ with one clear reason while nothing has been written yet.
   where the source has an entry (merge never writes through a link).
 - A move whose source this account could not empty (``integrity.check_deletable``).
 - ``verify=checksum`` with a remote host that has no hash tool.
+- ZIP_FIRST to a remote host without ``unzip`` (``check_unzip``, from its one
+  capability probe), instead of failing at the first chunk after a send.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import secrets
 import stat
 from pathlib import Path, PurePosixPath
 
-from mvp_core.transfer_engine import content, integrity, remote_sh
+from mvp_core.transfer_engine import capabilities, content, integrity, remote_sh
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import InvalidEndpointError, TargetExistsError
 from mvp_core.transfer_engine.job import OnExisting, TransferJob, TransferMode
@@ -44,6 +46,14 @@ def check_before_send(job: TransferJob, source: TreeListing, options: EngineOpti
         integrity.check_deletable(job.source, source, options, cancel)
     if options.verify == integrity.CHECKSUM:
         content.algorithm_for((job.source, job.target), options, cancel)
+
+
+def check_unzip(job: TransferJob, options: EngineOptions,
+                cancel: CancelToken | None = None) -> None:
+    """ZIP_FIRST unpacks on the target: a remote target must have unzip."""
+    if isinstance(job.target, SshEndpoint):
+        capabilities.require_unzip(job.target,
+                                   capabilities.of_host(job.target, options, cancel))
 
 
 _SPARSE_MIN = 1024 * 1024  # below this a hole is not worth a warning

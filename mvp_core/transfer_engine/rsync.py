@@ -4,18 +4,23 @@ Flags and why:
 - ``-a``: recursion, permissions (exec bits), mtimes, symlinks;
 - ``--no-owner --no-group``: files belong to the receiving account, as with ZIP_FIRST
   (unzip does not restore owners either) and as users on two hosts differ anyway;
-- ``-s`` (``--protect-args``): names travel inside rsync's protocol, not through
-  the remote shell, so spaces, quotes, ``$``, ``;`` and backticks survive. Remote
-  paths are therefore NOT shell-quoted (quotes would become part of the name);
+- ``-s`` (``--protect-args``), when both rsyncs understand it (``capabilities``):
+  names travel inside rsync's protocol, not through the remote shell, so spaces,
+  quotes, ``$``, ``;`` and backticks survive and remote paths are NOT shell-quoted.
+  With a protocol-29 peer (a Mac's openrsync or rsync 2.6.9) the remote path is
+  quoted once with ``shlex.quote`` instead (and ``--old-args`` keeps a GNU rsync
+  >= 3.2.4 here from escaping it again);
 - ``--partial-dir``: an interrupted file is kept aside, never under its real name,
   and the next attempt resumes it;
-- ``--info=progress2 --no-inc-recursive``: one whole-transfer progress line with
-  honest totals (the file list is built before sending starts);
+- ``--info=progress2 --no-inc-recursive`` (a GNU rsync >= 3.1 here): one
+  whole-transfer progress line with honest totals (the file list is built before
+  sending starts);
 - ``--timeout``: give up after that many seconds without I/O (a stalled link);
 - ``-e`` is ``shlex.join(ssh argv)``: rsync splits it like a shell would;
 - ``--rsync-path`` (only when asked): a remote command line that runs before the
   remote rsync and ``exec``s it (``delivery.guard_rsync_path``), so a look at the
-  target rides in rsync's own ssh session instead of costing one more.
+  target rides in rsync's own ssh session instead of costing one more; else the
+  portal's ``rsync_path`` (``SshEndpoint.rsync_path``).
 
 Exit codes come from rsync's ``errcode.h``; every code is classified in one table,
 and stderr patterns refine it (disk full, missing source, unwritable target).
@@ -24,10 +29,12 @@ and stderr patterns refine it (disk full, missing source, unwritable target).
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mvp_core.transfer_engine.capabilities import GNU_FLAGS, RsyncFlags, rsync_flags
 from mvp_core.transfer_engine.endpoints import Endpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -101,6 +108,14 @@ _SOURCE_MISSING = re.compile(
 _TARGET_REFUSED = re.compile(
     r"(\[receiver\]|\[generator\]|mkdir|mkstemp|rename|recv_files|chdir).*"
     r"(Permission denied|Read-only file system)", re.IGNORECASE)
+# An rsync that refused an option: GNU 2.6.9 on the server ("on remote machine: -slogD...:
+# unknown option"), openrsync ("invalid option -- 's'", "unrecognized option '--mkpath'"),
+# BSD getopt ("illegal option -- s").
+_REFUSED_OPTION = re.compile(
+    r"on remote machine: (?P<remote>\S+): unknown option"
+    r"|(?:invalid|illegal) option -- '?(?P<short>[^'\s])'?"
+    r"|unrecognized option '(?P<long>--[^'\s]+)'"
+    r"|rsync: (?P<local>--?[\w-]+): unknown option")
 # Exit codes where ssh (the transport) is the likely culprit.
 _TRANSPORT_CODES = {5, 10, 12, 14, 255}
 
@@ -115,6 +130,9 @@ def classify_failure(exit_code: int, stderr_tail: str) -> tuple[type[TransferErr
     meaning = interpret_exit(exit_code)
     if _NO_SPACE.search(stderr_tail):
         return NoSpaceError, "no space left on the receiving side", False
+    refused = refused_option(exit_code, stderr_tail)
+    if refused is not None:
+        return CommandFailedError, refused, False
     if exit_code in _TRANSPORT_CODES or exit_code == 127:
         cmd = missing_command(exit_code, stderr_tail)
         if cmd:
@@ -131,6 +149,22 @@ def classify_failure(exit_code: int, stderr_tail: str) -> tuple[type[TransferErr
     return CommandFailedError, f"rsync: {meaning.meaning}", meaning.transient
 
 
+def refused_option(exit_code: int, stderr_tail: str) -> str | None:
+    """Which side's rsync refused which option, said as such (an old peer's refusal
+    ends in exit 12, "protocol data stream", which is not a network fault)."""
+    match = _REFUSED_OPTION.search(stderr_tail)
+    if match is None:
+        return None
+    option = match["remote"] or match["long"] or (f"-{match['short']}" if match["short"]
+                                                   else match["local"])
+    remote = match["local"] is None and (exit_code == 12 or match["remote"] is not None
+                                         or "[server=" in stderr_tail)
+    side = ("the remote rsync (protocol 29, e.g. a Mac's openrsync or rsync 2.6.9)"
+            if remote else "this machine's rsync")
+    return (f"{side} refused the option {option}: the two rsyncs do not understand the same "
+            "options (set the portal's rsync_path to a newer rsync, or report this)")
+
+
 def raise_for_result(result: CommandResult) -> tuple[str, ...]:
     """Raise the typed error for a failed rsync; return warnings for a tolerated one."""
     meaning = interpret_exit(result.exit_code)
@@ -145,14 +179,17 @@ def raise_for_result(result: CommandResult) -> tuple[str, ...]:
     raise cls(message, **evidence)
 
 
-def endpoint_arg(endpoint: Endpoint, *, trailing_slash: bool = False) -> str:
+def endpoint_arg(endpoint: Endpoint, *, trailing_slash: bool = False,
+                 quote: bool = False) -> str:
     """rsync's spelling of an endpoint. Local paths are made absolute so a ``:`` or a
-    leading ``-`` in a name can never be read as a host or an option."""
+    leading ``-`` in a name can never be read as a host or an option. ``quote``: the
+    remote shell will parse the remote path (no ``-s``), so it is quoted once."""
     if isinstance(endpoint, SshEndpoint):
         host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
         user = f"{endpoint.user}@" if endpoint.user else ""
         path = str(endpoint.path)
-        return f"{user}{host}:{path.rstrip('/') + '/' if trailing_slash else path}"
+        path = path.rstrip('/') + '/' if trailing_slash else path
+        return f"{user}{host}:{shlex.quote(path) if quote else path}"
     path = str(Path(endpoint.path).absolute())
     return path.rstrip("/") + "/" if trailing_slash else path
 
@@ -166,18 +203,26 @@ def build_argv(
     extra: tuple[str, ...] = (),
     rsync_path: str | None = None,
     as_file: bool = False,
+    flags: RsyncFlags = GNU_FLAGS,
 ) -> tuple[str, ...]:
     """rsync argv copying ``source`` INTO the directory ``target`` (``target/<basename>``).
 
     ``extra``: more options (e.g. filters), placed before the paths.
     ``rsync_path``: the remote side's command line (see the module doc).
     ``as_file``: ``target`` is the file's own new name, not a directory to copy into.
+    ``flags``: what both rsyncs understand (``capabilities.rsync_flags``).
     """
     remote = source if isinstance(source, SshEndpoint) else target
     rsh = rsync_rsh(remote, options) if isinstance(remote, SshEndpoint) else None
+    if rsync_path is None and isinstance(remote, SshEndpoint) and remote.rsync_path:
+        rsync_path = shlex.quote(remote.rsync_path)
+    quote = flags.quote_remote
+    if not flags.no_implied_dirs:
+        extra = tuple(e for e in extra if e != "--no-implied-dirs")
     return (
-        ("rsync", "-a", "--no-owner", "--no-group", "-s", "--info=progress2",
-         "--no-inc-recursive")
+        ("rsync", "-a", "--no-owner", "--no-group")
+        + (("-s",) if flags.protect_args else ("--old-args",) if flags.old_args else ())
+        + (("--info=progress2", "--no-inc-recursive") if flags.progress2 else ())
         # The job's own partial dir name (``partial_dir_for``) unless told otherwise.
         + ((f"--partial-dir={options.partial_dir if partial_dir == PARTIAL_DIR else partial_dir}",)
            if partial_dir else ())
@@ -186,7 +231,8 @@ def build_argv(
         + (("-e", rsh) if rsh else ())
         + ((f"--rsync-path={rsync_path}",) if rsync_path and rsh else ())
         + extra
-        + ("--", endpoint_arg(source), endpoint_arg(target, trailing_slash=not as_file))
+        + ("--", endpoint_arg(source, quote=quote),
+           endpoint_arg(target, trailing_slash=not as_file, quote=quote))
     )
 
 
@@ -261,8 +307,10 @@ def run_rsync(
     as_file: bool = False,
 ) -> tuple[CommandResult, tuple[str, ...]]:
     """Run rsync, feeding progress; raise a typed error on failure, return warnings."""
+    remote = source if isinstance(source, SshEndpoint) else target
+    flags = rsync_flags(remote if isinstance(remote, SshEndpoint) else None, options, cancel)
     argv = build_argv(source, target, options, partial_dir=partial_dir, extra=extra,
-                      rsync_path=rsync_path, as_file=as_file)
+                      rsync_path=rsync_path, as_file=as_file, flags=flags)
 
     def on_line(line: str) -> None:
         if progress is None:

@@ -13,6 +13,7 @@ import re
 import shlex
 from collections.abc import Sequence
 
+from mvp_core.transfer_engine import remote_sh
 from mvp_core.transfer_engine.endpoints import SshEndpoint
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -47,22 +48,13 @@ _SSH_STDERR_RULES: tuple[tuple[re.Pattern[str], type[TransferError], str], ...] 
     (re.compile(r"Connection reset|Broken pipe|Connection closed|closed by remote host"
                 r"|kex_exchange_identification", re.IGNORECASE),
      SshConnectionError, "ssh connection lost"),
-    (re.compile(r"timed out|No route to host|Network is unreachable|Timeout", re.IGNORECASE),
+    # "Timeout, server ... not responding" (ServerAlive), not a usage line's "--timeout=".
+    (re.compile(r"timed out|No route to host|Network is unreachable|Timeout, server",
+                re.IGNORECASE),
      SshConnectionError, "ssh host unreachable (timeout)"),
 )
 _NOT_FOUND = re.compile(
     r"(?P<cmd>[\w.+-]+): (command )?not found|env: '?(?P<cmd2>[\w.+-]+)'?: No such file",
-)
-
-
-# Runs "$@" in the background and a watcher on our (never written) stdin: EOF there
-# means our ssh is gone, so the command is killed. sh gives background jobs
-# /dev/null as stdin, hence the copy on fd 3. The watcher's output goes to /dev/null
-# so it cannot hold the session open; it is killed when the command ends.
-_STOP_WITH_US = (
-    'exec 3<&0; "$@" 3<&- & pid=$!; '
-    '{ cat <&3 >/dev/null; kill -TERM "$pid"; } >/dev/null 2>&1 & watcher=$!; '
-    'exec 3<&-; wait "$pid"; rc=$?; kill "$watcher" 2>/dev/null; exit "$rc"'
 )
 
 
@@ -177,7 +169,7 @@ def run_remote(
     a tty.
     """
     if stop_with_us:
-        remote_argv = ("sh", "-c", _STOP_WITH_US, "sh", *remote_argv)
+        remote_argv = ("sh", "-c", remote_sh.STOP_WITH_US, "sh", *remote_argv)
     argv = remote_command_argv(endpoint, remote_argv, options)
     result = run_command(argv, cancel=cancel, on_stdout_line=on_stdout_line, what=what,
                          capture_stdout=capture_stdout, stdin_pipe=stop_with_us,

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mvp_core.transfer_engine import remote_sh
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -140,15 +141,6 @@ def list_source(job: TransferJob, options: EngineOptions,
     return listing
 
 
-_PREPARE_REMOTE = (
-    'for d in "$@"; do '
-    'mkdir -p -- "$d" || exit 3; '
-    'test -d "$d" || { echo "not a directory: $d" >&2; exit 3; }; '
-    'test -w "$d" || { echo "not writable: $d" >&2; exit 3; }; '
-    'done'
-)
-
-
 def raise_for_prepare(result: CommandResult, target: SshEndpoint) -> None:
     """Typed error for a failed remote target preparation (exit 3: a directory of it
     could not be made or written)."""
@@ -174,7 +166,7 @@ def prepare_target(target: Endpoint, options: EngineOptions,
     """
     if isinstance(target, SshEndpoint):
         dirs = (str(target.path), *(str(d) for d in also))
-        script = _PREPARE_REMOTE
+        script = remote_sh.PREPARE_DIRS
         if probe is not None:
             script += f'; if [ -e "$1"/{shlex.quote(probe)} ]; then echo ketter:exists; fi'
         result = run_remote(target, ("sh", "-c", script, "sh", *dirs),

@@ -1,7 +1,8 @@
 """unzip (Info-ZIP): argv, where it runs (here or over ssh), exit-code interpretation.
 
-``env LC_ALL=C.UTF-8`` so names flagged UTF-8 in the archive are written as UTF-8
-(under the C locale unzip would escape accents); ``-o`` overwrites what a previous
+``LC_ALL=C.UTF-8`` so names flagged UTF-8 in the archive are written as UTF-8 (under
+the C locale unzip drops or escapes them): ``env`` here, set by the chunk script on a
+remote host (which need not have ``env``); ``-o`` overwrites what a previous
 attempt left; ``-q`` keeps output small; ``-^`` keeps control characters (tab,
 newline) in names instead of silently dropping them; ``-K`` keeps setuid/setgid/sticky
 bits as rsync -a does. The same argv runs locally or as one shlex-joined remote command.
@@ -14,6 +15,7 @@ import re
 import stat
 from pathlib import Path, PurePosixPath
 
+from mvp_core.transfer_engine import remote_sh
 from mvp_core.transfer_engine.endpoints import SshEndpoint
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -32,6 +34,7 @@ from mvp_core.transfer_engine.ssh import (
     remote_command_argv,
     run_remote,
 )
+from mvp_core.transfer_engine.verify import parse_find_output
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 
@@ -58,8 +61,10 @@ _NO_SPACE = re.compile(r"No space left on device|disk full|write error", re.IGNO
 _REFUSED = re.compile(r"Permission denied|Read-only file system|checkdir error", re.IGNORECASE)
 
 
-def unzip_argv(zip_path: str, dest_dir: str) -> tuple[str, ...]:
-    return ("env", "LC_ALL=C.UTF-8", "unzip", "-^", "-K", "-q", "-o", zip_path, "-d", dest_dir)
+def unzip_argv(zip_path: str, dest_dir: str, *, remote: bool = False) -> tuple[str, ...]:
+    """unzip's argv; ``remote``: without ``env`` (the remote script sets the locale)."""
+    return ((() if remote else ("env", "LC_ALL=C.UTF-8"))
+            + ("unzip", "-^", "-K", "-q", "-o", zip_path, "-d", dest_dir))
 
 
 def raise_for_unzip(result: CommandResult, where: str) -> tuple[str, ...]:
@@ -88,30 +93,17 @@ def run_unzip_local(zip_path: str, dest_dir: str, *, cancel: CancelToken | None 
     return raise_for_unzip(result, "this machine")
 
 
-# One chunk of a pipelined ZIP_FIRST: unzip, and only if it succeeded (exit 0 or 1)
-# write the chunk's marker and remove its zip, in the same ssh session (one round
-# trip per chunk). Like ssh's stop-with-us wrapper, a watcher on our never-written
-# stdin kills unzip when our ssh goes away; the marker is then not written.
-_MARKER_FAILED = 97
-_UNZIP_CHUNK = (
-    'z=$1; m=$2; shift 2; exec 3<&0; "$@" 3<&- & pid=$!; '
-    '{ cat <&3 >/dev/null; kill -TERM "$pid"; } >/dev/null 2>&1 & watcher=$!; '
-    'exec 3<&-; wait "$pid"; rc=$?; kill "$watcher" 2>/dev/null; '
-    f'if [ "$rc" -le 1 ]; then {{ : > "$m" && rm -f -- "$z"; }} || exit {_MARKER_FAILED}; fi; '
-    'exit "$rc"'
-)
-
-
 def run_unzip_chunk_remote(endpoint: SshEndpoint, zip_path: str, dest_dir: str, marker: str,
                            options: EngineOptions, *, cancel: CancelToken | None = None
                            ) -> tuple[str, ...]:
     """unzip one chunk remotely; on success write ``marker`` and remove the zip there."""
-    remote = ("sh", "-c", _UNZIP_CHUNK, "sh", zip_path, marker, *unzip_argv(zip_path, dest_dir))
+    remote = ("sh", "-c", remote_sh.UNZIP_CHUNK, "sh", zip_path, marker,
+              *unzip_argv(zip_path, dest_dir, remote=True))
     result = run_command(remote_command_argv(endpoint, remote, options), cancel=cancel,
                          what="unzip", stdin_pipe=True)
     if result.exit_code == SSH_FAILED:
         raise_for_remote(result, endpoint, "unzip")
-    if result.exit_code == _MARKER_FAILED:
+    if result.exit_code == remote_sh.MARKER_FAILED:
         raise TargetNotWritableError(f"cannot record the extracted chunk on {endpoint.host}",
                                      **result.evidence())
     return raise_for_unzip(result, endpoint.host)
@@ -158,25 +150,24 @@ def sweep_unfinished_remote(endpoint: SshEndpoint, dest: PurePosixPath, manifest
     """Remove incomplete files an interrupted remote unzip left in ``dest`` (two ssh calls).
 
     "Newer than the zip" is decided by the remote ``find -newer`` so clock skew between
-    the hosts cannot matter.
+    the hosts cannot matter (``remote_sh.UNFINISHED_FILES``, GNU or BSD).
     """
-    fmt = "%s/%T@/%P\\0"
-    listing = run_remote(endpoint, ("find", str(dest), "-type", "f", "(", "-newer",
-                                    str(reference_zip), "-printf", "N/" + fmt, ")", "-o",
-                                    "-type", "f", "-printf", "O/" + fmt),
+    listing = run_remote(endpoint, ("sh", "-c", remote_sh.UNFINISHED_FILES, "sh", str(dest),
+                                    str(reference_zip)),
                          options, what="look for unfinished files", check=False,
                          capture_stdout=True)
     if listing.exit_code != 0:
         return []
+    newer_part, _, tree_part = listing.stdout.partition(b"END\0")
+    newer = {os.fsdecode(r)[2:] for r in newer_part.split(b"\0") if r}
+    tree = parse_find_output(tree_part)
     planned = {e.rel_path: e for e in manifest.entries if e.kind == FILE}
     doomed = []
-    for record in listing.stdout.split(b"\0"):
-        if not record:
-            continue
-        flag, size, mtime, rel = record.split(b"/", 3)
-        entry = planned.get(os.fsdecode(rel))
+    for rel, stamp in tree.stamps.items():
+        entry = planned.get(rel)
+        size, mtime, _ino = stamp.split("/")
         if entry is not None and _unfinished(entry.size, entry.mtime_ns // 10**9, int(size),
-                                             int(float(mtime)), flag == b"N"):
+                                             int(float(mtime)), rel in newer):
             doomed.append(entry.rel_path)
     if doomed:
         run_remote(endpoint, ("rm", "-f", "--", *(str(dest / rel) for rel in doomed)), options,

@@ -3,8 +3,9 @@
 A listing maps ``rel_path -> (kind, size)`` (kind ``f``/``d``/``l``/``o``; size
 counts for files only) and keeps each file's stamp ``size/mtime/inode`` (how the
 source is proven unchanged, see ``content``). Local trees are listed with the
-manifest walker; remote trees with one ``find -printf`` over ssh, NUL-separated so
-no name (newlines included) can break the parse. A staged tree must hold exactly
+manifest walker; remote trees with one listing over ssh (``remote_sh.LIST_TREE``: GNU
+``find -printf``, or BSD ``stat -f`` on a Mac), NUL-separated so no name (newlines
+included) can break the parse. A staged tree must hold exactly
 the source's entries (``strict``); a merge target may hold more.
 """
 
@@ -17,14 +18,15 @@ from mvp_core.transfer_engine.endpoints import Endpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import SourceMissingError, VerificationError
 from mvp_core.transfer_engine.manifest import DIR, FILE, OTHER, SYMLINK, Manifest, build_manifest
 from mvp_core.transfer_engine.options import EngineOptions
-from mvp_core.transfer_engine.remote_sh import FIND_FORMAT
+from mvp_core.transfer_engine.remote_sh import LIST_TREE
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.runner import CommandResult
 from mvp_core.transfer_engine.ssh import raise_for_remote, run_remote
 
 Listing = dict[str, tuple[str, int]]
 
-_FIND_KINDS = {"f": FILE, "d": DIR, "l": SYMLINK}
+# GNU find's %y letter, or the first letter of BSD stat's mode string ("-" a file).
+_FIND_KINDS = {"f": FILE, "-": FILE, "d": DIR, "l": SYMLINK}
 _MAX_REPORTED = 5
 
 
@@ -53,8 +55,8 @@ def from_manifest(manifest: Manifest) -> TreeListing:
 
 
 def remote_find_argv(path: str) -> tuple[str, ...]:
-    """``find`` printing kind/size/mtime/inode/relative-path records separated by NUL."""
-    return ("find", path, "-printf", FIND_FORMAT)
+    """The remote listing: kind/size/mtime/inode/relative-path records separated by NUL."""
+    return ("sh", "-c", LIST_TREE, "sh", path)
 
 
 def parse_find_output(data: bytes) -> TreeListing:
@@ -66,8 +68,10 @@ def parse_find_output(data: bytes) -> TreeListing:
         if not record:
             continue
         kind_b, size_b, mtime_b, ino_b, rel_b = record.split(b"/", 4)
-        kind = _FIND_KINDS.get(kind_b.decode("ascii", "replace"), OTHER)
+        kind = _FIND_KINDS.get(kind_b[:1].decode("ascii", "replace"), OTHER)
         rel = os.fsdecode(rel_b)
+        if rel == "." or rel.startswith("./"):  # BSD stat's "./rel" (GNU's %P has no "./")
+            rel = rel[2:]
         if rel == "":
             is_dir = kind == DIR
             if is_dir:

@@ -63,7 +63,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from mvp_core.transfer_engine import delivery as deliver
-from mvp_core.transfer_engine import preflight
+from mvp_core.transfer_engine import preflight, remote_sh
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.chunks import Chunk, ChunkPlan, plan_chunks
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
@@ -169,12 +169,6 @@ def remote_zip_path(job: TransferJob, options: EngineOptions, index: int = 0,
                                                                    remote=True)
 
 
-# The one-chunk zip, every chunk zip, and rsync's temp files of any of them; and,
-# after success, the chunk markers "$3".
-_REMOTE_CLEANUP = ('rm -f -- "$1"/"$2".zip "$1"/."$2".zip.* "$1"/"$2"+*.zip "$1"/."$2"+*.zip.*'
-                   ' && if [ -n "$3" ]; then rm -rf -- "$3"; fi')
-
-
 def _is_job_zip(name: str, stem: str) -> bool:
     """A temp file of this job here: a zip, or an as-is chunk's rsync list."""
     return name == f"{stem}.zip" or (name.startswith(f"{stem}+")
@@ -196,7 +190,8 @@ def cleanup_temp(job: TransferJob, options: EngineOptions, *,
         if _is_job_zip(name, stem):
             (Path(options.temp_dir) / name).unlink(missing_ok=True)
     if isinstance(job.target, SshEndpoint):
-        run_remote(job.target, ("sh", "-c", _REMOTE_CLEANUP, "sh", options.remote_temp_dir,
+        run_remote(job.target, ("sh", "-c", remote_sh.REMOVE_TEMP_ZIPS, "sh",
+                                options.remote_temp_dir,
                                 _stem(job.job_id, remote=True),
                                 "" if marks is None else str(marks.path)),
                    options, what="remove the temp zips")
@@ -255,6 +250,7 @@ def _run_zip_first(
     blocker = zip_blocker(manifest)
     if blocker:
         raise UnsupportedTreeError(f"ZIP_FIRST cannot carry this tree: {blocker}")
+    preflight.check_unzip(job, options, cancel)
     preflight.check_before_send(job, from_manifest(manifest), options, cancel)
     losses = preflight.fidelity_losses(manifest)
     options = dataclasses.replace(

@@ -122,6 +122,7 @@ def endpoint_for(portal: Portal, rel: str, *, what: str, known_hosts: Path | Non
         known_hosts_file=(
             Path(portal.known_hosts_file) if portal.known_hosts_file else known_hosts
         ),
+        rsync_path=portal.rsync_path,
     )
 
 

@@ -13,6 +13,7 @@ from mvp_core.dku.portals import portal_checks
 from mvp_core.dku.result import CheckResult, Status
 from mvp_core.dku.smoke import PORTAL_PREFIX
 from mvp_core.transfer_engine.options import EngineOptions
+from tests.fixtures.maclike import MacHost
 from tests.fixtures.sshd import SshServer
 
 
@@ -64,6 +65,11 @@ def test_healthy_ssh_portal_and_local_portal(
     assert ssh.data["tools"]["rsync"] and ssh.data["tools"]["unzip"]
     assert ssh.data["free_bytes"] > 0
     assert ssh.data["temp_free_bytes"] > 0  # remote temp dir not created yet: its parent
+    # The engine's capability probe, reported: GNU rsync 3.x, GNU find, a hash tool.
+    caps = ssh.data["capabilities"]
+    assert caps["rsync_flavour"] == "gnu" and caps["rsync_protocol"] >= 30
+    assert caps["find"] == "gnu" and caps["hash_tools"]
+    assert caps["rsync"] in ssh.detail and "hashing: " in ssh.detail
     assert results["portal_keys:srvtrf"].status is Status.OK
     assert results["portal:lab"].status is Status.OK
 
@@ -137,3 +143,32 @@ def test_unreachable_database_is_one_failed_check() -> None:
     )
     assert [(r.name, r.status) for r in results] == [("portals", Status.FAIL)]
     assert "cannot list portals" in results[0].detail
+
+
+def test_a_mac_portal_reports_its_rsync_and_tools(
+    db_session: Session, clean_database_url: str, mac_host: MacHost, tmp_path: Path
+) -> None:
+    db_session.add_all([_ssh_portal("mac", mac_host, tmp_path),
+                        _ssh_portal("brew", mac_host, tmp_path,
+                                    rsync_path="/opt/homebrew/bin/rsync")])
+    db_session.commit()
+    results = _by_name(portal_checks(_opts(clean_database_url), skip_prefix=PORTAL_PREFIX))
+    mac = results["portal:mac"]
+    assert mac.status is Status.OK, mac.detail
+    expected = {"openrsync": "openrsync 2.6.9 (protocol 29)",
+                "rsync269": "rsync 2.6.9 (protocol 29)"}[mac_host.variant]
+    assert expected in mac.detail and "Darwin" in mac.detail and "BSD find" in mac.detail
+    assert "shasum" in mac.detail and "md5" in mac.detail
+    # A portal naming an rsync the host does not have cannot run a job: it fails.
+    brew = results["portal:brew"]
+    assert brew.status is Status.FAIL and "rsync not installed" in brew.detail
+
+
+def test_a_mac_without_unzip_and_hash_tools_fails(
+    db_session: Session, clean_database_url: str, mac_host_bare: MacHost, tmp_path: Path
+) -> None:
+    db_session.add(_ssh_portal("bare", mac_host_bare, tmp_path))
+    db_session.commit()
+    check = _by_name(portal_checks(_opts(clean_database_url), skip_prefix=PORTAL_PREFIX))[
+        "portal:bare"]
+    assert check.status is Status.FAIL and "unzip not installed" in check.detail

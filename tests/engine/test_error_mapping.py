@@ -98,3 +98,38 @@ def test_every_error_has_a_distinct_code_and_json_evidence() -> None:
         "transient": True, "exit_code": 12, "argv": ["rsync", "-a"],
         "stderr_tail": "line1\nrsync error: boom (code 12)"}
     assert SshConnectionError("x").transient and not SshAuthError("x").transient
+
+
+_USAGE = ("usage: rsync [-0468BCDEFHIKLOPRSTWVabcdghiklnopqrtuvxyz] [-e program]\n"
+          "\t[--stats] [--suffix] [--super] [--timeout=seconds]\n")
+_CLOSED = ("rsync: connection unexpectedly closed (0 bytes received so far) [sender]\n"
+           "rsync error: error in rsync protocol data stream (code 12) at io.c(285) "
+           "[sender=3.5.0]")
+
+
+@pytest.mark.parametrize(
+    ("stderr", "option"),
+    [
+        # What the maclike kit's openrsync and rsync 2.6.9 print (selftest's matrix).
+        ("rsync: invalid option -- 's'\n" + _USAGE + _CLOSED, "-s"),
+        ("rsync: unrecognized option '--mkpath'\n" + _USAGE + _CLOSED, "--mkpath"),
+        ("rsync: on remote machine: -slogDtpre.iLsfxCIvu: unknown option\n"
+         "rsync error: syntax or usage error (code 1) at main.c(1337) [server=2.6.9]\n" + _CLOSED,
+         "-slogDtpre.iLsfxCIvu"),
+    ],
+)
+def test_an_option_refused_by_an_old_remote_rsync_is_not_a_network_fault(
+        stderr: str, option: str) -> None:
+    from mvp_core.transfer_engine.rsync import raise_for_result
+
+    with pytest.raises(CommandFailedError) as caught:
+        raise_for_result(CommandResult(("rsync",), 12, "", stderr, 0.1))
+    error = caught.value
+    assert not isinstance(error, SshConnectionError) and not error.transient
+    assert "unreachable" not in str(error)
+    assert "the remote rsync (protocol 29" in error.message
+    assert f"refused the option {option}" in error.message
+
+
+def test_a_usage_line_mentioning_timeout_is_not_an_ssh_timeout() -> None:
+    assert classify_ssh_failure(12, _USAGE + _CLOSED) is None

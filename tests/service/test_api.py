@@ -101,6 +101,12 @@ def test_portals_crud_and_no_secrets(client: httpx.Client, portals: Portals, ssh
     ({"name": "lone \ud800 surrogate", "kind": "local", "base_path": "/srv"}, "unicode"),
     ({"name": "x", "kind": "local", "base_path": "/srv/\udcff"}, "unicode"),
     ({"name": "x", "kind": "local", "base_path": "/srv", "password": "p"}, "extra"),
+    ({"name": "x", "kind": "ssh", "host": "h", "base_path": "/d", "rsync_path": "rsync"},
+     "invalid rsync_path"),
+    ({"name": "x", "kind": "ssh", "host": "h", "base_path": "/d",
+      "rsync_path": "/usr/bin/rsync; touch /tmp/p"}, "invalid rsync_path"),
+    ({"name": "x", "kind": "local", "base_path": "/srv", "rsync_path": "/usr/bin/rsync"},
+     "local portal"),
 ])
 def test_portal_bad_input_is_422(client: httpx.Client, body: dict[str, Any], needle: str) -> None:
     response = _post_ascii_json(client, "/portals", body)
@@ -110,6 +116,20 @@ def test_portal_bad_input_is_422(client: httpx.Client, body: dict[str, Any], nee
 
 
 # --------------------------------------------------------------------------- jobs
+
+
+def test_a_source_typed_in_nfc_names_the_nfd_folder_on_disk(
+        client: httpx.Client, portals: Portals, redis_server: Any) -> None:
+    import unicodedata
+
+    on_disk = unicodedata.normalize("NFD", "Sessão Mac")
+    (portals.local_src_base / on_disk).mkdir()
+    typed = unicodedata.normalize("NFC", "Sessão Mac")
+    response = client.post("/jobs", json=_job(portals, typed))
+    assert response.status_code == 201, response.text
+    assert response.json()["source_path"] == on_disk
+    missing = client.post("/jobs", json=_job(portals, "Sessão Nenhuma"))
+    assert missing.status_code == 422 and "does not exist" in missing.text
 
 
 def test_submit_job_pending_with_events(client: httpx.Client, portals: Portals,
@@ -378,6 +398,15 @@ def test_patch_portal_validates_the_whole_result(client: httpx.Client, portals: 
     assert client.patch(f"/portals/{portals.local_dst}", json={"colour": "red"}
                         ).status_code == 422
     assert client.patch("/portals/999999", json={"name": "x"}).status_code == 404
+    # A Mac's Homebrew rsync: stored, shown, and a bad one is a 422 naming the field.
+    brew = client.patch(f"/portals/{portals.ssh_dst}",
+                        json={"rsync_path": "/opt/homebrew/bin/rsync"})
+    assert brew.status_code == 200 and brew.json()["rsync_path"] == "/opt/homebrew/bin/rsync"
+    bad_rsync = client.patch(f"/portals/{portals.ssh_dst}", json={"rsync_path": "$(id)"})
+    assert bad_rsync.status_code == 422
+    assert bad_rsync.json()["detail"][0]["loc"] == ["body", "rsync_path"]
+    assert client.patch(f"/portals/{portals.ssh_dst}", json={"rsync_path": None}
+                        ).json()["rsync_path"] is None
     # ssh -> local drops the ssh fields; a missing local base is a warning, not silence.
     to_local = client.patch(f"/portals/{portals.ssh_dst}",
                             json={"kind": "local", "base_path": str(tmp_path / "nowhere")})

@@ -60,7 +60,7 @@ def update_portal(portal_id: PortalId, body: PortalUpdate, session: SessionDep) 
     merged = {name: getattr(portal, name) for name in _FIELDS}
     if changes.get("kind") is PortalKind.LOCAL:
         merged.update(host=None, port=None, username=None, identity_file=None,
-                      known_hosts_file=None)
+                      known_hosts_file=None, rsync_path=None)
     merged.update(changes)
     try:
         valid = PortalCreate.model_validate(merged)
