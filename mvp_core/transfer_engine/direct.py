@@ -6,17 +6,18 @@ and host key), create the target, rsync (phase ``send``) into the job's staging
 directory, verify it, rename it into place (``delivery``), and for a move delete the
 source only after the rename.
 
-Streams (``options.direct_streams``, planned by ``streams.plan_streams``): a local
+Streams (``options.direct_streams``, planned by ``streams.plan_streams``): the
 source directory's files are split by size into N lists; N rsyncs run at once, each
-``--files-from`` its list, all into the same staging tree and over the job's one ssh
-master (each rsync's ssh is a session on it). Then one final pass, the very rsync a
-single stream runs (``--delete`` included), sends what the lists do not carry
-(directories, empty ones included, symlinks), gives every directory its mode and
-mtime, removes strays (a killed rsync's temp file) and finds the files already
-there. A remote source, a single file, a tree too small for a second stream (see
-``streams``), or a merge into an existing tree (its folders may be read-only: one
-rsync lends itself write access to them, a stream must not touch folder modes) runs
-that one rsync alone, exactly as before.
+``--files-from`` its list, all into the same staging tree. A local source pushes; an
+ssh source (a pull) is listed once (the listing every job makes anyway) and split the
+same way: the lists stay local and each rsync sends its own to the remote sender.
+Then one final pass, the very rsync a single stream runs (``--delete`` included),
+sends what the lists do not carry (directories, empty ones included, symlinks), gives
+every directory its mode and mtime, removes strays (a killed rsync's temp file) and
+finds the files already there. A single file, a tree too small for a second stream
+(see ``streams``), or a merge into an existing tree (its folders may be read-only:
+one rsync lends itself write access to them, a stream must not touch folder modes)
+runs that one rsync alone, exactly as before.
 
 As one job: progress is the sum of the streams' bytes, one cancel stops them all,
 and the first stream to fail stops the others; its error (not the cancellations it
@@ -30,7 +31,7 @@ import dataclasses
 import re
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from mvp_core.transfer_engine import delivery as deliver
 from mvp_core.transfer_engine import preflight
@@ -203,9 +204,10 @@ def _one_rsync(source: TreeListing) -> Stream:
 
 def plan_job_streams(job: TransferJob, source: TreeListing, options: EngineOptions, *,
                      in_place: bool = False) -> list[Stream]:
-    """The streams this job's send runs: one unless the source is a local directory
-    worth splitting and the tree is written into staging (not merged in place)."""
-    if in_place or not isinstance(job.source, LocalEndpoint) or not source.is_dir:
+    """The streams this job's send runs: one unless the source directory (local, or on
+    an ssh host: a pull, listed once by ``list_source``) is worth splitting and the
+    tree is written into staging (not merged in place)."""
+    if in_place or not source.is_dir:
         return [_one_rsync(source)]
     files = [(rel, size) for rel, (kind, size) in source.entries.items() if kind == FILE]
     plan = streams_plan.plan_streams(files, options.direct_streams,
@@ -331,7 +333,7 @@ def _run_streams(
     # --bwlimit is per rsync: share the job's limit so N streams keep within it.
     each = (dataclasses.replace(options, bwlimit_kib_s=max(1, options.bwlimit_kib_s // n))
             if options.bwlimit_kib_s else options)
-    parent = LocalEndpoint(Path(job.source.path).absolute().parent)
+    parent = source_parent(job.source)
 
     def work(index: int) -> None:
         began = time.monotonic()
@@ -376,6 +378,15 @@ def _run_streams(
         info.update(final_pass_s=round(time.monotonic() - began, 3),
                     final_pass_bytes=meter.final_bytes, final_pass_files=meter.final_files)
     return tuple(dict.fromkeys(w for ws in (*warnings, last) for w in ws))
+
+
+def source_parent(source: Endpoint) -> Endpoint:
+    """The folder holding the source: each stream's list names ``<basename>/<rel>``
+    relative to it. For a pull the list stays local: rsync sends it to the remote
+    sender, so no name passes through the remote shell."""
+    if isinstance(source, SshEndpoint):
+        return dataclasses.replace(source, path=PurePosixPath(source.path).parent)
+    return LocalEndpoint(Path(source.path).absolute().parent)
 
 
 def _first_failure(failures: list[BaseException], cancel: CancelToken | None
