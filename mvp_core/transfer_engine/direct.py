@@ -34,6 +34,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from mvp_core.transfer_engine import delivery as deliver
+from mvp_core.transfer_engine import path as path_plan
 from mvp_core.transfer_engine import preflight
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
@@ -50,7 +51,7 @@ from mvp_core.transfer_engine.results import (
     TransferResult,
 )
 from mvp_core.transfer_engine.rsync import files_from_args, partial_dir_for, run_rsync
-from mvp_core.transfer_engine.ssh_master import job_ssh_session
+from mvp_core.transfer_engine.ssh_master import job_ssh_endpoint, job_ssh_session
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
     check_job,
@@ -98,8 +99,10 @@ def _run_transfer(
         clock.warn(loss)
     options = dataclasses.replace(options, partial_dir=partial_dir_for(source.entries))
     # The streams of a send into staging: split once, whichever way the target is looked at.
-    plan = plan_job_streams(job, source, options)
-    send = _Send(job, source, plan, options, clock, progress, cancel, started)
+    # A big job over ssh: the path measured once, the streams sized to it.
+    facts = path_plan.plan_path(job_ssh_endpoint(job), source.total_bytes, options, cancel)
+    plan = plan_job_streams(job, source, options, connections=facts.connections)
+    send = _Send(job, source, plan, options, clock, progress, cancel, started, facts)
     if _guard_worth(job, plan, options):
         try:
             return send.run(deliver.assume_fresh(job), guarded=True)
@@ -132,11 +135,13 @@ class _Send:
     progress: ProgressCallback | None
     cancel: CancelToken | None
     started: float
+    facts: path_plan.PathFacts = path_plan.LAN
 
     def run(self, delivery: deliver.Delivery, *, guarded: bool) -> TransferResult:
         job, source, options, clock = self.job, self.source, self.options, self.clock
         warnings: tuple[str, ...] = ()
         used = 0
+        sent_rate: float | None = None
         with deliver.discard_on_failure(job, options, clock, self.cancel):
             if not delivery.delivered:
                 plan = (plan_job_streams(job, source, options, in_place=True)
@@ -151,9 +156,11 @@ class _Send:
                 # the same size and time: with content verification it compares content.
                 extra = (("--checksum",) if options.verify == "checksum" else ()
                          ) if delivery.in_place else ("--delete",)
+                send_began = time.monotonic()
                 try:
                     with clock.phase("send", files=source.n_files, bytes=source.total_bytes,
-                                     streams=used, guarded=guarded) as info, \
+                                     streams=used, guarded=guarded,
+                                     **self._path_details(used)) as info, \
                             diagnose_no_space(delivery.write_dir, source.total_bytes, options):
                         if used == 1:
                             warnings = self._one(delivery, extra, guarded)
@@ -161,7 +168,10 @@ class _Send:
                             warnings = _run_streams(
                                 job, plan, lists, delivery.write_dir, options, extra=extra,
                                 source=source, progress=self.progress, cancel=self.cancel,
-                                info=info)
+                                info=info, separate=self.facts.connections > 1)
+                        sent_rate = path_plan.rate(source.total_bytes,
+                                                   time.monotonic() - send_began)
+                        info["rate_bytes_s"] = sent_rate
                 finally:
                     _remove(lists)
                 if note is not None:
@@ -176,9 +186,21 @@ class _Send:
             phase_timings=dict(clock.timings),
             warnings=(*warnings, *clock.warnings),
             streams=used,
+            connections=self._connections(used),
+            rtt_s=self.facts.rtt_s,
+            send_rate_bytes_s=sent_rate,
             files=final.files,
             algorithm=final.algorithm,
         )
+
+    def _connections(self, used: int) -> int:
+        """ssh connections the send used: one per stream on a long path, else the master."""
+        if used == 0 or job_ssh_endpoint(self.job) is None:
+            return 0
+        return used if used > 1 and self.facts.connections > 1 else 1
+
+    def _path_details(self, used: int) -> dict[str, object]:
+        return {**self.facts.details(), "connections": self._connections(used)}
 
     def _one(self, delivery: deliver.Delivery, extra: tuple[str, ...], guarded: bool
              ) -> tuple[str, ...]:
@@ -203,14 +225,15 @@ def _one_rsync(source: TreeListing) -> Stream:
 
 
 def plan_job_streams(job: TransferJob, source: TreeListing, options: EngineOptions, *,
-                     in_place: bool = False) -> list[Stream]:
+                     in_place: bool = False, connections: int = 1) -> list[Stream]:
     """The streams this job's send runs: one unless the source directory (local, or on
     an ssh host: a pull, listed once by ``list_source``) is worth splitting and the
     tree is written into staging (not merged in place)."""
     if in_place or not source.is_dir:
         return [_one_rsync(source)]
     files = [(rel, size) for rel, (kind, size) in source.entries.items() if kind == FILE]
-    plan = streams_plan.plan_streams(files, options.direct_streams,
+    # A long path asks for as many streams as it has connections to fill.
+    plan = streams_plan.plan_streams(files, max(options.direct_streams, connections),
                                      min_stream_bytes=streams_plan.MIN_STREAM_BYTES)
     return plan if len(plan) > 1 else [_one_rsync(source)]
 
@@ -322,8 +345,11 @@ def _run_streams(
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
     info: dict[str, object],
+    separate: bool = False,
 ) -> tuple[str, ...]:
-    """Run the streams at once, then the final full pass; returns rsync's warnings."""
+    """Run the streams at once, then the final full pass; returns rsync's warnings.
+    ``separate``: each stream opens its own ssh connection (a long path) instead of a
+    session on the job's master; the final pass stays on the master."""
     n = len(plan)
     meter = _Meter(plan, source, progress)
     stop = CancelToken(parent=cancel)  # the job's cancel, or a sibling's failure
@@ -333,6 +359,8 @@ def _run_streams(
     # --bwlimit is per rsync: share the job's limit so N streams keep within it.
     each = (dataclasses.replace(options, bwlimit_kib_s=max(1, options.bwlimit_kib_s // n))
             if options.bwlimit_kib_s else options)
+    if separate:
+        each = path_plan.own_connection(each)
     parent = source_parent(job.source)
 
     def work(index: int) -> None:

@@ -160,3 +160,15 @@ def hash_tree_argv(algorithm: str, root: str) -> tuple[str, ...]:
 def delete_verified_argv(root: str, *, remove_root: bool) -> tuple[str, ...]:
     """The remote argv deleting the records fed on stdin under ``root``."""
     return ("sh", "-c", DELETE_VERIFIED, "sh", root, _DELETE_RECORDS, "1" if remove_root else "0")
+
+
+# ---------------------------------------------------------------- issue 19: long links
+# Scripts of the path probe and of a big file split into byte ranges (``path``,
+# ``ranges``). POSIX sh and dd only (dd's bs/skip/seek/count and conv=notrunc exist in
+# GNU and BSD dd alike; no GNU-only iflag/oflag): they run on Linux and macOS hosts.
+
+RTT_READY = b"ketter-rtt:"
+RTT_DONE = b":ketter-rtt"
+# Prints RTT_READY, waits for one line from us, prints RTT_DONE: the time between our
+# line and RTT_DONE is one round trip.
+RTT_PROBE = "printf 'ketter-rtt:'; IFS= read -r x; printf ':ketter-rtt'"

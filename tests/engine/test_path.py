@@ -1,0 +1,205 @@
+"""Connections sized to the path (issue 19): the bandwidth-delay rule (pure), the RTT
+probe against a real sshd, and real jobs through the lab's delaying relay: a long
+path gives each stream its own ssh connection, a short one keeps them on the master.
+Connections are counted from sshd's own log ("Accepted publickey" per connection)."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mvp_core.transfer_engine import path, streams
+from mvp_core.transfer_engine.direct import run_transfer
+from mvp_core.transfer_engine.endpoints import LocalEndpoint
+from mvp_core.transfer_engine.job import TransferJob, TransferMode
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.results import PhaseEvent
+from mvp_core.transfer_engine.ssh_master import ssh_session
+from tests.fixtures.sshd import SshServer, start_sshd, stop_sshd
+from tests.fixtures.trees import assert_trees_identical, tree_snapshot
+
+RELAY = Path(__file__).resolve().parents[2] / "infra" / "lab" / "delay_relay.py"
+RTT_MS = 50
+
+
+@pytest.mark.parametrize(("rtt_ms", "most", "expected"), [
+    (None, 8, 1),      # not measured: as on a LAN
+    (0.3, 8, 1),       # loopback / LAN: 1 gbit × 0.3 ms is far below one window
+    (20, 8, 2),        # 2.5 MB in flight: two windows
+    (50, 8, 3),
+    (100, 8, 6),       # 12.5 MB: six 2 MiB windows
+    (300, 8, 8),       # bounded by the setting
+    (100, 1, 1),       # the setting says one
+])
+def test_connections_follow_the_bandwidth_delay_product(rtt_ms: float | None, most: int,
+                                                        expected: int) -> None:
+    options = EngineOptions(ssh_max_connections=most)
+    rtt = None if rtt_ms is None else rtt_ms / 1000
+    assert path.connections_for(rtt, options) == expected
+
+
+def test_a_faster_link_needs_more_connections() -> None:
+    ten_gbit = EngineOptions(link_bytes_s=1_250_000_000, ssh_max_connections=32)
+    assert path.connections_for(0.020, ten_gbit) == 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def logged_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """An sshd that logs each accepted connection (the count of connections a job made)."""
+    server = start_sshd(tmp_path_factory.mktemp("sshd_logged"), log_level="INFO")
+    try:
+        yield server
+    finally:
+        stop_sshd(server)
+
+
+@pytest.fixture(scope="module")
+def far_sshd(logged_sshd: SshServer, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[SshServer]:
+    """The same sshd behind the lab's relay adding ``RTT_MS`` (its own port, and a
+    known_hosts line for it with the same host key)."""
+    port = _free_port()
+    relay = subprocess.Popen([sys.executable, str(RELAY), "--listen", f"127.0.0.1:{port}",
+                              "--to", f"127.0.0.1:{logged_sshd.port}", "--rtt-ms", str(RTT_MS)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "relay never listened"
+                time.sleep(0.05)
+        known = tmp_path_factory.mktemp("far") / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{port} {logged_sshd.host_public_key}\n")
+        yield dataclasses.replace(logged_sshd, port=port, known_hosts_file=known)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=10)
+
+
+def _accepted(server: SshServer) -> int:
+    return (server.workdir / "sshd.log").read_text().count("Accepted publickey")
+
+
+def _settled_count(server: SshServer) -> int:
+    """The accept count once sshd has logged every connection made so far."""
+    last, deadline = -1, time.monotonic() + 5
+    while time.monotonic() < deadline:
+        now = _accepted(server)
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.2)
+    return last
+
+
+def test_the_probe_measures_one_round_trip(logged_sshd: SshServer, far_sshd: SshServer,
+                                           engine_options: EngineOptions,
+                                           tmp_path: Path) -> None:
+    near = logged_sshd.endpoint(tmp_path)
+    far = far_sshd.endpoint(tmp_path)
+    with ssh_session(near, engine_options) as near_options:
+        rtt_near = path.measure_rtt(near, near_options)
+    with ssh_session(far, engine_options) as far_options:
+        rtt_far = path.measure_rtt(far, far_options)
+    assert rtt_near is not None and rtt_far is not None
+    # The relay holds each chunk RTT/2 each way: at least one RTT, and not two.
+    assert RTT_MS / 1000 <= rtt_far < 2 * RTT_MS / 1000 + 0.05, rtt_far
+    assert rtt_near < rtt_far
+
+
+def test_the_probe_of_a_host_that_is_gone_says_none(engine_options: EngineOptions,
+                                                   logged_sshd: SshServer) -> None:
+    gone = dataclasses.replace(logged_sshd.endpoint("/"), port=_free_port())
+    assert path.measure_rtt(gone, engine_options) is None
+
+
+def _tree(parent: Path) -> Path:
+    root = parent / "session"
+    (root / "Audio Files").mkdir(parents=True)
+    for i in range(6):
+        (root / "Audio Files" / f"take {i}.wav").write_bytes(bytes([i]) * (300 * 1024 + i))
+    (root / "empty").mkdir()
+    (root / "Session.ptx").write_bytes(b"p" * 999)
+    return root
+
+
+@pytest.fixture
+def small_jobs_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test trees are small: let them have streams and a measured path."""
+    monkeypatch.setattr(streams, "MIN_STREAM_BYTES", 1)
+    monkeypatch.setattr(path, "PROBE_MIN_BYTES", 1)
+
+
+def _send(events: list[PhaseEvent]) -> PhaseEvent:
+    [done] = [e for e in events if e.phase == "send" and e.status == "done"]
+    return done
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_a_long_path_gives_each_stream_its_own_connection(
+        tmp_path: Path, far_sshd: SshServer, engine_options: EngineOptions,
+        small_jobs_count: None, direction: str) -> None:
+    src = _tree(tmp_path / "src")
+    reference = tree_snapshot(src)
+    here = tmp_path / "here"
+    job = (TransferJob(LocalEndpoint(src), far_sshd.endpoint(here), TransferMode.MOVE)
+           if direction == "push" else
+           TransferJob(far_sshd.endpoint(src), LocalEndpoint(here), TransferMode.MOVE))
+    options = dataclasses.replace(engine_options, direct_streams=1, ssh_max_connections=8)
+    before = _settled_count(far_sshd)
+    events: list[PhaseEvent] = []
+    result = run_transfer(job, options=options, on_phase=events.append)
+    made = _settled_count(far_sshd) - before
+    # >= 50 ms × 1 gbit over 2 MiB windows: 3 connections or more (the measured RTT
+    # decides), so as many streams though 1 was set.
+    assert result.rtt_s is not None and result.rtt_s >= RTT_MS / 1000
+    wanted = path.connections_for(result.rtt_s, options)
+    assert wanted >= 3 and result.streams == wanted and result.connections == wanted
+    assert result.send_rate_bytes_s is not None and result.send_rate_bytes_s > 0
+    send = _send(events)
+    assert send.details["connections"] == wanted and send.details["rtt_ms"] >= RTT_MS
+    assert send.details["rate_bytes_s"] == result.send_rate_bytes_s
+    assert made == 1 + wanted  # the master (control commands, final pass), one per stream
+    assert tree_snapshot(here / src.name) == reference and not src.exists()
+
+
+def test_a_short_path_keeps_the_streams_on_the_master(
+        tmp_path: Path, logged_sshd: SshServer, engine_options: EngineOptions,
+        small_jobs_count: None) -> None:
+    src = _tree(tmp_path / "src")
+    options = dataclasses.replace(engine_options, direct_streams=3, ssh_max_connections=8)
+    before = _settled_count(logged_sshd)
+    events: list[PhaseEvent] = []
+    result = run_transfer(TransferJob(LocalEndpoint(src), logged_sshd.endpoint(tmp_path / "t")),
+                          options=options, on_phase=events.append)
+    made = _settled_count(logged_sshd) - before
+    assert result.streams == 3 and result.connections == 1
+    assert result.rtt_s is not None and _send(events).details["connections"] == 1
+    assert made == 1
+    assert_trees_identical(src, tmp_path / "t" / src.name)
+
+
+def test_a_small_job_is_not_probed(tmp_path: Path, logged_sshd: SshServer,
+                                   engine_options: EngineOptions) -> None:
+    src = _tree(tmp_path / "src")
+    events: list[PhaseEvent] = []
+    result = run_transfer(TransferJob(LocalEndpoint(src), logged_sshd.endpoint(tmp_path / "t")),
+                          options=engine_options, on_phase=events.append)
+    assert result.rtt_s is None and result.connections == 1
+    assert _send(events).details["rtt_ms"] is None
