@@ -6,12 +6,6 @@ Connections are counted from sshd's own log ("Accepted publickey" per connection
 from __future__ import annotations
 
 import dataclasses
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,11 +17,9 @@ from mvp_core.transfer_engine.job import TransferJob, TransferMode
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import PhaseEvent
 from mvp_core.transfer_engine.ssh_master import ssh_session
-from tests.fixtures.sshd import SshServer, start_sshd, stop_sshd
+from tests.engine.conftest import RTT_MS, free_port, settled_count
+from tests.fixtures.sshd import SshServer
 from tests.fixtures.trees import assert_trees_identical, tree_snapshot
-
-RELAY = Path(__file__).resolve().parents[2] / "infra" / "lab" / "delay_relay.py"
-RTT_MS = 50
 
 
 @pytest.mark.parametrize(("rtt_ms", "most", "expected"), [
@@ -51,63 +43,6 @@ def test_a_faster_link_needs_more_connections() -> None:
     assert path.connections_for(0.020, ten_gbit) == 12
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def logged_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    """An sshd that logs each accepted connection (the count of connections a job made)."""
-    server = start_sshd(tmp_path_factory.mktemp("sshd_logged"), log_level="INFO")
-    try:
-        yield server
-    finally:
-        stop_sshd(server)
-
-
-@pytest.fixture(scope="module")
-def far_sshd(logged_sshd: SshServer, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[SshServer]:
-    """The same sshd behind the lab's relay adding ``RTT_MS`` (its own port, and a
-    known_hosts line for it with the same host key)."""
-    port = _free_port()
-    relay = subprocess.Popen([sys.executable, str(RELAY), "--listen", f"127.0.0.1:{port}",
-                              "--to", f"127.0.0.1:{logged_sshd.port}", "--rtt-ms", str(RTT_MS)])
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "relay never listened"
-                time.sleep(0.05)
-        known = tmp_path_factory.mktemp("far") / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{port} {logged_sshd.host_public_key}\n")
-        yield dataclasses.replace(logged_sshd, port=port, known_hosts_file=known)
-    finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(timeout=10)
-
-
-def _accepted(server: SshServer) -> int:
-    return (server.workdir / "sshd.log").read_text().count("Accepted publickey")
-
-
-def _settled_count(server: SshServer) -> int:
-    """The accept count once sshd has logged every connection made so far."""
-    last, deadline = -1, time.monotonic() + 5
-    while time.monotonic() < deadline:
-        now = _accepted(server)
-        if now == last:
-            return now
-        last = now
-        time.sleep(0.2)
-    return last
-
-
 def test_the_probe_measures_one_round_trip(logged_sshd: SshServer, far_sshd: SshServer,
                                            engine_options: EngineOptions,
                                            tmp_path: Path) -> None:
@@ -125,7 +60,7 @@ def test_the_probe_measures_one_round_trip(logged_sshd: SshServer, far_sshd: Ssh
 
 def test_the_probe_of_a_host_that_is_gone_says_none(engine_options: EngineOptions,
                                                    logged_sshd: SshServer) -> None:
-    gone = dataclasses.replace(logged_sshd.endpoint("/"), port=_free_port())
+    gone = dataclasses.replace(logged_sshd.endpoint("/"), port=free_port())
     assert path.measure_rtt(gone, engine_options) is None
 
 
@@ -162,10 +97,10 @@ def test_a_long_path_gives_each_stream_its_own_connection(
            if direction == "push" else
            TransferJob(far_sshd.endpoint(src), LocalEndpoint(here), TransferMode.MOVE))
     options = dataclasses.replace(engine_options, direct_streams=1, ssh_max_connections=8)
-    before = _settled_count(far_sshd)
+    before = settled_count(far_sshd)
     events: list[PhaseEvent] = []
     result = run_transfer(job, options=options, on_phase=events.append)
-    made = _settled_count(far_sshd) - before
+    made = settled_count(far_sshd) - before
     # >= 50 ms × 1 gbit over 2 MiB windows: 3 connections or more (the measured RTT
     # decides), so as many streams though 1 was set.
     assert result.rtt_s is not None and result.rtt_s >= RTT_MS / 1000
@@ -184,11 +119,11 @@ def test_a_short_path_keeps_the_streams_on_the_master(
         small_jobs_count: None) -> None:
     src = _tree(tmp_path / "src")
     options = dataclasses.replace(engine_options, direct_streams=3, ssh_max_connections=8)
-    before = _settled_count(logged_sshd)
+    before = settled_count(logged_sshd)
     events: list[PhaseEvent] = []
     result = run_transfer(TransferJob(LocalEndpoint(src), logged_sshd.endpoint(tmp_path / "t")),
                           options=options, on_phase=events.append)
-    made = _settled_count(logged_sshd) - before
+    made = settled_count(logged_sshd) - before
     assert result.streams == 3 and result.connections == 1
     assert result.rtt_s is not None and _send(events).details["connections"] == 1
     assert made == 1
