@@ -183,7 +183,7 @@ class _Send:
                                 job, plan, lists, delivery, options, extra=extra,
                                 source=source, progress=self.progress, cancel=self.cancel,
                                 info=info, separate=self.facts.connections > 1,
-                                pieces=pieces, pool=max(1, self.facts.connections))
+                                pieces=pieces, pool=_slots(options, self.facts.connections))
                         sent_rate = path_plan.rate(source.total_bytes,
                                                    time.monotonic() - send_began)
                         info["rate_bytes_s"] = sent_rate
@@ -241,6 +241,12 @@ def _one_rsync(source: TreeListing) -> Stream:
     return Stream((), source.total_bytes)
 
 
+def _slots(options: EngineOptions, connections: int) -> int:
+    """Transfers a job on a long path runs at once: one per connection, and never fewer
+    than the streams it would run on a LAN."""
+    return max(connections, options.direct_streams)
+
+
 def split_job(job: TransferJob, source: TreeListing, options: EngineOptions,
               connections: int) -> list[ranges.Range]:
     """The byte ranges of this job's big files on a path of several connections (not
@@ -248,7 +254,7 @@ def split_job(job: TransferJob, source: TreeListing, options: EngineOptions,
     if (connections <= 1 or options.bwlimit_kib_s or job_ssh_endpoint(job) is None):
         return []
     files = [(rel, size) for rel, (kind, size) in source.entries.items() if kind == FILE]
-    pieces, _whole = ranges.split(files, source.stamps, connections,
+    pieces, _whole = ranges.split(files, source.stamps, _slots(options, connections),
                                   min_range=streams_plan.MIN_STREAM_BYTES)
     return pieces
 

@@ -75,18 +75,21 @@ class Range:
         return f"{digest}-{self.index}"
 
 
-def split(files: Sequence[tuple[str, int]], stamps: dict[str, str], connections: int, *,
+def split(files: Sequence[tuple[str, int]], stamps: dict[str, str], slots: int, *,
           min_range: int) -> tuple[list[Range], list[tuple[str, int]]]:
-    """Cut every file of at least two ranges' worth into up to ``connections`` ranges
-    of at least ``min_range`` bytes, block-aligned; returns the ranges and the files
-    left whole. Nothing is cut on a path of one connection."""
-    if connections <= 1:
+    """Cut the files bigger than a fair share of the job (its bytes over ``slots``, the
+    transfers it runs at once) into ranges of about that share, at least ``min_range``
+    and block-aligned, at most ``slots`` per file; returns the ranges and the files left
+    whole. Several files near the share keep one slot each, whole (FEW at 20 ms: four
+    streams, as before); one big render on a long path takes every slot."""
+    if slots <= 1:
         return [], list(files)
     floor = max(min_range, BLOCK)
+    share = max(floor, -(-sum(size for _rel, size in files) // slots))
     ranges: list[Range] = []
     whole: list[tuple[str, int]] = []
     for rel, size in files:
-        cut = min(connections, size // floor)
+        cut = min(slots, size // floor, -(-size // share))
         if cut < 2:
             whole.append((rel, size))
             continue

@@ -41,7 +41,7 @@ def _covers(pieces: list[ranges.Range], size: int) -> None:
     (1024 * MiB, 8, 8),
     (200 * MiB, 8, 3),             # no range under 64 MiB
     (127 * MiB, 8, 0),             # under two ranges' worth: whole
-    (400 * MiB, 1, 0),             # one connection: nothing is cut
+    (400 * MiB, 1, 0),             # one slot: nothing is cut
 ])
 def test_the_cut(size: int, connections: int, cut: int) -> None:
     files = [("big.mov", size), ("small.wav", MiB)]
@@ -54,6 +54,24 @@ def test_the_cut(size: int, connections: int, cut: int) -> None:
         assert len({p.mark for p in pieces}) == cut
     else:
         assert whole == files
+
+
+@pytest.mark.parametrize(("slots", "cut_each"), [(4, 0), (6, 2), (8, 2), (16, 4)])
+def test_files_near_the_fair_share_stay_whole(slots: int, cut_each: int) -> None:
+    """FEW (4 x 128 MiB): with four slots each file has one, whole; with more slots the
+    files are cut so every slot has about the same share."""
+    files = [(f"mix{i}.wav", 128 * MiB) for i in range(4)]
+    pieces, whole = ranges.split(files, {}, slots, min_range=32 * MiB)
+    assert len(pieces) == 4 * cut_each and len(whole) == (4 if cut_each == 0 else 0)
+    for rel, size in files if cut_each else []:
+        _covers([p for p in pieces if p.rel == rel], size)
+
+
+def test_a_big_file_among_many_small_ones_is_cut() -> None:
+    files = [("render.mov", 1024 * MiB), *((f"a{i}.wav", MiB) for i in range(2000))]
+    pieces, whole = ranges.split(files, {}, 4, min_range=64 * MiB)
+    assert {p.rel for p in pieces} == {"render.mov"} and len(whole) == 2000
+    assert len(pieces) == 2  # its fair share of 3 GiB over 4 slots is ~756 MiB
 
 
 def test_a_changed_file_or_another_cut_has_other_marks() -> None:
