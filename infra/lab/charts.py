@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import sys
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 MB = 1_000_000
 # The methods worth a bar (others stay in the tables): baselines and Ketter's ways.
@@ -61,9 +62,9 @@ def series(report: dict[str, Any], out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(10, 3.6))
     for rtt, s in runs:
         points = s["points"]
-        times = [(a[0] + b[0]) / 2 for a, b in zip(points, points[1:])]
+        times = [(a[0] + b[0]) / 2 for a, b in pairwise(points)]
         rates = [(b[1] - a[1]) / (b[0] - a[0]) / MB if b[0] > a[0] else 0
-                 for a, b in zip(points, points[1:])]
+                 for a, b in pairwise(points)]
         ax.plot(times, rates, label=f"RTT {rtt} ms: {s.get('connections')} conn., "
                                     f"measured RTT {s.get('rtt_ms')} ms")
     ax.set_xlabel("seconds since the job started")

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mvp_core.transfer_engine.direct import run_transfer  # noqa: E402
-from mvp_core.transfer_engine.endpoints import parse_endpoint  # noqa: E402
-from mvp_core.transfer_engine.job import TransferJob  # noqa: E402
-from mvp_core.transfer_engine.options import EngineOptions  # noqa: E402
-from mvp_core.transfer_engine.results import Progress  # noqa: E402
+from mvp_core.transfer_engine.direct import run_transfer
+from mvp_core.transfer_engine.endpoints import parse_endpoint
+from mvp_core.transfer_engine.job import TransferJob
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.results import Progress
 
 _EVERY_S = 0.1
 

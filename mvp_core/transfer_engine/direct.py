@@ -36,8 +36,7 @@ from pathlib import Path, PurePosixPath
 
 from mvp_core.transfer_engine import delivery as deliver
 from mvp_core.transfer_engine import path as path_plan
-from mvp_core.transfer_engine import ranges
-from mvp_core.transfer_engine import preflight
+from mvp_core.transfer_engine import preflight, ranges
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError

@@ -350,7 +350,7 @@ def test_a_pulled_move_deletes_the_remote_source_only_after_verify(
     assert result.streams == 3
     order = [e.phase for e in events if e.status == "done"]
     assert order == ["send", "verify", "deliver", "flush", "delete_source"]
-    verify = [e for e in events if e.phase == "verify" and e.status == "done"][0]
+    verify = next(e for e in events if e.phase == "verify" and e.status == "done")
     assert existed_at_verify == [True]
     assert not src.exists()
     assert_trees_identical(copy, tmp_path / "here" / src.name, root_mtime=False,

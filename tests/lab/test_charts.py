@@ -9,8 +9,8 @@ from pathlib import Path
 LAB = Path(__file__).resolve().parents[2] / "infra" / "lab"
 sys.path.insert(0, str(LAB))
 
-import bench  # noqa: E402
-import charts  # noqa: E402
+import bench
+import charts
 
 
 def _summary(seconds: dict[str, float], total: int) -> dict[str, object]:
