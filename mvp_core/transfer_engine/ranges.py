@@ -78,25 +78,31 @@ class Range:
 def split(files: Sequence[tuple[str, int]], stamps: dict[str, str], slots: int, *,
           min_range: int) -> tuple[list[Range], list[tuple[str, int]]]:
     """Cut the files bigger than a fair share of the job (its bytes over ``slots``, the
-    transfers it runs at once) into ranges of about that share, at least ``min_range``
-    and block-aligned, at most ``slots`` per file; returns the ranges and the files left
+    transfers it runs at once) into ranges of that share (at least ``min_range``,
+    block-aligned; the last one takes the rest, a crumb under a quarter of
+    ``min_range`` included); returns the ranges and the files left
     whole. Several files near the share keep one slot each, whole (FEW at 20 ms: four
-    streams, as before); one big render on a long path takes every slot."""
+    streams, as before); one big render on a long path takes every slot. Ranges of the
+    share, not equal parts of each file: 4 files over 6 slots give 4 shares and 4 half
+    shares, which the largest-first queue packs evenly (equal halves left 2 slots busy
+    for a last round: FEW at 100 ms took 1.35x as long)."""
     if slots <= 1:
         return [], list(files)
     floor = max(min_range, BLOCK)
     share = max(floor, -(-sum(size for _rel, size in files) // slots))
+    step = -(-share // BLOCK) * BLOCK
     ranges: list[Range] = []
     whole: list[tuple[str, int]] = []
     for rel, size in files:
-        cut = min(slots, size // floor, -(-size // share))
-        if cut < 2:
+        if size <= step or size // floor < 2:
             whole.append((rel, size))
             continue
-        step = -(-size // cut // BLOCK) * BLOCK  # ceil to a block
         offsets = list(range(0, size, step))
-        for index, offset in enumerate(offsets):
-            ranges.append(Range(rel, size, offset, min(step, size - offset), index,
+        if size - offsets[-1] < floor // 4:  # a crumb rides with the range before it
+            offsets.pop()
+        ends = [*offsets[1:], size]
+        for index, (offset, end) in enumerate(zip(offsets, ends, strict=True)):
+            ranges.append(Range(rel, size, offset, end - offset, index,
                                 stamps.get(rel, ""), len(offsets)))
     return ranges, whole
 

@@ -39,7 +39,7 @@ def _covers(pieces: list[ranges.Range], size: int) -> None:
     (400 * MiB, 6, 6),
     (400 * MiB + 12345, 6, 6),     # the last range ends at the odd end
     (1024 * MiB, 8, 8),
-    (200 * MiB, 8, 3),             # no range under 64 MiB
+    (200 * MiB, 8, 3),             # 64 + 64 + 72: the 8 MiB crumb rides with the last
     (127 * MiB, 8, 0),             # under two ranges' worth: whole
     (400 * MiB, 1, 0),             # one slot: nothing is cut
 ])
@@ -59,12 +59,18 @@ def test_the_cut(size: int, connections: int, cut: int) -> None:
 @pytest.mark.parametrize(("slots", "cut_each"), [(4, 0), (6, 2), (8, 2), (16, 4)])
 def test_files_near_the_fair_share_stay_whole(slots: int, cut_each: int) -> None:
     """FEW (4 x 128 MiB): with four slots each file has one, whole; with more slots the
-    files are cut so every slot has about the same share."""
+    files are cut into ranges of the share (6 slots: 86 + 42 MiB each, which pack into
+    six even loads), so every slot carries about the same."""
     files = [(f"mix{i}.wav", 128 * MiB) for i in range(4)]
     pieces, whole = ranges.split(files, {}, slots, min_range=32 * MiB)
     assert len(pieces) == 4 * cut_each and len(whole) == (4 if cut_each == 0 else 0)
     for rel, size in files if cut_each else []:
         _covers([p for p in pieces if p.rel == rel], size)
+    if pieces:  # largest first into the least loaded slot: within one range of even
+        loads = [0] * slots
+        for piece in sorted(pieces, key=lambda r: -r.length):
+            loads[loads.index(min(loads))] += piece.length
+        assert max(loads) - min(loads) <= max(p.length for p in pieces) // 2 + ranges.BLOCK
 
 
 def test_a_big_file_among_many_small_ones_is_cut() -> None:
@@ -155,7 +161,7 @@ def test_a_big_file_goes_as_ranges_over_separate_connections(
 def test_a_single_big_file_job(tmp_path: Path, far_sshd: SshServer,
                                engine_options: EngineOptions, small_cuts: None) -> None:
     one = tmp_path / "one.mov"
-    one.write_bytes(os.urandom(4 * MiB + 7))
+    one.write_bytes(os.urandom(4 * MiB + 512 * 1024 + 7))
     events: list[PhaseEvent] = []
     result = run_transfer(TransferJob(LocalEndpoint(one), far_sshd.endpoint(tmp_path / "t")),
                           options=_options(engine_options), on_phase=events.append)
