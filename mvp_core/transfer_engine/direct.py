@@ -103,8 +103,8 @@ def _run_transfer(
     # A big job over ssh: the path measured once, the streams sized to it.
     facts = path_plan.plan_path(job_ssh_endpoint(job), source.total_bytes, options, cancel)
     # On a long path a big file goes as byte ranges, one connection each (``ranges``).
-    pieces = split_job(job, source, options, facts.connections)
-    plan = plan_job_streams(job, source, options, connections=facts.connections,
+    pieces = split_job(job, source, options, facts.channels)
+    plan = plan_job_streams(job, source, options, connections=facts.channels,
                             split=pieces)
     send = _Send(job, source, plan, options, clock, progress, cancel, started, facts, pieces)
     if _guard_worth(job, plan, options) and not pieces:
@@ -181,8 +181,8 @@ class _Send:
                             warnings = _run_streams(
                                 job, plan, lists, delivery, options, extra=extra,
                                 source=source, progress=self.progress, cancel=self.cancel,
-                                info=info, separate=self.facts.connections > 1,
-                                pieces=pieces, pool=_slots(options, self.facts.connections))
+                                info=info, separate=self.facts.separate,
+                                pieces=pieces, pool=_slots(options, self.facts.channels))
                         sent_rate = path_plan.rate(source.total_bytes,
                                                    time.monotonic() - send_began)
                         info["rate_bytes_s"] = sent_rate
@@ -208,11 +208,12 @@ class _Send:
         )
 
     def _connections(self, used: int) -> int:
-        """ssh connections the send used: one per stream on a long path, else the master."""
+        """ssh connections the send used at once: one per transfer on a long path (up to
+        its slots), else the master."""
         if used == 0 or job_ssh_endpoint(self.job) is None:
             return 0
-        if used > 1 and self.facts.connections > 1:
-            return min(used, self.facts.connections)
+        if used > 1 and self.facts.separate:
+            return min(used, _slots(self.options, self.facts.channels))
         return 1
 
     def _path_details(self, used: int) -> dict[str, object]:
@@ -240,15 +241,15 @@ def _one_rsync(source: TreeListing) -> Stream:
     return Stream((), source.total_bytes)
 
 
-def _slots(options: EngineOptions, connections: int) -> int:
-    """Transfers a job on a long path runs at once: one per connection, and never fewer
-    than the streams it would run on a LAN."""
-    return max(connections, options.direct_streams)
+def _slots(options: EngineOptions, channels: int) -> int:
+    """Transfers a job on a long path runs at once: one per channel it needs, and never
+    fewer than the streams it would run on a LAN."""
+    return max(channels, options.direct_streams)
 
 
 def split_job(job: TransferJob, source: TreeListing, options: EngineOptions,
               connections: int) -> list[ranges.Range]:
-    """The byte ranges of this job's big files on a path of several connections (not
+    """The byte ranges of this job's big files on a path of several channels (not
     under a ``--bwlimit``: only rsync keeps to it)."""
     if (connections <= 1 or options.bwlimit_kib_s or job_ssh_endpoint(job) is None):
         return []

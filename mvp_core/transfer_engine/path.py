@@ -10,10 +10,16 @@ the extra handshakes.
 - **RTT**: measured in one ssh session over the job's master (``RTT_PROBE``): the time
   from our "go" to the reply is one round trip (no handshake, no process start in it).
   Only for jobs worth it (``PROBE_MIN_BYTES``): a small job saves its round trips.
-- **Connections**: the bandwidth-delay product over the channel window,
-  ``ceil(link rate × RTT / window)``, at most ``ssh_max_connections``. 1 means the
-  streams keep riding the master, exactly as before (0 and 20 ms lab results stand
-  for a LAN: 1 gbit × 1 ms is far below one window).
+- **Channels**: the bandwidth-delay product over the channel window,
+  ``ceil(link rate × RTT / 2 MiB)``, at most ``ssh_max_connections``: how many
+  transfers the job runs at once (never fewer than its LAN streams). 1 (a LAN: 1 gbit ×
+  1 ms is far below one window) keeps today's behaviour exactly.
+- **Separate connections**: only when the product exceeds what one TCP connection
+  holds in flight (``TCP_WINDOW``, Linux's default ``tcp_wmem`` ceiling of 4 MiB): then
+  every transfer opens its own ssh connection; below it they are sessions on the
+  master, whose channels each have their own window. Measured (docs/lab_report.md, S6):
+  at 20 ms separate connections cost MANY 1.15x (extra ssh processes on a busy host,
+  handshakes) and bought nothing, so 20 ms (2.5 MB) stays on the master.
 - **Achieved rate**: the send's bytes over its seconds, reported with the two above in
   the send phase's event and in the job's result, so the planner's calibration can
   tell a WAN job from a LAN one.
@@ -36,6 +42,7 @@ from mvp_core.transfer_engine.runner import Conversation
 from mvp_core.transfer_engine.ssh import remote_command_argv
 
 SSH_CHANNEL_WINDOW = 2 * 1024 * 1024  # OpenSSH CHAN_SES_WINDOW_DEFAULT (64 × 32 KiB)
+TCP_WINDOW = 4 * 1024 * 1024  # Linux's default net.ipv4.tcp_wmem maximum
 PROBE_MIN_BYTES = 128 * 1024 * 1024  # two streams' floor: below it one stream runs anyway
 
 
@@ -44,7 +51,13 @@ class PathFacts:
     """What the engine learnt about the path of one job (None: not measured)."""
 
     rtt_s: float | None
-    connections: int
+    channels: int  # transfers at once the path needs (1: as on a LAN)
+    separate: bool = False  # each transfer its own ssh connection
+
+    @property
+    def connections(self) -> int:
+        """ssh connections the transfers use at most (the master alone: 1)."""
+        return self.channels if self.separate else 1
 
     def details(self) -> dict[str, object]:
         """For the send phase's event."""
@@ -57,7 +70,8 @@ LAN = PathFacts(None, 1)
 
 def connections_for(rtt_s: float | None, options: EngineOptions,
                     window: int = SSH_CHANNEL_WINDOW) -> int:
-    """Separate connections the bandwidth-delay product needs, within the setting."""
+    """ssh channels (one transfer each) the bandwidth-delay product needs, within the
+    setting; separate connections when ``separate_for`` says so."""
     if rtt_s is None or options.ssh_max_connections <= 1:
         return 1
     bdp = options.link_bytes_s * rtt_s
@@ -85,14 +99,20 @@ def measure_rtt(endpoint: SshEndpoint, options: EngineOptions,
         talk.finish(cancel)
 
 
+def separate_for(rtt_s: float | None, options: EngineOptions) -> bool:
+    """More in flight than one TCP connection carries: the transfers need their own."""
+    return rtt_s is not None and options.link_bytes_s * rtt_s > TCP_WINDOW
+
+
 def plan_path(endpoint: SshEndpoint | None, total_bytes: int, options: EngineOptions,
               cancel: CancelToken | None = None) -> PathFacts:
-    """Measure the path for a job big enough to use more than one connection."""
+    """Measure the path for a job big enough to use more than one channel."""
     if (endpoint is None or options.ssh_max_connections <= 1
             or total_bytes < PROBE_MIN_BYTES):
         return LAN
     rtt = measure_rtt(endpoint, options, cancel)
-    return PathFacts(rtt, connections_for(rtt, options))
+    channels = connections_for(rtt, options)
+    return PathFacts(rtt, channels, channels > 1 and separate_for(rtt, options))
 
 
 def own_connection(options: EngineOptions) -> EngineOptions:

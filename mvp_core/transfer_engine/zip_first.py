@@ -24,9 +24,9 @@ measured), so up to ``send_streams(options)`` = min(``direct_streams``,
 ``MAX_SEND_STREAMS`` = 2) chunks are sent at once, each by its own rsync over the
 shared master. A third stream would add at most the last ~5% of the link and cost a
 fourth chunk of temp space on each side; ``direct_streams=1`` gives one send at a time.
-On a long path (``path``: the job measured its RTT and needs several connections) the
-chunks go over as many separate ssh connections as DIRECT's streams would use, one
-send each, and the temp slots grow with them (S+1 chunks per side).
+On a long path (``path``: the job measured its RTT and needs several channels) as many
+chunks are sent at once as DIRECT would run transfers, each on its own ssh connection
+when the path needs separate ones, and the temp slots grow with them (S+1 per side).
 
 Temp space: a zip is removed locally once sent and remotely once extracted, and a
 stage waits for a free slot (``temp_slots``: S+1 zips per side with S sends, 2 for a
@@ -284,7 +284,8 @@ def _run_zip_first(
     with deliver.discard_on_failure(job, options, clock, cancel):
         if not delivery.delivered:
             pipeline = _Pipeline(job, delivery, manifest, chunk_plan, delivery.extracted,
-                                 options, clock, progress, cancel, facts.connections)
+                                 options, clock, progress, cancel, facts.channels,
+                                 separate=facts.separate)
             try:
                 pipeline.run()
                 if chunk_plan.chunked or delivery.in_place:
@@ -320,7 +321,7 @@ def _run_zip_first(
         duration_s=time.monotonic() - started,
         phase_timings=dict(clock.timings),
         warnings=(*warnings, *clock.warnings),
-        connections=max(1, facts.connections) if job.target.is_remote else 0,
+        connections=(facts.channels if facts.separate else 1) if job.target.is_remote else 0,
         rtt_s=facts.rtt_s,
         files=final.files,
         algorithm=final.algorithm,
@@ -425,7 +426,8 @@ class _Pipeline:
     def __init__(self, job: TransferJob, delivery: deliver.Delivery, manifest: Manifest,
                  plan: ChunkPlan, done: frozenset[int], options: EngineOptions,
                  clock: PhaseClock, progress: ProgressCallback | None,
-                 cancel: CancelToken | None, connections: int = 1) -> None:
+                 cancel: CancelToken | None, connections: int = 1, *,
+                 separate: bool = False) -> None:
         self.job = job
         self.delivery = delivery
         self.manifest = manifest
@@ -440,9 +442,9 @@ class _Pipeline:
         self.remote = isinstance(job.target, SshEndpoint)
         self.streams = send_streams(options, connections) if self.remote else 0
         self.slots = temp_slots(options, remote_target=self.remote, connections=connections)
-        self.connections = connections if self.remote else 0
+        self.connections = (connections if separate else 1) if self.remote else 0
         # Each send its own ssh connection on a long path; sessions on the master else.
-        self.send_options = (path_plan.own_connection(options) if connections > 1
+        self.send_options = (path_plan.own_connection(options) if separate and connections > 1
                              else options)
         self.local_slots = threading.Semaphore(self.slots)
         self.remote_slots = threading.Semaphore(self.slots)

@@ -38,6 +38,18 @@ def test_connections_follow_the_bandwidth_delay_product(rtt_ms: float | None, mo
     assert path.connections_for(rtt, options) == expected
 
 
+@pytest.mark.parametrize(("rtt_ms", "separate"), [
+    (None, False), (0.3, False),
+    (20, False),   # 2.5 MB: one TCP connection holds it; measured 1.15x slower apart
+    (34, True),    # 4.25 MB: more than one TCP window (4 MiB)
+    (50, True), (100, True),
+])
+def test_separate_connections_only_beyond_one_tcp_window(rtt_ms: float | None,
+                                                         separate: bool) -> None:
+    rtt = None if rtt_ms is None else rtt_ms / 1000
+    assert path.separate_for(rtt, EngineOptions()) is separate
+
+
 def test_a_faster_link_needs_more_connections() -> None:
     ten_gbit = EngineOptions(link_bytes_s=1_250_000_000, ssh_max_connections=32)
     assert path.connections_for(0.020, ten_gbit) == 12
