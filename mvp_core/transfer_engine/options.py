@@ -35,9 +35,10 @@ class EngineOptions:
     # DIRECT: how many rsync streams share the work (files split by size so they end
     # together; one file is never split). 1 = one rsync, as before.
     direct_streams: int = 4
-    # Long links (``path``): at most this many separate ssh connections carry a job's
-    # streams, sized to the bandwidth-delay product of ``link_bytes_s`` and the measured
-    # RTT; 1 = every stream is a session on the job's one master, as on a LAN.
+    # Long links (``path``): at most this many transfers at once (streams, byte ranges),
+    # sized to the bandwidth-delay product of ``link_bytes_s`` and the measured RTT, each
+    # its own ssh connection beyond one TCP window; 1 = every stream a session on the
+    # job's one master and no ranges, as on a LAN.
     ssh_max_connections: int = 8
     # The link rate the connections are sized for (bytes/s): 1 gbit.
     link_bytes_s: int = 125_000_000
