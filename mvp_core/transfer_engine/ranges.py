@@ -77,15 +77,17 @@ class Range:
 
 def split(files: Sequence[tuple[str, int]], stamps: dict[str, str], slots: int, *,
           min_range: int) -> tuple[list[Range], list[tuple[str, int]]]:
-    """Cut the files bigger than a fair share of the job (its bytes over ``slots``, the
-    transfers it runs at once) into ranges of that share (at least ``min_range``,
+    """Cut the files of at least two fair shares of the job (its bytes over ``slots``,
+    the transfers it runs at once) into ranges of that share (at least ``min_range``,
     block-aligned; the last one takes the rest, a crumb under a quarter of
     ``min_range`` included); returns the ranges and the files left
     whole. Several files near the share keep one slot each, whole (FEW at 20 ms: four
-    streams, as before); one big render on a long path takes every slot. Ranges of the
-    share, not equal parts of each file: 4 files over 6 slots give 4 shares and 4 half
-    shares, which the largest-first queue packs evenly (equal halves left 2 slots busy
-    for a last round: FEW at 100 ms took 1.35x as long)."""
+    streams, as before); one big render on a long path takes every slot. Files between
+    one and two shares stay whole: FEW (4 x 128 MiB) at 100 ms over 7 slots, cut into
+    ranges, took 1.17x as long as its 4 whole streams (bench, docs/lab_report.md S6:
+    seven writers at offsets of four files on this disk, seven ssh pairs on two cores).
+    Ranges are the share, not equal parts of a file, so the largest-first queue packs
+    them evenly."""
     if slots <= 1:
         return [], list(files)
     floor = max(min_range, BLOCK)
@@ -94,7 +96,7 @@ def split(files: Sequence[tuple[str, int]], stamps: dict[str, str], slots: int, 
     ranges: list[Range] = []
     whole: list[tuple[str, int]] = []
     for rel, size in files:
-        if size <= step or size // floor < 2:
+        if size < 2 * step or size // floor < 2:
             whole.append((rel, size))
             continue
         offsets = list(range(0, size, step))
