@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # DIRECT's parallel rsync streams (1 = a single rsync) and ZIP_FIRST's chunk size.
     direct_streams: int = Field(default=4, ge=1, le=8)
     zip_chunk_bytes: int = Field(default=128 * MIB, ge=MIB)
+    # Long links: separate ssh connections per job at most, sized to link rate × RTT.
+    ssh_max_connections: int = Field(default=8, ge=1, le=32)
+    link_mbit: int = Field(default=1000, ge=1)
     # Seconds a worker keeps an ssh connection open after a job, for the next job to the
     # same host (0 = one connection per job, closed with it). Saves the handshake.
     ssh_persist_s: float = Field(default=60.0, ge=0, le=3600)
@@ -124,6 +127,8 @@ class Settings(BaseSettings):
             bwlimit_kib_s=self.rsync_bwlimit_kib_s,
             direct_streams=self.direct_streams,
             zip_chunk_bytes=self.zip_chunk_bytes,
+            ssh_max_connections=self.ssh_max_connections,
+            link_bytes_s=self.link_mbit * 1_000_000 // 8,
             ssh_persist_s=self.ssh_persist_s,
             verify=self.verify,
             write_mhl=self.write_mhl,

@@ -136,12 +136,16 @@ def m_cp_a(lab: Lab, src: Path, dest: Path) -> Sample:
     return Sample(time.perf_counter() - t0)
 
 
-def ketter_cli(strategy: str, extra_env: dict[str, str] | None = None) -> Callable[[Lab, Path, Path], Sample]:
-    """The engine's CLI, run inside LAB (no DB, no Redis); ``extra_env``: KETTER_* knobs."""
+def ketter_cli(strategy: str, extra_env: dict[str, str] | None = None, *,
+               pull: bool = False) -> Callable[[Lab, Path, Path], Sample]:
+    """The engine's CLI, run inside LAB (no DB, no Redis); ``extra_env``: KETTER_* knobs.
+    ``pull``: the source is read from REMOTE over ssh and written in LAB (issue 18)."""
 
     def run(lab: Lab, src: Path, dest: Path) -> Sample:
-        argv = lab.ns + [lab.py, "-m", "mvp_core.transfer_engine.cli", "--from", str(src),
-                         "--to", lab.ssh_spec(dest), "--strategy", strategy,
+        ends = (["--from", lab.ssh_spec(src), "--to", str(dest)] if pull
+                else ["--from", str(src), "--to", lab.ssh_spec(dest)])
+        argv = lab.ns + [lab.py, "-m", "mvp_core.transfer_engine.cli", *ends,
+                         "--strategy", strategy,
                          "--identity", lab.env["IDENTITY"], "--known-hosts", lab.env["KNOWN_HOSTS"], "--quiet"]
         t0 = time.perf_counter()
         # LAB and REMOTE share one filesystem: their temp dirs MUST differ, or the zip "sent"
@@ -166,6 +170,12 @@ def _cli_facts(text: str) -> dict[str, object]:
         line = line.strip()
         if line.startswith("strategy:"):
             facts["strategy"] = line.split()[1]
+        elif line.startswith("done:") and " streams" in line:
+            facts["streams"] = int(line.rsplit(",", 1)[-1].split()[0])
+        elif line.startswith("path:"):  # "path: RTT 101.2 ms, 6 ssh connections, send ..."
+            bits = line.replace(",", " ").split()
+            facts["rtt_ms"] = float(bits[2])
+            facts["connections"] = int(bits[4])
         elif line.startswith("phases:"):
             phases = {}
             for part in line[len("phases:"):].split(","):
@@ -188,6 +198,13 @@ def method_table(kinds: list[str], stack: bench_stack.Stack | None) -> dict[str,
     if "cli" in kinds:
         for s in ("auto", "direct", "zip_first"):
             table[f"ketter_cli_{s}"] = ketter_cli(s)
+        # issue 18: the same DIRECT job pulled (REMOTE -> LAB) beside the push.
+        table["ketter_cli_pull"] = ketter_cli("direct", pull=True)
+        # issue 19: DIRECT as before it (every stream on the job's one ssh connection, no
+        # byte ranges), the baseline the long-path work is measured against, same run.
+        if os.environ.get("BENCH_ONE_CONNECTION", "1") != "0":
+            table["ketter_cli_direct_1conn"] = ketter_cli(
+                "direct", {"KETTER_SSH_MAX_CONNECTIONS": "1"})
     if "api" in kinds and stack is not None:
         for s in ("auto", "direct", "zip_first"):
             table[f"ketter_api_{s}"] = stack.method(s)
@@ -199,7 +216,9 @@ def method_table(kinds: list[str], stack: bench_stack.Stack | None) -> dict[str,
     # BENCH_STREAMS=1,2,4: DIRECT at each stream count (engine CLI), to choose the default.
     for n in [x for x in os.environ.get("BENCH_STREAMS", "").split(",") if x.strip()]:
         table[f"ketter_cli_direct_streams{int(n)}"] = ketter_cli("direct", {"KETTER_DIRECT_STREAMS": str(int(n))})
-    return table
+    # BENCH_METHODS=rsync,ketter_cli_direct,...: only these (a shorter run).
+    only = [m for m in os.environ.get("BENCH_METHODS", "").split(",") if m.strip()]
+    return {k: v for k, v in table.items() if k in only} if only else table
 
 
 def clean(path: Path) -> None:
@@ -266,6 +285,12 @@ def bench_dataset(lab: Lab, ds: bench_data.Dataset, src: Path, dest_base: Path,
             facts = _engine_facts(runs[name])
             if facts:
                 s["engine"] = facts  # type: ignore[index]
+    pull, push = summary.get("ketter_cli_pull", {}), summary.get("ketter_cli_direct", {})
+    if "median_s" in pull and "median_s" in push:  # type: ignore[operator]
+        pull["ratio_to_push"] = round(pull["median_s"] / push["median_s"], 3)  # type: ignore[index]
+    one, direct = summary.get("ketter_cli_direct_1conn", {}), summary.get("ketter_cli_direct", {})
+    if "median_s" in one and "median_s" in direct:  # type: ignore[operator]
+        direct["ratio_to_one_connection"] = round(direct["median_s"] / one["median_s"], 3)  # type: ignore[index]
     for via in ("api", "cli"):  # issue 7: ZIP_FIRST within 1.15x of DIRECT
         z, d = summary.get(f"ketter_{via}_zip_first", {}), summary.get(f"ketter_{via}_direct", {})
         if "median_s" in z and "median_s" in d:  # type: ignore[operator]
@@ -308,11 +333,37 @@ def parse_grid(text: str) -> list[tuple[int, int]]:
     return grid
 
 
+# BENCH_PROFILE: today's LAN-like lab (0 and 20 ms), the long link of issue 19 (50 and
+# 100 ms: a client in another city), or both.
+PROFILES = {
+    "lan": {"rtts": "0,20", "datasets": "MANY,TINY,FEW"},
+    "wan": {"rtts": "50,100", "datasets": "MANY,FEW,BIG"},
+    "all": {"rtts": "0,20,50,100", "datasets": "MANY,FEW,BIG"},
+}
+
+
+def bench_series(lab: Lab, ds: bench_data.Dataset, src: Path, dest: Path) -> dict[str, object]:
+    """One DIRECT push of ``ds`` with its progress sampled (``series.py``)."""
+    clean(dest)
+    run_checked(["sync"])
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "KETTER_TEMP_DIR": str(Path(lab.env["LAB_DIR"]) / "data" / "tmp_lab_cli"),
+           "KETTER_REMOTE_TEMP_DIR": str(Path(lab.env["LAB_DIR"]) / "data" / "tmp_remote_cli")}
+    proc = run_checked(lab.ns + [lab.py, str(HERE / "series.py"), "--from", str(src),
+                                 "--to", lab.ssh_spec(dest), "--identity", lab.env["IDENTITY"],
+                                 "--known-hosts", lab.env["KNOWN_HOSTS"]], cwd=REPO, env=env)
+    shutil.rmtree(dest, ignore_errors=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["dataset"] = ds.name
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rtts", default=os.environ.get("BENCH_RTTS", "0,20"))
+    profile = PROFILES[os.environ.get("BENCH_PROFILE", "lan")]
+    parser.add_argument("--rtts", default=os.environ.get("BENCH_RTTS", profile["rtts"]))
     parser.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "3")))
-    parser.add_argument("--datasets", default=os.environ.get("BENCH_DATASETS", "MANY,TINY,FEW"))
+    parser.add_argument("--datasets", default=os.environ.get("BENCH_DATASETS", profile["datasets"]))
     parser.add_argument("--ketter", default=os.environ.get("BENCH_KETTER", "api"),
                         help="comma list of cli,api (api falls back to cli when the stack is absent)")
     parser.add_argument("--lab-dir", type=Path, default=Path(os.environ.get("LAB_DIR", "/var/tmp/ketter-lab")))
@@ -372,6 +423,15 @@ def main() -> None:
             for ds in chosen:
                 entry["datasets"][ds.name] = bench_dataset(  # type: ignore[index]
                     lab, ds, sources[ds.name], dest_root / ds.name, methods, args.repeats)
+            series_ds = next((d for d in chosen if d.name == os.environ.get("BENCH_SERIES", "MANY")), None)
+            if series_ds is not None:
+                try:
+                    entry["series"] = bench_series(lab, series_ds, sources[series_ds.name],
+                                                   dest_root / "series")
+                    log(f"RTT {rtt} ms: series {series_ds.name}: {entry['series']['seconds']} s, "  # type: ignore[index]
+                        f"{entry['series']['connections']} connections, RTT {entry['series']['rtt_ms']} ms")  # type: ignore[index]
+                except RuntimeError as exc:
+                    entry["series"] = {"error": str(exc)[-1500:]}
             if stack is not None:
                 try:
                     one = stack.one_file_overhead(data_base, dest_root / "one", args.repeats + 2)
@@ -402,7 +462,14 @@ def main() -> None:
     report["elapsed_s"] = round(time.time() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=str))
-    md = render_markdown(report)
+    charts: list[Path] = []
+    try:
+        import charts as chart_mod  # matplotlib: the "lab" extra (bench.sh installs it)
+
+        charts = chart_mod.render(report, args.out.parent / (args.out.stem + "_charts"))
+    except ImportError as exc:
+        log(f"charts skipped: {exc}")
+    md = render_markdown(report, [c.relative_to(args.out.parent) for c in charts])
     args.out.with_suffix(".md").write_text(md)
     print(md)
     log(f"done in {report['elapsed_s']} s: {args.out} and {args.out.with_suffix('.md')}")
@@ -430,7 +497,7 @@ def planner_walk(base: Path, py: str) -> dict[str, object]:
     return out
 
 
-def render_markdown(report: dict[str, object]) -> str:
+def render_markdown(report: dict[str, object], charts: list[Path] | None = None) -> str:
     lines = [f"# Bench run {report['started_utc']}", "",
              f"Scale {report['scale']} (1 = issue 9 sizes), median of {report['repeats']}, "
              f"Ketter via {', '.join(report['ketter_via'])}; link {report['lab']['LAB_RATE']}, "  # type: ignore[index]
@@ -456,17 +523,30 @@ def render_markdown(report: dict[str, object]) -> str:
                 note = _phase_note(d["runs"][m])
                 if "ratio_to_direct" in s:
                     note += f"; {s['ratio_to_direct']:.2f}x DIRECT"
+                if "ratio_to_push" in s:
+                    note += f"; {s['ratio_to_push']:.2f}x the push"
+                if "ratio_to_one_connection" in s:
+                    note += f"; {s['ratio_to_one_connection']:.2f}x one connection"
                 if s.get("engine"):
                     note += "; " + ", ".join(f"{k} {_human_facts(k, v)}" for k, v in s["engine"].items())
                 lines.append(f"| {m} | {s['median_s']:.2f} | {s['mb_per_s']} | {s['min_s']:.2f}-{s['max_s']:.2f} "
                              f"| {s['ratio_to_best_baseline']:.2f} | {s.get('ratio_to_rsync', 0):.2f} | {note} |")
             cost = _verify_cost(d["summary"])
             lines += ["", cost, ""] if cost else [""]
+        if isinstance(entry.get("series"), dict) and "seconds" in entry["series"]:
+            sr = entry["series"]
+            rate = sr.get("send_rate_bytes_s")
+            lines += [f"Time series ({sr.get('dataset')}, DIRECT push): {sr['seconds']} s, "
+                      f"{sr.get('streams')} streams over {sr.get('connections')} connections, "
+                      f"RTT measured {sr.get('rtt_ms')} ms, send rate "
+                      f"{rate / MB if rate else 0:.1f} MB/s.", ""]
         if "api_overhead_1file" in entry:
             o = entry["api_overhead_1file"]
             lines += [f"API + worker, 1-file (1 KiB) job submit -> DONE: median {o.get('median_s')} s "
                       f"({o.get('seconds')}); plain `rsync -a` of the same file: "
                       f"{o.get('rsync_same_file_median_s')} s", ""]
+    for chart in charts or []:
+        lines += [f"![{chart.stem}]({chart})", ""]
     if "sweep" in report:
         sw = report["sweep"]
         lines += [f"## DIRECT vs ZIP_FIRST sweep, RTT {sw['rtt_ms']} ms (Ketter CLI, median s)", "",  # type: ignore[index]
@@ -520,6 +600,10 @@ def _phase_note(runs: list[dict[str, object]]) -> str:
             if isinstance(v, (int, float)):
                 phases.setdefault(k, []).append(float(v))
     parts = [f"strategy {'/'.join(sorted(map(str, strategies)))}"] if strategies else []
+    for key in ("streams", "connections", "rtt_ms"):
+        seen = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if seen:
+            parts.append(f"{key} {statistics.median(seen):g}")
     parts += [f"{k} {statistics.median(v):.2f}" for k, v in phases.items()]
     return ", ".join(parts)
 

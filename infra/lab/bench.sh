@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # `make bench`: bring the two-namespace lab up, run infra/lab/bench.py, always tear it down.
-# Full run (issue 9 sizes, RTT 0 and 20 ms, median of 3): see docs/lab_report.md for its
-# duration. Quick run: BENCH_SCALE=0.1 make bench. Other knobs (env): BENCH_RTTS (0,20),
+# By default every profile (BENCH_PROFILE=all: RTT 0, 20, 50 and 100 ms) at a small scale
+# (BENCH_SCALE=0.25; BIG's 400 MiB file is never scaled), median of 3, with charts (PNG,
+# matplotlib: installed into the venv as the "lab" extra when missing). Full scale
+# (issue 9 sizes): BENCH_FULL=1 make bench. BENCH_PROFILE=lan is the old run (0 and 20 ms,
+# MANY, TINY, FEW), BENCH_PROFILE=wan the long link only (50 and 100 ms, MANY, FEW, BIG).
+# Other knobs (env): BENCH_METHODS (a comma list: only those), BENCH_SERIES (MANY: the
+# dataset of the time series chart), BENCH_ONE_CONNECTION (1: also DIRECT on one ssh
+# connection, the pre-issue-19 baseline), BENCH_RTTS (the profile's),
 # BENCH_REPEATS (3), BENCH_DATASETS (MANY,TINY,FEW), BENCH_KETTER (api | cli | api,cli),
 # BENCH_<MANY|TINY|FEW>_<FILES|BYTES>, LAB_RATE (1gbit), LAB_DIR, BENCH_OUT (JSON path;
 # the markdown table is written next to it), BENCH_STORAGE (disk | tmpfs), BENCH_VERIFY
@@ -32,6 +38,9 @@ teardown() {
 }
 
 bash "$repo/scripts/bootstrap.sh" lab
+"$py" -c 'import matplotlib' 2>/dev/null || "$py" -m pip install -q "$repo[lab]"
+export BENCH_PROFILE="${BENCH_PROFILE:-all}"
+if [ "${BENCH_FULL:-0}" = 1 ]; then export BENCH_SCALE="${BENCH_SCALE:-1}"; else export BENCH_SCALE="${BENCH_SCALE:-0.25}"; fi
 trap teardown EXIT
 if [ "$storage" = tmpfs ]; then
   mkdir -p "$data"

@@ -1,6 +1,8 @@
 """Bench datasets in LAB-side storage: MANY (Pro Tools-like session), TINY, FEW.
 
-Sizes follow issue 9 (MANY 2,000 x 1 MiB, TINY 2,000 x 1 KiB, FEW 4 x 512 MiB).
+Sizes follow issue 9 (MANY 2,000 x 1 MiB, TINY 2,000 x 1 KiB, FEW 4 x 512 MiB) and
+issue 19 (BIG: one 400 MiB render; never scaled: below two streams' worth, 128 MiB, a
+file is not split, so a scaled BIG would measure nothing new).
 ``BENCH_SCALE`` scales file *sizes* for a quick run, never file counts, so the
 planner sees the same counts and makes the same choice as in a full run.
 Content is random (zip -0 and rsync cannot shrink it). A dataset is rebuilt
@@ -20,7 +22,7 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Dataset:
-    name: str        # MANY | TINY | FEW
+    name: str        # MANY | TINY | FEW | BIG
     root_name: str   # basename of the source directory (what lands under the target)
     n_files: int
     file_bytes: int
@@ -31,7 +33,7 @@ class Dataset:
 
 
 def datasets_from_env(env: dict[str, str]) -> list[Dataset]:
-    """The three datasets, scaled by BENCH_SCALE, each overridable by BENCH_<NAME>_FILES/_BYTES."""
+    """The datasets, scaled by BENCH_SCALE, each overridable by BENCH_<NAME>_FILES/_BYTES."""
     scale = float(env.get("BENCH_SCALE", "1"))
 
     def ds(name: str, root: str, n: int, size: int, scaled: bool = True) -> Dataset:
@@ -43,6 +45,7 @@ def datasets_from_env(env: dict[str, str]) -> list[Dataset]:
         ds("MANY", "Session", 2000, MIB),
         ds("TINY", "Tiny", 2000, 1024, scaled=False),
         ds("FEW", "Renders", 4, 512 * MIB),
+        ds("BIG", "Render", 1, 400 * MIB, scaled=False),
     ]
 
 
@@ -60,6 +63,8 @@ def _layout(ds: Dataset) -> list[str]:
         return _many_layout(ds.n_files)
     if ds.name == "FEW":
         return [f"Mix_v{i + 1}_stems.wav" for i in range(ds.n_files)]
+    if ds.name == "BIG":
+        return [f"final_{i + 1}.mov" for i in range(ds.n_files)]
     return [f"dir{i // 100:02d}/note_{i:05d}.txt" for i in range(ds.n_files)]
 
 

@@ -140,6 +140,11 @@ def describe_result(result: TransferResult, delivered: str | None = None) -> str
          + (f", {result.streams} streams" if result.streams > 1 else "")),
         f"  phases: {phases}",
     ]
+    if result.rtt_s is not None:  # a big job over ssh measured its path (issue 19)
+        send = (f", send {result.send_rate_bytes_s / 1e6:.1f} MB/s"
+                if result.send_rate_bytes_s else "")
+        lines.append(f"  path: RTT {result.rtt_s * 1000:.1f} ms, "
+                     f"{result.connections} ssh connections{send}")
     if result.strategy is TransferStrategy.ZIP_FIRST:
         lines.append("  (zip, send and unzip overlap chunk by chunk: their times add up to "
                      "more than the total)")

@@ -6,17 +6,18 @@ and host key), create the target, rsync (phase ``send``) into the job's staging
 directory, verify it, rename it into place (``delivery``), and for a move delete the
 source only after the rename.
 
-Streams (``options.direct_streams``, planned by ``streams.plan_streams``): a local
+Streams (``options.direct_streams``, planned by ``streams.plan_streams``): the
 source directory's files are split by size into N lists; N rsyncs run at once, each
-``--files-from`` its list, all into the same staging tree and over the job's one ssh
-master (each rsync's ssh is a session on it). Then one final pass, the very rsync a
-single stream runs (``--delete`` included), sends what the lists do not carry
-(directories, empty ones included, symlinks), gives every directory its mode and
-mtime, removes strays (a killed rsync's temp file) and finds the files already
-there. A remote source, a single file, a tree too small for a second stream (see
-``streams``), or a merge into an existing tree (its folders may be read-only: one
-rsync lends itself write access to them, a stream must not touch folder modes) runs
-that one rsync alone, exactly as before.
+``--files-from`` its list, all into the same staging tree. A local source pushes; an
+ssh source (a pull) is listed once (the listing every job makes anyway) and split the
+same way: the lists stay local and each rsync sends its own to the remote sender.
+Then one final pass, the very rsync a single stream runs (``--delete`` included),
+sends what the lists do not carry (directories, empty ones included, symlinks), gives
+every directory its mode and mtime, removes strays (a killed rsync's temp file) and
+finds the files already there. A single file, a tree too small for a second stream
+(see ``streams``), or a merge into an existing tree (its folders may be read-only:
+one rsync lends itself write access to them, a stream must not touch folder modes)
+runs that one rsync alone, exactly as before.
 
 As one job: progress is the sum of the streams' bytes, one cancel stops them all,
 and the first stream to fail stops the others; its error (not the cancellations it
@@ -30,10 +31,12 @@ import dataclasses
 import re
 import threading
 import time
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
 from mvp_core.transfer_engine import delivery as deliver
-from mvp_core.transfer_engine import preflight
+from mvp_core.transfer_engine import path as path_plan
+from mvp_core.transfer_engine import preflight, ranges
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
@@ -49,7 +52,7 @@ from mvp_core.transfer_engine.results import (
     TransferResult,
 )
 from mvp_core.transfer_engine.rsync import files_from_args, partial_dir_for, run_rsync
-from mvp_core.transfer_engine.ssh_master import job_ssh_session
+from mvp_core.transfer_engine.ssh_master import job_ssh_endpoint, job_ssh_session
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
     check_job,
@@ -97,9 +100,14 @@ def _run_transfer(
         clock.warn(loss)
     options = dataclasses.replace(options, partial_dir=partial_dir_for(source.entries))
     # The streams of a send into staging: split once, whichever way the target is looked at.
-    plan = plan_job_streams(job, source, options)
-    send = _Send(job, source, plan, options, clock, progress, cancel, started)
-    if _guard_worth(job, plan, options):
+    # A big job over ssh: the path measured once, the streams sized to it.
+    facts = path_plan.plan_path(job_ssh_endpoint(job), source.total_bytes, options, cancel)
+    # On a long path a big file goes as byte ranges, one connection each (``ranges``).
+    pieces = split_job(job, source, options, facts.channels)
+    plan = plan_job_streams(job, source, options, connections=facts.channels,
+                            split=pieces)
+    send = _Send(job, source, plan, options, clock, progress, cancel, started, facts, pieces)
+    if _guard_worth(job, plan, options) and not pieces:
         try:
             return send.run(deliver.assume_fresh(job), guarded=True)
         except deliver.TargetNotFresh:
@@ -131,36 +139,53 @@ class _Send:
     progress: ProgressCallback | None
     cancel: CancelToken | None
     started: float
+    facts: path_plan.PathFacts = path_plan.LAN
+    pieces: list[ranges.Range] = dataclasses.field(default_factory=list)
 
     def run(self, delivery: deliver.Delivery, *, guarded: bool) -> TransferResult:
         job, source, options, clock = self.job, self.source, self.options, self.clock
         warnings: tuple[str, ...] = ()
         used = 0
+        sent_rate: float | None = None
+        # A merge writes into existing files: never at offsets, one rsync as before.
+        pieces = [] if delivery.in_place else self.pieces
+        if pieces and options.verify != "checksum":
+            # A range that never came leaves the right size: only content can tell.
+            options = dataclasses.replace(options, verify="checksum", verify_copy=True)
         with deliver.discard_on_failure(job, options, clock, self.cancel):
             if not delivery.delivered:
                 plan = (plan_job_streams(job, source, options, in_place=True)
                         if delivery.in_place else self.staged_plan)
-                lists, note = _write_lists(job, plan, options) if len(plan) > 1 else ([], None)
+                # With ranges, a lone rest stream is left to the final pass.
+                plan = [] if pieces and len(plan) == 1 else plan
+                lists, note = (_write_lists(job, plan, options, pieces)
+                               if len(plan) > 1 or pieces else ([], None))
                 if note is not None:
-                    plan = [_one_rsync(source)]
-                used = len(plan)
+                    plan, pieces = [_one_rsync(source)], []
+                used = len(plan) + len(pieces)
                 # The staged tree is this job's alone: whatever an earlier attempt left
                 # that the source lacks (a killed rsync's temp file) goes.
                 # Merging, rsync's quick check (size + mtime) would skip a stale file of
                 # the same size and time: with content verification it compares content.
                 extra = (("--checksum",) if options.verify == "checksum" else ()
                          ) if delivery.in_place else ("--delete",)
+                send_began = time.monotonic()
                 try:
                     with clock.phase("send", files=source.n_files, bytes=source.total_bytes,
-                                     streams=used, guarded=guarded) as info, \
+                                     streams=used, guarded=guarded,
+                                     **self._path_details(used)) as info, \
                             diagnose_no_space(delivery.write_dir, source.total_bytes, options):
-                        if used == 1:
+                        if used == 1 and not pieces:
                             warnings = self._one(delivery, extra, guarded)
                         else:
                             warnings = _run_streams(
-                                job, plan, lists, delivery.write_dir, options, extra=extra,
+                                job, plan, lists, delivery, options, extra=extra,
                                 source=source, progress=self.progress, cancel=self.cancel,
-                                info=info)
+                                info=info, separate=self.facts.separate,
+                                pieces=pieces, pool=_slots(options, self.facts.channels))
+                        sent_rate = path_plan.rate(source.total_bytes,
+                                                   time.monotonic() - send_began)
+                        info["rate_bytes_s"] = sent_rate
                 finally:
                     _remove(lists)
                 if note is not None:
@@ -175,9 +200,24 @@ class _Send:
             phase_timings=dict(clock.timings),
             warnings=(*warnings, *clock.warnings),
             streams=used,
+            connections=self._connections(used),
+            rtt_s=self.facts.rtt_s,
+            send_rate_bytes_s=sent_rate,
             files=final.files,
             algorithm=final.algorithm,
         )
+
+    def _connections(self, used: int) -> int:
+        """ssh connections the send used at once: one per transfer on a long path (up to
+        its slots), else the master."""
+        if used == 0 or job_ssh_endpoint(self.job) is None:
+            return 0
+        if used > 1 and self.facts.separate:
+            return min(used, _slots(self.options, self.facts.channels))
+        return 1
+
+    def _path_details(self, used: int) -> dict[str, object]:
+        return {**self.facts.details(), "connections": self._connections(used)}
 
     def _one(self, delivery: deliver.Delivery, extra: tuple[str, ...], guarded: bool
              ) -> tuple[str, ...]:
@@ -201,14 +241,37 @@ def _one_rsync(source: TreeListing) -> Stream:
     return Stream((), source.total_bytes)
 
 
-def plan_job_streams(job: TransferJob, source: TreeListing, options: EngineOptions, *,
-                     in_place: bool = False) -> list[Stream]:
-    """The streams this job's send runs: one unless the source is a local directory
-    worth splitting and the tree is written into staging (not merged in place)."""
-    if in_place or not isinstance(job.source, LocalEndpoint) or not source.is_dir:
-        return [_one_rsync(source)]
+def _slots(options: EngineOptions, channels: int) -> int:
+    """Transfers a job on a long path runs at once: one per channel it needs, and never
+    fewer than the streams it would run on a LAN."""
+    return max(channels, options.direct_streams)
+
+
+def split_job(job: TransferJob, source: TreeListing, options: EngineOptions,
+              connections: int) -> list[ranges.Range]:
+    """The byte ranges of this job's big files on a path of several channels (not
+    under a ``--bwlimit``: only rsync keeps to it)."""
+    if (connections <= 1 or options.bwlimit_kib_s or job_ssh_endpoint(job) is None):
+        return []
     files = [(rel, size) for rel, (kind, size) in source.entries.items() if kind == FILE]
-    plan = streams_plan.plan_streams(files, options.direct_streams,
+    pieces, _whole = ranges.split(files, source.stamps, _slots(options, connections),
+                                  min_range=streams_plan.MIN_STREAM_BYTES)
+    return pieces
+
+
+def plan_job_streams(job: TransferJob, source: TreeListing, options: EngineOptions, *,
+                     in_place: bool = False, connections: int = 1,
+                     split: list[ranges.Range] | None = None) -> list[Stream]:
+    """The streams this job's send runs: one unless the source directory (local, or on
+    an ssh host: a pull, listed once by ``list_source``) is worth splitting and the
+    tree is written into staging (not merged in place)."""
+    if in_place or not source.is_dir:
+        return [_one_rsync(source)]
+    cut = {r.rel for r in split or ()}
+    files = [(rel, size) for rel, (kind, size) in source.entries.items()
+             if kind == FILE and rel not in cut]
+    # A long path asks for as many streams as it has connections to fill.
+    plan = streams_plan.plan_streams(files, max(options.direct_streams, connections),
                                      min_stream_bytes=streams_plan.MIN_STREAM_BYTES)
     return plan if len(plan) > 1 else [_one_rsync(source)]
 
@@ -244,18 +307,20 @@ def cleanup_stream_lists(job: TransferJob, options: EngineOptions) -> int:
     return removed
 
 
-def _write_lists(job: TransferJob, plan: list[Stream], options: EngineOptions
-                 ) -> tuple[list[Path], str | None]:
-    """Write each stream's ``--files-from`` list; on failure, a warning instead (the
-    job then runs one rsync, slower but whole)."""
+def _write_lists(job: TransferJob, plan: list[Stream], options: EngineOptions,
+                 pieces: list[ranges.Range] | None = None) -> tuple[list[Path], str | None]:
+    """Write each stream's ``--files-from`` list (and, after them, the list of the files
+    sent as ranges, for the rsync that gives them their attributes); on failure, a
+    warning instead (the job then runs one rsync, slower but whole)."""
     cleanup_stream_lists(job, options)
     paths: list[Path] = []
+    split = [rel for rel in ranges.list_of(pieces or ()) if rel]
     try:
         Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
-        for index, stream in enumerate(plan):
+        for index, files in enumerate([*(st.files for st in plan), *([split] if split else [])]):
             path = stream_list_path(job, options, index)
             paths.append(path)
-            path.write_bytes(streams_plan.encode_list(job.source.name, stream.files))
+            path.write_bytes(streams_plan.encode_list(job.source.name, files))
     except OSError as exc:
         _remove(paths)
         return [], f"could not write the stream lists in {options.temp_dir} ({exc}): one stream"
@@ -277,11 +342,12 @@ class _Meter:
     """Adds the streams' progress into one ``Progress`` for the job (calls serialised:
     the caller's callback never runs in two threads at once)."""
 
-    def __init__(self, plan: list[Stream], source: TreeListing,
+    def __init__(self, plan: Sequence[Stream | ranges.Range], source: TreeListing,
                  progress: ProgressCallback | None) -> None:
         self.lock = threading.Lock()
         self.bytes = [0] * len(plan)
         self.files = [0] * len(plan)
+        self.skipped = 0  # bytes of ranges an earlier attempt sent
         self.total = source.total_bytes
         self.files_total = source.n_files
         self.progress = progress
@@ -293,14 +359,21 @@ class _Meter:
                 self.bytes[index] = p.bytes_done
                 if p.files_done is not None:
                     self.files[index] = p.files_done
-                self._emit(sum(self.bytes))
+                self._emit(sum(self.bytes) + self.skipped)
+        return update
+
+    def range_(self, index: int) -> ranges.Report:
+        def update(sent: int) -> None:
+            with self.lock:
+                self.bytes[index] = sent
+                self._emit(sum(self.bytes) + self.skipped)
         return update
 
     def final_pass(self, p: Progress) -> None:
         with self.lock:
             # What the final pass itself had to send (0 and 0 when the streams did it all).
             self.final_bytes, self.final_files = p.bytes_done, p.files_done or 0
-            self._emit(max(sum(self.bytes), p.bytes_done))
+            self._emit(max(sum(self.bytes) + self.skipped, p.bytes_done))
 
     def _emit(self, done: int) -> None:
         if self.progress is not None:
@@ -312,7 +385,7 @@ def _run_streams(
     job: TransferJob,
     plan: list[Stream],
     lists: list[Path],
-    write_dir: Endpoint,
+    delivery: deliver.Delivery,
     options: EngineOptions,
     *,
     extra: tuple[str, ...],
@@ -320,36 +393,72 @@ def _run_streams(
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
     info: dict[str, object],
+    separate: bool = False,
+    pieces: list[ranges.Range] | None = None,
+    pool: int = 1,
 ) -> tuple[str, ...]:
-    """Run the streams at once, then the final full pass; returns rsync's warnings."""
-    n = len(plan)
-    meter = _Meter(plan, source, progress)
+    """Run the streams (and byte ranges) at once, then the final full pass; returns
+    rsync's warnings. ``separate``: each stream opens its own ssh connection (a long
+    path) instead of a session on the job's master; the final pass stays on the master.
+    Ranges (``ranges``) share ``pool`` connections with the streams, largest first;
+    those an earlier attempt finished are skipped."""
+    write_dir = delivery.write_dir
+    pieces = pieces or []
+    done = ranges.done_marks(delivery.root, options, cancel) if pieces else frozenset()
+    todo = [r for r in pieces if r.mark not in done]
+    items: list[Stream | ranges.Range] = sorted(
+        [*plan, *todo], key=lambda item: -item.bytes)
+    n = len(items)
+    workers = max(1, min(n, max(pool, len(plan)) if pieces else n))
+    meter = _Meter(items, source, progress)
+    meter.skipped = sum(r.bytes for r in pieces if r.mark in done)
     stop = CancelToken(parent=cancel)  # the job's cancel, or a sibling's failure
     failures: list[BaseException] = []
     warnings: list[tuple[str, ...]] = [()] * n
     seconds = [0.0] * n
     # --bwlimit is per rsync: share the job's limit so N streams keep within it.
-    each = (dataclasses.replace(options, bwlimit_kib_s=max(1, options.bwlimit_kib_s // n))
+    each = (dataclasses.replace(options, bwlimit_kib_s=max(1, options.bwlimit_kib_s // workers))
             if options.bwlimit_kib_s else options)
-    parent = LocalEndpoint(Path(job.source.path).absolute().parent)
+    if separate:
+        each = path_plan.own_connection(each)
+    parent = source_parent(job.source)
+    list_of = {id(st): lists[i] for i, st in enumerate(plan)}
+    queue = list(range(n))
+    queue_lock = threading.Lock()
 
-    def work(index: int) -> None:
-        began = time.monotonic()
-        try:
-            _result, warnings[index] = run_rsync(
-                parent, write_dir, each, bytes_total=plan[index].bytes,
-                files_total=plan[index].n_files, progress=meter.stream(index),
-                cancel=stop, extra=files_from_args(lists[index]))
-        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread below
-            with meter.lock:
-                failures.append(exc)
-            stop.cancel()
-        finally:
-            seconds[index] = round(time.monotonic() - began, 3)
+    def run_one(index: int) -> None:
+        item = items[index]
+        if isinstance(item, ranges.Range):
+            report = meter.range_(index)
+            ranges.send_range(item, job.source, delivery.staged, delivery.root, each,
+                              cancel=stop, report=report)
+            return
+        _result, warnings[index] = run_rsync(
+            parent, write_dir, each, bytes_total=item.bytes, files_total=item.n_files,
+            progress=meter.stream(index), cancel=stop, extra=files_from_args(list_of[id(item)]))
+
+    def work() -> None:
+        while not stop.cancelled:
+            with queue_lock:
+                if not queue:
+                    return
+                index = queue.pop(0)
+            began = time.monotonic()
+            try:
+                run_one(index)
+            except BaseException as exc:  # noqa: BLE001 - handed to the job's thread below
+                with meter.lock:
+                    failures.append(exc)
+                stop.cancel()
+            finally:
+                seconds[index] = round(time.monotonic() - began, 3)
 
     info.update(stream_files=[s.n_files for s in plan], stream_bytes=[s.bytes for s in plan])
-    threads = [threading.Thread(target=work, args=(i,), name=f"ketter-stream-{i}", daemon=True)
-               for i in range(n)]
+    if pieces:
+        info.update(ranges=len(pieces), ranges_resumed=len(pieces) - len(todo),
+                    range_files=len(ranges.list_of(pieces)))
+    threads = [threading.Thread(target=work, name=f"ketter-stream-{i}", daemon=True)
+               for i in range(workers)]
     try:
         for thread in threads:
             thread.start()
@@ -363,12 +472,17 @@ def _run_streams(
             for thread in threads:
                 if thread.ident is not None:
                     thread.join()
-        info["stream_s"] = list(seconds)
+        where = {id(item): i for i, item in enumerate(items)}
+        info["stream_s"] = [seconds[where[id(st)]] if id(st) in where else 0.0 for st in plan]
     if failures:
         raise _first_failure(failures, cancel)
+    if cancel is not None and cancel.cancelled:
+        raise TransferCancelledError("cancelled during the streams")
 
     began = time.monotonic()
     try:
+        if pieces:
+            _give_attributes(job, pieces, lists[len(plan):], write_dir, options, cancel)
         _result, last = run_rsync(job.source, write_dir, options,
                                   bytes_total=source.total_bytes, files_total=source.n_files,
                                   progress=meter.final_pass, cancel=cancel, extra=extra)
@@ -376,6 +490,27 @@ def _run_streams(
         info.update(final_pass_s=round(time.monotonic() - began, 3),
                     final_pass_bytes=meter.final_bytes, final_pass_files=meter.final_files)
     return tuple(dict.fromkeys(w for ws in (*warnings, last) for w in ws))
+
+
+def _give_attributes(job: TransferJob, pieces: list[ranges.Range], split_list: list[Path],
+                     write_dir: Endpoint, options: EngineOptions,
+                     cancel: CancelToken | None) -> None:
+    """The files sent as ranges get their mode and exact mtime from an rsync that sends
+    no data (same size: ``--size-only``), so the final pass's quick check passes them."""
+    if split_list:
+        run_rsync(source_parent(job.source), write_dir, options, cancel=cancel,
+                  extra=(*files_from_args(split_list[0]), "--size-only"))
+    elif any(not r.rel for r in pieces):  # the job's source is the one file
+        run_rsync(job.source, write_dir, options, cancel=cancel, extra=("--size-only",))
+
+
+def source_parent(source: Endpoint) -> Endpoint:
+    """The folder holding the source: each stream's list names ``<basename>/<rel>``
+    relative to it. For a pull the list stays local: rsync sends it to the remote
+    sender, so no name passes through the remote shell."""
+    if isinstance(source, SshEndpoint):
+        return dataclasses.replace(source, path=PurePosixPath(source.path).parent)
+    return LocalEndpoint(Path(source.path).absolute().parent)
 
 
 def _first_failure(failures: list[BaseException], cancel: CancelToken | None

@@ -35,6 +35,13 @@ class EngineOptions:
     # DIRECT: how many rsync streams share the work (files split by size so they end
     # together; one file is never split). 1 = one rsync, as before.
     direct_streams: int = 4
+    # Long links (``path``): at most this many transfers at once (streams, byte ranges),
+    # sized to the bandwidth-delay product of ``link_bytes_s`` and the measured RTT, each
+    # its own ssh connection beyond one TCP window; 1 = every stream a session on the
+    # job's one master and no ranges, as on a LAN.
+    ssh_max_connections: int = 8
+    # The link rate the connections are sized for (bytes/s): 1 gbit.
+    link_bytes_s: int = 125_000_000
     # ZIP_FIRST: target size of one chunk (a zip of whole files); trees under it stay
     # one zip. Chunks are built, sent and extracted in a pipeline. 128 MiB: the lab's
     # MANY at 20 ms took 21.8 s with 128 MiB chunks, 22.0 s with 64, 25.8 s with 256

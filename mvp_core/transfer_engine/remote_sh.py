@@ -400,3 +400,35 @@ done
 
 # $1 a folder: how many files are under it (the DKU's smoke run; its own plain names).
 COUNT_FILES = 'find "$1" -type f | wc -l'
+
+
+# ---------------------------------------------------------------- issue 19: long links
+# Scripts of the path probe and of a big file split into byte ranges (``path``,
+# ``ranges``). POSIX sh and dd only (dd's bs/skip/seek/count and conv=notrunc exist in
+# GNU and BSD dd alike; no GNU-only iflag/oflag): they run on Linux and macOS hosts.
+
+RTT_READY = b"ketter-rtt:"
+RTT_DONE = b":ketter-rtt"
+# Prints RTT_READY, waits for one line from us, prints RTT_DONE: the time between our
+# line and RTT_DONE is one round trip.
+RTT_PROBE = "printf 'ketter-rtt:'; IFS= read -r x; printf ':ketter-rtt'"
+
+# A big file split into byte ranges (``ranges``): blocks of $2 bytes, aligned, so plain
+# dd skip/seek do (no GNU iflag=skip_bytes). dd prints its count of bytes first on its
+# last stderr line in GNU ("N bytes (..) copied") and BSD ("N bytes transferred") alike.
+
+# $1 file, $2 block size, $3 first block, $4 blocks: that range of the file on stdout.
+RANGE_READ = 'exec dd if="$1" bs="$2" skip="$3" count="$4"'
+
+# $1 the staged file (created if missing, never truncated), $2 block size, $3 first
+# block, $4 the range's marker (made only once every byte arrived), $5 the range's
+# length: stdin written at that offset. Exit 6: fewer bytes than $5 came (a cut link).
+RANGE_WRITE = (
+    'f=$1; m=$4; mkdir -p -- "$(dirname -- "$f")" "$(dirname -- "$m")" || exit 3; '
+    'n=$(dd of="$f" bs="$2" seek="$3" conv=notrunc 2>&1) || { printf "%s\\n" "$n" >&2; '
+    'exit 3; }; n=$(printf "%s\\n" "$n" | tail -n 1); n=${n%% *}; '
+    '[ "$n" = "$5" ] || { echo "range cut short: $n of $5 bytes" >&2; exit 6; }; : > "$m"'
+)
+
+# $1 a folder of range markers: their names, one per line (none if it is missing).
+RANGE_MARKS = 'cd -- "$1" 2>/dev/null || exit 0; for f in *; do [ -e "$f" ] && printf "%s\\n" "$f"; done; exit 0'

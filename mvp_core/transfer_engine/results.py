@@ -113,6 +113,12 @@ class TransferResult:
     # DIRECT: how many rsync streams carried the files (0: nothing was sent, an earlier
     # attempt had already delivered the tree). ZIP_FIRST: 1.
     streams: int = 1
+    # The path (``path``): ssh connections the send used (0: a local job, or nothing
+    # sent), the round trip measured (None: not measured, a small or local job) and the
+    # send's achieved rate in bytes/s.
+    connections: int = 0
+    rtt_s: float | None = None
+    send_rate_bytes_s: float | None = None
     # The delivery receipt: every delivered file with its size, mtime and content hash
     # (empty with verify=size), and the hash algorithm used (None: sizes only).
     files: tuple[DeliveredFile, ...] = ()

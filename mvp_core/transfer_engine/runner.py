@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import BinaryIO, TypedDict
 
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
@@ -120,6 +120,19 @@ def _feed(stream: object, data: bytes) -> None:
         pass
 
 
+def _feed_from(stream: object, feed: Callable[[BinaryIO], None]) -> None:
+    """Let ``feed`` write a child's stdin (a byte range of a big file), then close it."""
+    try:
+        feed(stream)  # type: ignore[arg-type]
+    except (OSError, ValueError):  # the child exited early: its exit code says why
+        pass
+    finally:
+        try:
+            stream.close()  # type: ignore[attr-defined]
+        except (OSError, ValueError):
+            pass
+
+
 def _emit(raw: bytes, tail: deque[str], on_line: LineCallback | None) -> None:
     line = raw.decode("utf-8", "replace")
     tail.append(line)
@@ -130,13 +143,14 @@ def _emit(raw: bytes, tail: deque[str], on_line: LineCallback | None) -> None:
             pass
 
 
-def _spawn(argv: tuple[str, ...], *, stdin: int, output: int, cwd: str | None = None
-           ) -> subprocess.Popen[bytes]:
+def _spawn(argv: tuple[str, ...], *, stdin: int, output: int, cwd: str | None = None,
+           stdout: int | None = None) -> subprocess.Popen[bytes]:
     """Start a child the one careful way: own process group, dies with us; a missing
     program becomes ``RemoteCommandMissingError``."""
     try:
         return subprocess.Popen(
-            argv, stdin=stdin, stdout=output, stderr=output, cwd=cwd,
+            argv, stdin=stdin, stdout=output if stdout is None else stdout, stderr=output,
+            cwd=cwd,
             start_new_session=True,
             # Only prctl + getppid run between fork and exec: async-signal-safe enough,
             # and the one way to tie the child's life to ours (see module docstring).
@@ -208,6 +222,8 @@ def run_command(
     capture_stdout: bool = False,
     stdin_pipe: bool = False,
     input_bytes: bytes | None = None,
+    stdin_from: Callable[[BinaryIO], None] | None = None,
+    stdout_to: int | None = None,
 ) -> CommandResult:
     """Run ``argv`` to completion and return its exit code and output tails.
 
@@ -215,6 +231,9 @@ def run_command(
     ``stdin_pipe`` gives the child a stdin that stays open (never written) until it
     ends: a remote command can watch it to learn that we were killed or cancelled.
     ``input_bytes``: written to the child's stdin (from a thread), which is then closed.
+    ``stdin_from``: called (in a thread) with the child's stdin to write it, e.g. a byte
+    range of a big file, streamed; closed after. ``stdout_to``: a file descriptor the
+    child writes its stdout into directly (a byte range landing in a file, no copy here).
     Raises ``TransferCancelledError`` if ``cancel`` fires (the child group is
     killed first) and ``RemoteCommandMissingError`` if the program is not installed.
     """
@@ -223,9 +242,9 @@ def run_command(
     if cancel is not None and cancel.cancelled:
         raise TransferCancelledError(f"cancelled before {label} started", argv=argv)
     started = time.monotonic()
-    piped = stdin_pipe or input_bytes is not None
+    piped = stdin_pipe or input_bytes is not None or stdin_from is not None
     proc = _spawn(argv, stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
-                  output=subprocess.PIPE, cwd=cwd)
+                  output=subprocess.PIPE, cwd=cwd, stdout=stdout_to)
 
     out_tail: deque[str] = deque(maxlen=tail_lines)
     err_tail: deque[str] = deque(maxlen=tail_lines)
@@ -237,11 +256,14 @@ def run_command(
                               daemon=True)
     )
     pumps = [
-        out_reader,
+        *((out_reader,) if stdout_to is None else ()),
         threading.Thread(target=_pump, args=(proc.stderr, err_tail, on_stderr_line), daemon=True),
     ]
     if input_bytes is not None:
         pumps.append(threading.Thread(target=_feed, args=(proc.stdin, input_bytes), daemon=True))
+    if stdin_from is not None:
+        pumps.append(threading.Thread(target=_feed_from, args=(proc.stdin, stdin_from),
+                                      daemon=True))
     for t in pumps:
         t.start()
     exited = _reaper(proc)

@@ -24,6 +24,9 @@ measured), so up to ``send_streams(options)`` = min(``direct_streams``,
 ``MAX_SEND_STREAMS`` = 2) chunks are sent at once, each by its own rsync over the
 shared master. A third stream would add at most the last ~5% of the link and cost a
 fourth chunk of temp space on each side; ``direct_streams=1`` gives one send at a time.
+On a long path (``path``: the job measured its RTT and needs several channels) as many
+chunks are sent at once as DIRECT would run transfers, each on its own ssh connection
+when the path needs separate ones, and the temp slots grow with them (S+1 per side).
 
 Temp space: a zip is removed locally once sent and remotely once extracted, and a
 stage waits for a free slot (``temp_slots``: S+1 zips per side with S sends, 2 for a
@@ -63,6 +66,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from mvp_core.transfer_engine import delivery as deliver
+from mvp_core.transfer_engine import path as path_plan
 from mvp_core.transfer_engine import preflight, remote_sh
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.chunks import Chunk, ChunkPlan, plan_chunks
@@ -125,14 +129,17 @@ AS_IS_LIST_SUFFIX = ".files"
 T = TypeVar("T")
 
 
-def send_streams(options: EngineOptions) -> int:
-    """How many chunks are sent at once: min(direct_streams, MAX_SEND_STREAMS), at least 1."""
+def send_streams(options: EngineOptions, connections: int = 1) -> int:
+    """How many chunks are sent at once: min(direct_streams, MAX_SEND_STREAMS), at least 1;
+    on a long path (``path``: several connections) one per connection, each its own."""
+    if connections > 1:
+        return connections
     return max(1, min(options.direct_streams, MAX_SEND_STREAMS))
 
 
-def temp_slots(options: EngineOptions, *, remote_target: bool) -> int:
+def temp_slots(options: EngineOptions, *, remote_target: bool, connections: int = 1) -> int:
     """Zips each side may hold at once: S being sent + one built / extracted."""
-    return send_streams(options) + 1 if remote_target else PIPELINE_DEPTH
+    return send_streams(options, connections) + 1 if remote_target else PIPELINE_DEPTH
 
 
 def _stem(job_id: str, *, remote: bool = False) -> str:
@@ -267,10 +274,14 @@ def _run_zip_first(
     delivery = deliver.prepare(job, options, cancel, resumable=True,
                                chunk_plan=chunk_plan.digest,
                                target_dirs=(remote_dir,) if job.target.is_remote else ())
+    # A long path: the chunks go over as many separate connections as it needs.
+    facts = (path_plan.plan_path(job.target, manifest.total_bytes, options, cancel)
+             if isinstance(job.target, SshEndpoint) and chunk_plan.chunked else path_plan.LAN)
     with deliver.discard_on_failure(job, options, clock, cancel):
         if not delivery.delivered:
             pipeline = _Pipeline(job, delivery, manifest, chunk_plan, delivery.extracted,
-                                 options, clock, progress, cancel)
+                                 options, clock, progress, cancel, facts.channels,
+                                 separate=facts.separate)
             try:
                 pipeline.run()
                 if chunk_plan.chunked or delivery.in_place:
@@ -306,6 +317,8 @@ def _run_zip_first(
         duration_s=time.monotonic() - started,
         phase_timings=dict(clock.timings),
         warnings=(*warnings, *clock.warnings),
+        connections=(facts.channels if facts.separate else 1) if job.target.is_remote else 0,
+        rtt_s=facts.rtt_s,
         files=final.files,
         algorithm=final.algorithm,
     )
@@ -409,7 +422,8 @@ class _Pipeline:
     def __init__(self, job: TransferJob, delivery: deliver.Delivery, manifest: Manifest,
                  plan: ChunkPlan, done: frozenset[int], options: EngineOptions,
                  clock: PhaseClock, progress: ProgressCallback | None,
-                 cancel: CancelToken | None) -> None:
+                 cancel: CancelToken | None, connections: int = 1, *,
+                 separate: bool = False) -> None:
         self.job = job
         self.delivery = delivery
         self.manifest = manifest
@@ -422,8 +436,12 @@ class _Pipeline:
         # Set by the first stage that fails; reads as set once the job's token is.
         self.stop = CancelToken(parent=cancel)
         self.remote = isinstance(job.target, SshEndpoint)
-        self.streams = send_streams(options) if self.remote else 0
-        self.slots = temp_slots(options, remote_target=self.remote)
+        self.streams = send_streams(options, connections) if self.remote else 0
+        self.slots = temp_slots(options, remote_target=self.remote, connections=connections)
+        self.connections = (connections if separate else 1) if self.remote else 0
+        # Each send its own ssh connection on a long path; sessions on the master else.
+        self.send_options = (path_plan.own_connection(options) if separate and connections > 1
+                             else options)
         self.local_slots = threading.Semaphore(self.slots)
         self.remote_slots = threading.Semaphore(self.slots)
         self.lock = threading.Lock()
@@ -446,6 +464,7 @@ class _Pipeline:
             return {"chunks": len(self.plan), "chunk_bytes": self.plan.chunk_bytes,
                     "plan": self.plan.digest, "chunks_resumed": self.resumed,
                     "send_streams": self.streams, "peak_sends": self.peak_sends,
+                    "connections": self.connections,
                     "send_busy_s": round(busy, 3),
                     "peak_local_temp_bytes": self.peak_local,
                     "peak_remote_temp_bytes": self.peak_remote}
@@ -591,7 +610,7 @@ class _Pipeline:
         through rsync's partial dir, like DIRECT)."""
         parent = LocalEndpoint(Path(self.job.source.path).absolute().parent)
         _result, sent_warnings = run_rsync(
-            parent, self.delivery.write_dir, self.options, bytes_total=item.size,
+            parent, self.delivery.write_dir, self.send_options, bytes_total=item.size,
             files_total=1, progress=progress, cancel=self.stop,
             extra=files_from_args(item.local))
         self.warnings.extend(sent_warnings)
@@ -632,7 +651,8 @@ class _Pipeline:
                         # may be one folder (see _stem).
                         _result, sent_warnings = run_rsync(
                             LocalEndpoint(item.local),
-                            dataclasses.replace(remote_tmp, path=item.remote), self.options,
+                            dataclasses.replace(remote_tmp, path=item.remote),
+                            self.send_options,
                             bytes_total=item.size, files_total=1, progress=report,
                             cancel=self.stop, partial_dir=None, as_file=True)
                         self.warnings.extend(sent_warnings)

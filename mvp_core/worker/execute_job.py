@@ -319,6 +319,10 @@ class JobRun:
         payload = {
             "strategy": result.strategy.value,
             "streams": result.streams,
+            # The path (issue 19): ssh connections used, RTT measured, the send's rate.
+            "connections": result.connections,
+            "rtt_ms": None if result.rtt_s is None else round(result.rtt_s * 1000, 2),
+            "send_rate_bytes_per_s": result.send_rate_bytes_s,
             "files_copied": result.files_transferred,
             "bytes_copied": result.bytes_transferred,
             "duration_s": round(result.duration_s, 3),

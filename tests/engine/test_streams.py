@@ -21,6 +21,7 @@ from mvp_core.transfer_engine.endpoints import LocalEndpoint
 from mvp_core.transfer_engine.errors import (
     CommandFailedError,
     NoSpaceError,
+    SourceChangedError,
     TransferCancelledError,
 )
 from mvp_core.transfer_engine.execute import execute_plan
@@ -286,19 +287,95 @@ def test_default_floor_keeps_small_trees_on_one_rsync(tmp_path: Path, sshd: SshS
                 and list(Path(engine_options.temp_dir).iterdir()))
 
 
-def test_remote_source_and_single_file_stay_one_stream(tmp_path: Path, sshd: SshServer,
-                                                       engine_options: EngineOptions,
-                                                       low_floor: None) -> None:
+def test_a_single_file_stays_one_stream(tmp_path: Path, sshd: SshServer,
+                                        engine_options: EngineOptions,
+                                        low_floor: None) -> None:
     src = make_session_tree(tmp_path / "remote src", n_audio=6)
-    result = run_transfer(TransferJob(sshd.endpoint(src), LocalEndpoint(tmp_path / "here")),
-                          options=_opts(engine_options, 4))
-    assert result.streams == 1
-    assert_trees_identical(src, tmp_path / "here" / src.name)
     one = src / "Test Session.ptx"
-    result = run_transfer(TransferJob(LocalEndpoint(one), sshd.endpoint(tmp_path / "f")),
-                          options=_opts(engine_options, 4))
-    assert result.streams == 1
-    assert (tmp_path / "f" / one.name).read_bytes() == one.read_bytes()
+    for job in (TransferJob(LocalEndpoint(one), sshd.endpoint(tmp_path / "f")),
+                TransferJob(sshd.endpoint(one), LocalEndpoint(tmp_path / "g"))):
+        result = run_transfer(job, options=_opts(engine_options, 4))
+        assert result.streams == 1
+        assert (Path(str(job.target.path)) / one.name).read_bytes() == one.read_bytes()
+
+
+def test_a_pull_splits_into_streams(tmp_path: Path, sshd: SshServer,
+                                    engine_options: EngineOptions, low_floor: None) -> None:
+    """issue 18: a remote source is listed once and split like a push; the tree that
+    lands is the one a single rsync gives, hostile names and read-only folders too."""
+    src = _mixed_tree(tmp_path / "-remote src $HOME ; `x` 'q'")
+    reference = tree_snapshot(src)
+    landed = {}
+    for n in (1, 3):
+        here = tmp_path / f"here {n}"
+        events: list[PhaseEvent] = []
+        seen: list[Progress] = []
+        job = TransferJob(sshd.endpoint(src), LocalEndpoint(here), job_id=f"pull{n}")
+        result = run_transfer(job, options=_opts(engine_options, n), on_phase=events.append,
+                              progress=seen.append)
+        assert result.streams == n
+        send = _send_done(events)
+        assert send.status == "done" and send.details["streams"] == n
+        if n > 1:
+            assert sum(send.details["stream_files"]) == result.files_transferred
+            assert send.details["final_pass_files"] == 0  # the streams carried every file
+        done = [p.bytes_done for p in seen]
+        assert done == sorted(done) and done[-1] == result.bytes_transferred
+        landed[n] = here / src.name
+        assert_trees_identical(src, landed[n])
+        assert not (here / f".ketter-pull{n}").exists()
+    assert_trees_identical(landed[1], landed[3])
+    assert tree_snapshot(src) == reference
+    assert temp_leftovers(engine_options) == []
+    assert not list(tmp_path.rglob(".ketter-partial"))
+
+
+def test_a_pulled_move_deletes_the_remote_source_only_after_verify(
+        tmp_path: Path, sshd: SshServer, engine_options: EngineOptions,
+        low_floor: None) -> None:
+    src = _mixed_tree(tmp_path / "remote")
+    copy = _mixed_tree(tmp_path / "reference")
+    events: list[PhaseEvent] = []
+    existed_at_verify: list[bool] = []
+
+    def on_phase(e: PhaseEvent) -> None:
+        events.append(e)
+        if e.phase == "verify" and e.status == "done":
+            existed_at_verify.append(src.exists())
+
+    job = TransferJob(sshd.endpoint(src), LocalEndpoint(tmp_path / "here"), TransferMode.MOVE,
+                      job_id="pull-move")
+    result = execute_plan(decide_strategy(job), options=_opts(engine_options, 3),
+                          on_phase=on_phase)
+    assert result.streams == 3
+    order = [e.phase for e in events if e.status == "done"]
+    assert order == ["send", "verify", "deliver", "flush", "delete_source"]
+    verify = next(e for e in events if e.phase == "verify" and e.status == "done")
+    assert existed_at_verify == [True]
+    assert not src.exists()
+    assert_trees_identical(copy, tmp_path / "here" / src.name, root_mtime=False,
+                           dir_mtimes=True)
+    assert verify.details  # what was verified is said in the event
+
+
+def test_a_pulled_file_changed_during_the_send_is_not_deleted(
+        tmp_path: Path, sshd: SshServer, engine_options: EngineOptions,
+        low_floor: None) -> None:
+    """The move's guard holds for pulls: a remote file rewritten after the listing
+    (same size, new content) fails verification and nothing at the source goes."""
+    src = _slow_tree(tmp_path / "remote")
+    victim = src / "Audio Files" / "take 1.wav"
+
+    def on_phase(e: PhaseEvent) -> None:
+        if e.phase == "send" and e.status == "done":
+            victim.write_bytes(os.urandom(512 * 1024))
+
+    job = TransferJob(sshd.endpoint(src), LocalEndpoint(tmp_path / "here"), TransferMode.MOVE,
+                      job_id="pull-changed")
+    with pytest.raises(SourceChangedError, match="take 1.wav"):
+        run_transfer(job, options=_opts(engine_options, 3), on_phase=on_phase)
+    assert victim.exists() and len(list(src.rglob("*.wav"))) == 3
+    assert not (tmp_path / "here" / src.name).exists()
 
 
 def test_move_deletes_the_source_only_after_verify(tmp_path: Path, sshd: SshServer,

@@ -690,3 +690,31 @@ def test_merge_in_chunks_writes_into_the_existing_tree(tmp_path: Path, sshd: Ssh
     assert merged == tree_snapshot(src)  # dir modes and mtimes too, restored last
     assert sorted(os.listdir(out)) == [src.name]  # markers and staging root gone
     assert temp_leftovers(chunked) == []
+
+
+def test_on_a_long_path_chunks_go_over_separate_connections(
+        tmp_path: Path, far_sshd: SshServer, chunked: EngineOptions, src: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 19: through the 50 ms relay, the chunks' sends run one per measured
+    connection, each its own ssh connection (counted in sshd's log); unzips ride the
+    master."""
+    from mvp_core.transfer_engine import path
+    from tests.engine.conftest import settled_count
+
+    monkeypatch.setattr(path, "PROBE_MIN_BYTES", 1)
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), far_sshd.endpoint(out), job_id="far-chunks")
+    plan = decide_strategy(job, force=ZIP)
+    options = dataclasses.replace(chunked, ssh_max_connections=3)
+    before = settled_count(far_sshd)
+    events: list[PhaseEvent] = []
+    result = execute_plan(plan, options=options, on_phase=events.append)
+    made = settled_count(far_sshd) - before
+    n = len(_done(events, "send"))
+    assert n >= 12
+    assert _cleanup_details(events)["connections"] == 3
+    assert _cleanup_details(events)["send_streams"] == 3
+    assert result.connections == 3 and result.rtt_s is not None and result.rtt_s >= 0.05
+    assert made == 1 + n  # the master, then one connection per chunk sent
+    assert tree_snapshot(out / src.name) == reference

@@ -151,6 +151,10 @@ def test_direct_and_zip_first_to_ssh_portal(ketter_stack: Stack, api_client: htt
         assert events[-1]["payload"]["strategy"] == strategy
         # a 30-file tree is far under the 64 MiB a second stream must carry: one rsync
         assert events[-1]["payload"]["streams"] == 1
+        # issue 19: the path facts are in the done event; a small job is not probed
+        assert events[-1]["payload"]["rtt_ms"] is None
+        assert events[-1]["payload"]["connections"] in (0, 1)
+        assert events[-1]["payload"]["send_rate_bytes_per_s"] is None or strategy == "DIRECT"
 
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["worker_ok"] is True

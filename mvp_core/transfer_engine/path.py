@@ -1,0 +1,126 @@
+"""The path to the remote host: its round-trip time, and how many ssh connections fill it.
+
+Why: one ssh channel has at most ~2 MiB in flight (OpenSSH's channel window), so one
+connection moves at most ``window / RTT``: ~100 MB/s at 20 ms, ~20 MB/s at 100 ms.
+Streams that share the job's ssh master also share its one TCP connection and its
+one ssh process (a single core of crypto). A long link (a studio delivering to another
+city) therefore needs several separate connections; a LAN needs one and would only pay
+the extra handshakes.
+
+- **RTT**: measured in one ssh session over the job's master (``RTT_PROBE``): the time
+  from our "go" to the reply is one round trip (no handshake, no process start in it).
+  Only for jobs worth it (``PROBE_MIN_BYTES``): a small job saves its round trips.
+- **Channels**: the bandwidth-delay product over the channel window,
+  ``ceil(link rate × RTT / 2 MiB)``, at most ``ssh_max_connections``: how many
+  transfers the job runs at once (never fewer than its LAN streams). 1 (a LAN: 1 gbit ×
+  1 ms is far below one window) keeps today's behaviour exactly.
+- **Separate connections**: only when the product exceeds what one TCP connection
+  holds in flight (``TCP_WINDOW``, Linux's default ``tcp_wmem`` ceiling of 4 MiB): then
+  every transfer opens its own ssh connection; below it they are sessions on the
+  master, whose channels each have their own window. Measured (docs/lab_report.md, S6):
+  at 20 ms separate connections cost MANY 1.15x (extra ssh processes on a busy host,
+  handshakes) and bought nothing, so 20 ms (2.5 MB) stays on the master.
+- **Achieved rate**: the send's bytes over its seconds, reported with the two above in
+  the send phase's event and in the job's result, so the planner's calibration can
+  tell a WAN job from a LAN one.
+
+Pure except ``measure_rtt``, which runs one remote command through ``ssh``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+from mvp_core.transfer_engine import remote_sh
+from mvp_core.transfer_engine.endpoints import SshEndpoint
+from mvp_core.transfer_engine.errors import TransferError
+from mvp_core.transfer_engine.options import EngineOptions
+from mvp_core.transfer_engine.results import CancelToken
+from mvp_core.transfer_engine.runner import Conversation
+from mvp_core.transfer_engine.ssh import remote_command_argv
+
+SSH_CHANNEL_WINDOW = 2 * 1024 * 1024  # OpenSSH CHAN_SES_WINDOW_DEFAULT (64 × 32 KiB)
+TCP_WINDOW = 4 * 1024 * 1024  # Linux's default net.ipv4.tcp_wmem maximum
+PROBE_MIN_BYTES = 128 * 1024 * 1024  # two streams' floor: below it one stream runs anyway
+
+
+@dataclasses.dataclass(frozen=True)
+class PathFacts:
+    """What the engine learnt about the path of one job (None: not measured)."""
+
+    rtt_s: float | None
+    channels: int  # transfers at once the path needs (1: as on a LAN)
+    separate: bool = False  # each transfer its own ssh connection
+
+    @property
+    def connections(self) -> int:
+        """ssh connections the transfers use at most (the master alone: 1)."""
+        return self.channels if self.separate else 1
+
+    def details(self) -> dict[str, object]:
+        """For the send phase's event."""
+        return {"connections": self.connections,
+                "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 2)}
+
+
+LAN = PathFacts(None, 1)
+
+
+def connections_for(rtt_s: float | None, options: EngineOptions,
+                    window: int = SSH_CHANNEL_WINDOW) -> int:
+    """ssh channels (one transfer each) the bandwidth-delay product needs, within the
+    setting; separate connections when ``separate_for`` says so."""
+    if rtt_s is None or options.ssh_max_connections <= 1:
+        return 1
+    bdp = options.link_bytes_s * rtt_s
+    return max(1, min(options.ssh_max_connections, math.ceil(bdp / window)))
+
+
+def measure_rtt(endpoint: SshEndpoint, options: EngineOptions,
+                cancel: CancelToken | None = None) -> float | None:
+    """One round trip to ``endpoint``'s host in seconds, over the job's master; None
+    when the probe fails (the job then runs as on a LAN: nothing depends on it)."""
+    argv = remote_command_argv(endpoint, ("sh", "-c", remote_sh.RTT_PROBE), options)
+    try:
+        talk = Conversation(argv, what="measure the round trip")
+    except TransferError:
+        return None
+    try:
+        if talk.read_until(remote_sh.RTT_READY, cancel) is None:
+            return None
+        sent = time.monotonic()
+        talk.reply(b"go\n")
+        if talk.read_until(remote_sh.RTT_DONE, cancel) is None:
+            return None
+        return time.monotonic() - sent
+    finally:
+        talk.finish(cancel)
+
+
+def separate_for(rtt_s: float | None, options: EngineOptions) -> bool:
+    """More in flight than one TCP connection carries: the transfers need their own."""
+    return rtt_s is not None and options.link_bytes_s * rtt_s > TCP_WINDOW
+
+
+def plan_path(endpoint: SshEndpoint | None, total_bytes: int, options: EngineOptions,
+              cancel: CancelToken | None = None) -> PathFacts:
+    """Measure the path for a job big enough to use more than one channel."""
+    if (endpoint is None or options.ssh_max_connections <= 1
+            or total_bytes < PROBE_MIN_BYTES):
+        return LAN
+    rtt = measure_rtt(endpoint, options, cancel)
+    channels = connections_for(rtt, options)
+    return PathFacts(rtt, channels, channels > 1 and separate_for(rtt, options))
+
+
+def own_connection(options: EngineOptions) -> EngineOptions:
+    """Options for a stream that opens its own ssh connection (its own TCP window and
+    ssh process) instead of a session on the job's master."""
+    return dataclasses.replace(options, ssh_control=None)
+
+
+def rate(bytes_sent: int, seconds: float) -> float | None:
+    """Bytes per second achieved, None for a send too short to say."""
+    return round(bytes_sent / seconds, 1) if seconds > 0.001 else None
