@@ -133,6 +133,7 @@ def parse_probe(text: str, rsync_command: str) -> HostCapabilities:
 
 
 _cache: dict[tuple[object, ...], HostCapabilities] = {}
+_asking: dict[tuple[object, ...], threading.Lock] = {}
 _local: list[RsyncInfo] = []
 _lock = threading.Lock()
 
@@ -148,6 +149,16 @@ def of_host(endpoint: SshEndpoint, options: EngineOptions,
     with _lock:
         if key in _cache:
             return _cache[key]
+        asking = _asking.setdefault(key, threading.Lock())
+    with asking:  # streams starting at once ask the host once, not once each
+        with _lock:
+            if key in _cache:
+                return _cache[key]
+        return _probe(endpoint, key, options, cancel)
+
+
+def _probe(endpoint: SshEndpoint, key: tuple[object, ...], options: EngineOptions,
+           cancel: CancelToken | None) -> HostCapabilities:
     command = endpoint.rsync_path or "rsync"
     result = run_remote(endpoint, ("sh", "-c", remote_sh.PROBE_HOST, "sh", command), options,
                         what="probe the host's tools", cancel=cancel, check=False,

@@ -38,6 +38,7 @@ from mvp_core.transfer_engine import delivery as deliver
 from mvp_core.transfer_engine import path as path_plan
 from mvp_core.transfer_engine import preflight, ranges
 from mvp_core.transfer_engine import streams as streams_plan
+from mvp_core.transfer_engine.capabilities import rsync_flags
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import TransferCancelledError, TransferError
 from mvp_core.transfer_engine.job import TransferJob
@@ -420,6 +421,9 @@ def _run_streams(
     each = (dataclasses.replace(options, bwlimit_kib_s=max(1, options.bwlimit_kib_s // workers))
             if options.bwlimit_kib_s else options)
     if separate:
+        remote = job_ssh_endpoint(job)
+        if remote is not None:  # learn the host's rsync once, over the master
+            rsync_flags(remote, options, cancel)
         each = path_plan.own_connection(each)
     parent = source_parent(job.source)
     list_of = {id(st): lists[i] for i, st in enumerate(plan)}
