@@ -103,6 +103,7 @@ class HostCapabilities:
     unzip: bool = False
     zip64: bool = False
     hash_tools: tuple[str, ...] = ()
+    dd: bool = False  # byte ranges of a big file on a long path need it (``ranges``)
 
     def describe(self) -> str:
         """One line for the DKU and job events."""
@@ -129,7 +130,8 @@ def parse_probe(text: str, rsync_command: str) -> HostCapabilities:
         rsync=parse_rsync_version(banner) if banner.strip() else None,
         rsync_command=rsync_command, os=one("os"), find=one("find", GNU),
         stat=one("stat", "none"), unzip=one("unzip") == "1", zip64=one("zip64") == "1",
-        hash_tools=tuple(t for t in HASH_TOOLS if t in facts.get("hash", [])))
+        hash_tools=tuple(t for t in HASH_TOOLS if t in facts.get("hash", [])),
+        dd=one("dd") == "1")
 
 
 _cache: dict[tuple[object, ...], HostCapabilities] = {}
@@ -226,9 +228,13 @@ class RsyncFlags:
     protect_args: bool = True
     old_args: bool = False
     progress2: bool = True
-    # rsync 2.6.9 as the receiver cannot take ``--no-implied-dirs`` with ``--files-from``
-    # (it stops: "protocol incompatibility", generator.c): its streams send the folders.
+    # ``--no-implied-dirs`` with ``--files-from`` between a protocol-29 peer and us stops
+    # with "protocol incompatibility" (generator.c): rsync 2.6.9 receiving (a push), and
+    # our rsync 3 receiving from openrsync (a pull): such streams send the folders.
     no_implied_dirs: bool = True
+    # ``--ignore-missing-args`` (GNU rsync >= 3.1) is passed on to a remote SENDER (a
+    # pull): an older one stops with exit 12. A push keeps it (our rsync sends).
+    sender_ignores_missing: bool = True
 
     @property
     def quote_remote(self) -> bool:
@@ -249,4 +255,5 @@ def rsync_flags(remote: SshEndpoint | None, options: EngineOptions,
     peer = require_rsync(remote, of_host(remote, options, cancel))
     protect = local.protects_args and peer.protects_args
     return RsyncFlags(protect_args=protect, old_args=not protect and local.escapes_args,
-                      progress2=local.progress2, no_implied_dirs=peer.flavour != RSYNC2)
+                      progress2=local.progress2, no_implied_dirs=peer.flavour == GNU,
+                      sender_ignores_missing=peer.flavour == GNU and peer.version >= (3, 1, 0))

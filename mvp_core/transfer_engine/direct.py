@@ -34,9 +34,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from mvp_core.transfer_engine import capabilities, preflight, ranges
 from mvp_core.transfer_engine import delivery as deliver
 from mvp_core.transfer_engine import path as path_plan
-from mvp_core.transfer_engine import preflight, ranges
 from mvp_core.transfer_engine import streams as streams_plan
 from mvp_core.transfer_engine.capabilities import rsync_flags
 from mvp_core.transfer_engine.endpoints import Endpoint, LocalEndpoint, SshEndpoint
@@ -251,8 +251,12 @@ def _slots(options: EngineOptions, channels: int) -> int:
 def split_job(job: TransferJob, source: TreeListing, options: EngineOptions,
               connections: int) -> list[ranges.Range]:
     """The byte ranges of this job's big files on a path of several channels (not
-    under a ``--bwlimit``: only rsync keeps to it)."""
-    if (connections <= 1 or options.bwlimit_kib_s or job_ssh_endpoint(job) is None):
+    under a ``--bwlimit``: only rsync keeps to it; not to a host without ``dd``: its
+    big files go whole, one stream each)."""
+    remote = job_ssh_endpoint(job)
+    if connections <= 1 or options.bwlimit_kib_s or remote is None:
+        return []
+    if not capabilities.of_host(remote, options).dd:
         return []
     files = [(rel, size) for rel, (kind, size) in source.entries.items() if kind == FILE]
     pieces, _whole = ranges.split(files, source.stamps, _slots(options, connections),

@@ -26,7 +26,10 @@ The portability contract. A remote host is Linux with GNU tools, or a stock Mac
 What each step needs, beyond that:
 
 - ``PROBE_HOST`` (``capabilities``): ``uname``, ``command -v``, ``RSYNC --version``,
-  ``unzip -v``; learns the rsync flavour, find/stat dialect, unzip, hash tools.
+  ``unzip -v``; learns the rsync flavour, find/stat dialect, unzip, hash tools, dd.
+- ``RANGE_READ`` / ``RANGE_WRITE`` / ``RANGE_MARKS`` (``ranges``, long links only):
+  ``dd bs= skip= seek= count= conv=notrunc`` (POSIX), ``dirname``, ``tail``. A host
+  without ``dd`` gets its big files whole, one rsync stream each.
 - ``LISTER`` / ``LIST_TREE`` (verification listings, ``DELETE_VERIFIED``'s re-check,
   ``LIST_THEN_RENAME``, ``UNFINISHED_FILES``): GNU ``find -printf``, else ``find -exec
   stat -f`` (BSD) with ``tr``; names with a newline are stat'ed one by one.
@@ -70,6 +73,7 @@ PROBE_HOST = (
     'elif stat -f %z . >/dev/null 2>&1; then echo stat=bsd; else echo stat=none; fi; '
     'if command -v unzip >/dev/null 2>&1; then echo unzip=1; '
     'case $(unzip -v 2>/dev/null) in *ZIP64_SUPPORT*) echo zip64=1 ;; esac; fi; '
+    'command -v dd >/dev/null 2>&1 && echo dd=1; '
     'for t in xxhsum sha256sum shasum md5sum md5; do '
     'command -v "$t" >/dev/null 2>&1 && echo "hash=$t"; done; '
     'if command -v "$r" >/dev/null 2>&1; then echo rsync:; "$r" --version 2>&1 | '

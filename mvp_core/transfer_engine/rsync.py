@@ -219,6 +219,8 @@ def build_argv(
     quote = flags.quote_remote
     if not flags.no_implied_dirs:
         extra = tuple(e for e in extra if e != "--no-implied-dirs")
+    if isinstance(source, SshEndpoint) and not flags.sender_ignores_missing:
+        extra = tuple(e for e in extra if e != "--ignore-missing-args")
     return (
         ("rsync", "-a", "--no-owner", "--no-group")
         + (("-s",) if flags.protect_args else ("--old-args",) if flags.old_args else ())

@@ -252,3 +252,38 @@ def test_the_engine_cli_takes_an_rsync_path(mac_host: MacHost, tmp_path: Path) -
     done = cli("/usr/bin/rsync")
     assert done.returncode == 0, done.stderr
     assert_trees_identical(src, tmp_path / "dest" / ROOT)
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_a_long_path_to_a_host_without_dd_sends_big_files_whole(
+        mac_host: MacHost, tmp_path: Path, engine_options: EngineOptions,
+        monkeypatch: pytest.MonkeyPatch, direction: str) -> None:
+    """On a long path a big file goes as byte ranges written by the remote's dd. The
+    kit has no dd (a real Mac has BSD dd in /bin): the probe says so and the file goes
+    whole, one rsync stream on its own connection, instead of failing the job. The
+    path is made "long" by a link rate no loopback has (RTT x rate > a TCP window)."""
+    from mvp_core.transfer_engine import path, streams
+    from mvp_core.transfer_engine.direct import run_transfer
+
+    monkeypatch.setattr(streams, "MIN_STREAM_BYTES", 1)
+    monkeypatch.setattr(path, "PROBE_MIN_BYTES", 1)
+    src = tmp_path / "src" / "Render final é"
+    src.mkdir(parents=True)
+    (src / "mix.mov").write_bytes(bytes(range(256)) * (4 * 4096 + 17))  # 4 MiB and a crumb
+    (src / "notes.txt").write_text("v2\n")
+    reference = {p.name: p.read_bytes() for p in src.iterdir()}
+    dest = tmp_path / "dest"
+    job = (TransferJob(LocalEndpoint(src), mac_host.endpoint(dest), TransferMode.MOVE)
+           if direction == "push" else
+           TransferJob(mac_host.endpoint(src), LocalEndpoint(dest), TransferMode.MOVE))
+    options = dataclasses.replace(_checked(engine_options), ssh_max_connections=3,
+                                  direct_streams=1, link_bytes_s=10**15)
+    events: list = []
+    result = run_transfer(job, options=options, on_phase=events.append)
+    assert capabilities.of_host(mac_host.endpoint(dest), options).dd is False
+    [send] = [e for e in events if e.phase == "send" and e.status == "done"]
+    assert not send.details.get("ranges") and result.connections > 1
+    assert result.algorithm == "sha256"
+    assert {p.name: p.read_bytes() for p in (dest / src.name).iterdir()} == reference
+    assert not src.exists()
+    _only(dest, src.name)
