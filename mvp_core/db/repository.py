@@ -385,7 +385,9 @@ def claim_job(session: Session, *, job_id: int, worker_id: str, grace_s: float) 
         .values(
             status=JobStatus.RUNNING,
             worker_id=worker_id,
-            started_at=func.coalesce(Job.started_at, func.now()),
+            # The claim's own moment, not its transaction's start: a job that waited
+            # for another to end starts after that job's finished_at.
+            started_at=func.coalesce(Job.started_at, func.clock_timestamp()),
             attempts=Job.attempts + 1,
             error_type=None,
             error_message=None,
