@@ -160,10 +160,18 @@ def portals_add(
         help="ssh private key file, on the worker host")] = None,
     known_hosts: Annotated[Path | None, typer.Option(
         help="known_hosts file, on the worker host")] = None,
+    site: Annotated[str | None, typer.Option(
+        help="the site (LAB host, KETTER_WORKER_SITE) whose disk a local path is on")] = None,
+    max_jobs: Annotated[int | None, typer.Option(
+        help="at most this many jobs on the portal at once")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a portal."""
-    body = {"name": name, **_location(location)}
+    body: dict[str, Any] = {"name": name, **_location(location)}
+    if site is not None:
+        body["site"] = site
+    if max_jobs is not None:
+        body["max_concurrent_jobs"] = max_jobs
     if identity is not None:
         body["identity_file"] = str(identity)
     if known_hosts is not None:
@@ -207,6 +215,9 @@ def portals_edit(
         help="new /path or [user@]host[:port]:/path")] = None,
     identity: Annotated[Path | None, typer.Option(help="ssh private key file")] = None,
     known_hosts: Annotated[Path | None, typer.Option(help="known_hosts file")] = None,
+    site: Annotated[str | None, typer.Option(help="the site whose disk it is on")] = None,
+    max_jobs: Annotated[int | None, typer.Option(
+        help="at most this many jobs on the portal at once")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a portal (jobs not started yet use the new values)."""
@@ -220,8 +231,13 @@ def portals_edit(
         body["identity_file"] = str(identity)
     if known_hosts is not None:
         body["known_hosts_file"] = str(known_hosts)
+    if site is not None:
+        body["site"] = site
+    if max_jobs is not None:
+        body["max_concurrent_jobs"] = max_jobs
     if not body:
-        raise ApiError("nothing to change (--name, --location, --identity, --known-hosts)")
+        raise ApiError("nothing to change (--name, --location, --identity, --known-hosts, "
+                       "--site, --max-jobs)")
     p = api.edit_portal(_portal_id(api, portal), body)
     if as_json:
         render.print_json(out, p)
