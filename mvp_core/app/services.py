@@ -4,10 +4,11 @@ Everything a user can get wrong is refused here with ``InvalidRequestError``
 (a 422), so the worker only meets problems that appear later (a disk changed,
 a host went away).
 
-Disk checks (source exists, output name free) on a local portal of a site are the
-site's worker's (``job_mapping.check_local_disks``, before the first attempt): the
-API host need not see a LAB's disks. A local portal with no site is on the API's own
-host (a one-host install), so the API still refuses those up front.
+Disk checks (source exists, output name free) on a local portal of a site are left to
+the site's worker, whose engine makes them before any byte moves (``SourceMissingError``,
+``TargetExistsError``: the job ends FAILED with the reason in one event): the API host
+need not see a LAB's disks. A local portal with no site is on the API's own host (a
+one-host install), so the API still refuses those up front with a 422.
 """
 
 from __future__ import annotations

@@ -773,6 +773,19 @@ def pending_batch(session: Session, *, site: str, after_id: int, limit: int) -> 
         .order_by(Job.id).limit(limit)))
 
 
+def unnotified_ended_job_ids(session: Session, *, site: str, older_than_s: float,
+                             limit: int) -> list[int]:
+    """Jobs of ``site`` (or site-less) that ended a while ago and whose job-end
+    notification nobody claimed: one the API cancelled before any worker saw it in arq,
+    or whose arq job Redis lost. Oldest first, at most ``limit``."""
+    return list(session.scalars(
+        select(Job.id).where(
+            Job.status.in_(list(FINAL_STATUSES)), Job.notified_at.is_(None),
+            or_(Job.site == site, Job.site.is_(None)),
+            Job.finished_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
+        .order_by(Job.id).limit(limit)))
+
+
 def ended_job_ids(session: Session, *, job_ids: Collection[int]) -> list[int]:
     """Which of ``job_ids`` ended and were notified (or no longer exist): arq need hold
     nothing for them. An ended job not yet notified keeps its arq job: running it sends

@@ -59,12 +59,7 @@ from mvp_core.transfer_engine.job import TransferJob
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferPlan, TransferStrategy, decide_strategy
 from mvp_core.transfer_engine.results import CancelToken, TransferResult
-from mvp_core.worker.job_mapping import (
-    check_local_disks,
-    clean_relative,
-    output_lock_name,
-    to_transfer_job,
-)
+from mvp_core.worker.job_mapping import clean_relative, output_lock_name, to_transfer_job
 from mvp_core.worker.notify import notify_later
 from mvp_core.worker.reporting import PhaseWriter, ProgressWriter
 from mvp_core.worker.staging import discard_and_log
@@ -238,9 +233,6 @@ class JobRun:
                 finished = await self._finished_earlier(snap, transfer_job)
                 if finished is not None:
                     return await self._done(finished)
-            else:
-                await asyncio.to_thread(check_local_disks, snap.job, source_portal=snap.source,
-                                        target_portal=snap.target)
             self.options = dataclasses.replace(self.options, verify=snap.job.verify.value,
                                                write_mhl=snap.job.write_mhl)
             plan = await asyncio.to_thread(

@@ -163,24 +163,3 @@ def output_lock_name(*, source_rel: str, target_portal: Portal, target_rel: str)
     out = portal_path(target_portal, target_rel) / PurePosixPath(source_rel).name
     return ":".join(_location(target_portal)) + ":" + str(out)
 
-
-def check_local_disks(job: Job, *, source_portal: Portal, target_portal: Portal) -> None:
-    """The checks that need the site's disk, run by the site's worker before the first
-    attempt (the API host need not see a LAB's disks): a local source exists, and a local
-    target does not already hold the output name unless the job says replace or merge."""
-    source_rel = clean_relative(job.source_path, what="source_path")
-    if source_portal.kind is PortalKind.LOCAL:
-        source = confined_local_path(source_portal, source_rel, what="source_path")
-        if not os.path.lexists(source):
-            raise InvalidRequestError(
-                f"source_path {source_rel!r} does not exist on portal {source_portal.name!r}",
-                field="source_path")
-    if target_portal.kind is PortalKind.LOCAL and job.on_existing.value == "fail":
-        target_rel = clean_relative(job.target_path, what="target_path", allow_empty=True)
-        target = confined_local_path(target_portal, target_rel, what="target_path")
-        name = PurePosixPath(source_rel).name
-        if os.path.lexists(target / name):
-            raise InvalidRequestError(
-                f"{name!r} already exists in the target; nothing was copied (submit again "
-                "with on_existing 'replace' to swap it for the new tree, or 'merge' to "
-                "write into it)", field="on_existing")

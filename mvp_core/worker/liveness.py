@@ -20,7 +20,9 @@
      lost them). A backlog of any size costs the same per pass;
   3. frees PENDING jobs of that batch that a worker picked up in arq but died before
      claiming, and site-less jobs left on the queue of a site with no live worker;
-  4. removes arq keys of jobs that ended (SCAN, a bounded step per pass);
+  4. removes arq keys of jobs that ended (SCAN, a bounded step per pass), and sends the
+     job-end notification of ended jobs nobody notified (a job the API cancelled before
+     a worker saw it: one submitted while no worker was live was never in arq);
   5. starts (at most every 10 min, in the background) the sweep of staging
      directories left by jobs that ended (``worker.staging``).
 """
@@ -46,6 +48,7 @@ from mvp_core.dispatch import (
     job_id_of,
     site_queue,
 )
+from mvp_core.worker.notify import notify_later
 from mvp_core.worker.staging import maybe_sweep
 from mvp_core.worker.state import WorkerState
 
@@ -54,6 +57,8 @@ log = logging.getLogger(__name__)
 PRUNE_WORKERS_AFTER_S = 24 * 3600
 REDIS_PING_TIMEOUT_S = 2.0
 SWEEP_SCAN_COUNT = 500
+# An ended job's own worker notifies at once; the reconciler steps in after this long.
+UNNOTIFIED_AFTER_S = 5.0
 
 
 async def beat(state: WorkerState) -> None:
@@ -127,6 +132,10 @@ async def reconcile_once(state: WorkerState) -> ReconcileReport:
 
     await _reconcile_pending(state, report)
     await _forget_ended(state, report)
+    unnotified = await state.db(lambda s: repo.unnotified_ended_job_ids(
+        s, site=state.site, older_than_s=UNNOTIFIED_AFTER_S, limit=settings.reconcile_batch))
+    for job_id in unnotified:
+        notify_later(state, job_id)  # the claim in Postgres makes it exactly one
     if report.requeued or report.freed:
         log.info("reconciler: queued %s, freed %s", report.requeued, report.freed)
     await state.db(lambda s: repo.prune_workers(s, older_than_s=PRUNE_WORKERS_AFTER_S))
