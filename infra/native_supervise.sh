@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Keeps one process of the native stack running, like docker-compose's
-# `restart: unless-stopped`: restarts it when it exits (e.g. the arq worker leaves when
-# Redis goes away), with a growing pause; TERM/INT stop the child and then this loop.
+# `restart: unless-stopped`: restarts it when it exits (a crash: the worker rides out
+# Redis outages itself), with a growing pause; TERM/INT stop the child and then this loop.
 #   native_supervise.sh NAME ARGV...      (started by native_up.sh; pid file = this loop)
 set -uo pipefail
 name="$1"; shift

@@ -12,6 +12,7 @@ silent fall-back to the defaults (which would talk to another stack).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -72,7 +73,15 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15.0, gt=0)
     progress_interval_s: float = Field(default=1.0, gt=0)
     queue_name: str = "ketter:queue"
-    worker_max_jobs: int = Field(default=2, ge=1)
+    # Jobs one worker runs at once. Bounded: each job holds threads of the worker's pool
+    # (sized from this), and heartbeats have their own thread so they never wait behind.
+    worker_max_jobs: int = Field(default=2, ge=1, le=32)
+    # The site (LAB host) this worker serves: it takes the jobs of portals naming this
+    # site, from the site's own queue. Default: the host name.
+    worker_site: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100,
+                             pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # PENDING jobs the reconciler looks at per pass (it walks a larger backlog in turns).
+    reconcile_batch: int = Field(default=500, ge=1, le=10000)
     # A job whose target another job is writing waits this long before trying again.
     target_busy_retry_s: float = Field(default=2.0, gt=0)
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mvp_core.db.session import make_engine, make_session_factory
-from mvp_core.worker.queue import make_queue_redis
+from mvp_core.dispatch import make_queue_redis
 
 
 class Resources:

@@ -29,6 +29,8 @@ from mvp_core.transfer_engine.errors import InvalidEndpointError
 MAX_ID = 2**31 - 1
 PATH_MAX = 4096
 URL_MAX = 2048
+# A site name: what KETTER_WORKER_SITE accepts (a host name is one).
+SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 def _no_control(value: str, what: str) -> str:
@@ -87,6 +89,14 @@ class PortalCreate(BaseModel):
         except InvalidEndpointError as exc:
             raise ValueError(str(exc)) from None
         return value
+    site: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=SITE_PATTERN, examples=["suite-a"],
+        description="The site (LAB host, its workers' KETTER_WORKER_SITE) whose disk a "
+                    "local base_path is on; an ssh portal may pin one. Null: any worker")
+    max_concurrent_jobs: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="At most this many jobs read or write the portal at once; more wait "
+                    "in order. Null: no limit")
 
     @field_validator("name")
     @classmethod
@@ -129,7 +139,8 @@ class PortalCreate(BaseModel):
             for v in (self.host, self.port, self.username, self.identity_file,
                       self.known_hosts_file, self.rsync_path)
         ):
-            raise ValueError("a local portal takes only name, kind and base_path")
+            raise ValueError("a local portal takes only name, kind, base_path, site and "
+                             "max_concurrent_jobs")
         return self
 
 
@@ -148,6 +159,8 @@ class PortalUpdate(BaseModel):
     identity_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
     known_hosts_file: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
     rsync_path: str | None = Field(default=None, min_length=1, max_length=PATH_MAX)
+    site: str | None = Field(default=None, min_length=1, max_length=100, pattern=SITE_PATTERN)
+    max_concurrent_jobs: int | None = Field(default=None, ge=1, le=1000)
 
 
 class PortalOut(BaseModel):
@@ -163,6 +176,8 @@ class PortalOut(BaseModel):
     identity_file: str | None
     known_hosts_file: str | None
     rsync_path: str | None = None
+    site: str | None = None
+    max_concurrent_jobs: int | None = None
     created_at: datetime
     warnings: list[str] = Field(
         default_factory=list,
@@ -287,9 +302,16 @@ class JobOut(BaseModel):
     speed_bytes_per_s: float | None = Field(
         description="The job's speed over the last ~10 s, on the scale of total_bytes")
     eta_s: float | None = Field(description="Seconds left at the current speed")
+    site: str | None = Field(default=None,
+                             description="The site (LAB host) that runs the job; null: any")
+    waiting_reason: str | None = Field(
+        default=None,
+        description="Why a PENDING job is not running: no live worker at its site, a "
+                    "portal at its max_concurrent_jobs, its target busy. Single-job reads "
+                    "only (null in lists)")
 
     @classmethod
-    def from_job(cls, job: Job) -> JobOut:
+    def from_job(cls, job: Job, *, waiting_reason: str | None = None) -> JobOut:
         if job.status is JobStatus.DONE:
             percent: float | None = 100.0
         elif job.total_bytes > 0:
@@ -347,6 +369,8 @@ class JobOut(BaseModel):
             files_done=job.files_done if running else None,
             speed_bytes_per_s=round(speed, 1) if speed is not None else None,
             eta_s=eta,
+            site=job.site,
+            waiting_reason=waiting_reason,
         )
 
 
@@ -379,8 +403,20 @@ class WorkerHealth(BaseModel):
     id: str
     hostname: str
     pid: int
+    site: str | None = None
     heartbeat_age_s: float
-    alive: bool
+    alive: bool = Field(description="Heart-beat within the grace period")
+    polling: bool = Field(default=True, description="Its arq poll loop reaches Redis")
+    ok: bool = Field(default=False, description="alive and polling: it takes jobs")
+
+
+class SiteHealth(BaseModel):
+    """A site's workers: ``ok`` when at least one takes jobs; ``pending`` jobs wait there."""
+
+    ok: bool
+    workers_ok: int
+    workers_not_ok: int
+    pending: int = 0
 
 
 class ServiceHealth(BaseModel):
@@ -397,6 +433,10 @@ class HealthOut(BaseModel):
     worker_ok: bool
     worker_heartbeat_age_s: float | None
     workers: list[WorkerHealth]
+    sites: dict[str, SiteHealth] = Field(
+        default_factory=dict,
+        description="Per site (KETTER_WORKER_SITE): its workers, and its PENDING jobs. A "
+                    "site that PENDING jobs name but no worker serves is listed, not ok")
     jobs_last_24h: dict[str, int] = Field(
         default_factory=dict,
         description="Jobs per status: all PENDING and RUNNING, and those that ended (DONE, "

@@ -3,6 +3,12 @@
 Everything a user can get wrong is refused here with ``InvalidRequestError``
 (a 422), so the worker only meets problems that appear later (a disk changed,
 a host went away).
+
+Disk checks (source exists, output name free) on a local portal of a site are left to
+the site's worker, whose engine makes them before any byte moves (``SourceMissingError``,
+``TargetExistsError``: the job ends FAILED with the reason in one event): the API host
+need not see a LAB's disks. A local portal with no site is on the API's own host (a
+one-host install), so the API still refuses those up front with a 422.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from sqlalchemy.orm import Session
 from mvp_core.app.schemas import JobCreate
 from mvp_core.db.models import Job, OnExisting, Portal, PortalKind, VerifyMode
 from mvp_core.db.repository import InvalidRequestError, NotFoundError, create_job, get_portal
+from mvp_core.dispatch import SiteConflictError, job_site
 from mvp_core.transfer_engine.names import resolve_local
 from mvp_core.worker.job_mapping import check_overlap, clean_relative, confined_local_path
 
@@ -48,15 +55,23 @@ def submit_job(session: Session, *, request: JobCreate,
     target_portal = _portal(session, request.target_portal_id, "target")
     source_rel = clean_relative(request.source_path, what="source_path")
     target_rel = clean_relative(request.target_path, what="target_path", allow_empty=True)
+    try:
+        site = job_site((source_portal.site, source_portal.kind is PortalKind.LOCAL),
+                        (target_portal.site, target_portal.kind is PortalKind.LOCAL))
+    except SiteConflictError as exc:
+        raise InvalidRequestError(str(exc), field="target_portal_id") from None
     if source_portal.kind is PortalKind.LOCAL:
         source = confined_local_path(source_portal, source_rel, what="source_path")
-        found = resolve_local(source) if not os.path.lexists(source) else source
-        if found != source:
-            # Typed in NFC, on disk in NFD (a Mac's tree): the job names what is there.
-            depth = len(PurePosixPath(source_rel).parts)
-            source_rel = str(PurePosixPath(*Path(found).parts[-depth:]))
-            source = found
-        if not os.path.lexists(source):
+        # A site's disk is its worker's to look at (the engine fails a missing source
+        # before any byte moves); this host looks only at portals with no site.
+        if source_portal.site is None and not os.path.lexists(source):
+            found = resolve_local(source)
+            if found != source:
+                # Typed in NFC, on disk in NFD (a Mac's tree): the job names what is there.
+                depth = len(PurePosixPath(source_rel).parts)
+                source_rel = str(PurePosixPath(*Path(found).parts[-depth:]))
+                source = found
+        if source_portal.site is None and not os.path.lexists(source):
             raise InvalidRequestError(
                 f"source_path {source_rel!r} does not exist on portal {source_portal.name!r}",
                 field="source_path",
@@ -68,7 +83,7 @@ def submit_job(session: Session, *, request: JobCreate,
         source_portal=source_portal, source_rel=source_rel,
         target_portal=target_portal, target_rel=target_rel,
     )
-    if target is not None:
+    if target is not None and target_portal.site is None:
         check_output_free(target, source_rel, request.on_existing)
     return create_job(
         session,
@@ -82,4 +97,5 @@ def submit_job(session: Session, *, request: JobCreate,
         verify=request.verify or default_verify,
         write_mhl=default_write_mhl if request.write_mhl is None else request.write_mhl,
         notify_url=request.notify_url,
+        site=site,
     )

@@ -162,10 +162,18 @@ def portals_add(
         help="known_hosts file, on the worker host")] = None,
     rsync_path: Annotated[str | None, typer.Option(
         help="the remote rsync, e.g. /opt/homebrew/bin/rsync on a Mac")] = None,
+    site: Annotated[str | None, typer.Option(
+        help="the site (LAB host, KETTER_WORKER_SITE) whose disk a local path is on")] = None,
+    max_jobs: Annotated[int | None, typer.Option(
+        help="at most this many jobs on the portal at once")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a portal."""
-    body = {"name": name, **_location(location)}
+    body: dict[str, Any] = {"name": name, **_location(location)}
+    if site is not None:
+        body["site"] = site
+    if max_jobs is not None:
+        body["max_concurrent_jobs"] = max_jobs
     if identity is not None:
         body["identity_file"] = str(identity)
     if known_hosts is not None:
@@ -213,6 +221,9 @@ def portals_edit(
     known_hosts: Annotated[Path | None, typer.Option(help="known_hosts file")] = None,
     rsync_path: Annotated[str | None, typer.Option(
         help="the remote rsync, e.g. /opt/homebrew/bin/rsync on a Mac")] = None,
+    site: Annotated[str | None, typer.Option(help="the site whose disk it is on")] = None,
+    max_jobs: Annotated[int | None, typer.Option(
+        help="at most this many jobs on the portal at once")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a portal (jobs not started yet use the new values)."""
@@ -228,9 +239,13 @@ def portals_edit(
         body["known_hosts_file"] = str(known_hosts)
     if rsync_path is not None:
         body["rsync_path"] = rsync_path
+    if site is not None:
+        body["site"] = site
+    if max_jobs is not None:
+        body["max_concurrent_jobs"] = max_jobs
     if not body:
         raise ApiError("nothing to change (--name, --location, --identity, --known-hosts, "
-                       "--rsync-path)")
+                       "--rsync-path, --site, --max-jobs)")
     p = api.edit_portal(_portal_id(api, portal), body)
     if as_json:
         render.print_json(out, p)

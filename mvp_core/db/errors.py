@@ -187,6 +187,7 @@ _CHECK_MESSAGES: dict[str, str] = {
     "ck_portals_base_path_absolute": "base_path must be an absolute path (start with /)",
     "ck_portals_name_not_empty": "portal name must not be empty",
     "ck_portals_rsync_path_absolute": "rsync_path must be an absolute path (start with /)",
+    "ck_portals_max_concurrent_jobs_positive": "max_concurrent_jobs must be at least 1",
     "ck_jobs_counters_non_negative": "job counters (files, bytes, progress, attempts) "
     "must not be negative",
     "ck_jobs_finished_after_started": "finished_at must not be earlier than started_at",

@@ -146,6 +146,8 @@ class Portal(Base):
         CheckConstraint("base_path LIKE '/%'", name="base_path_absolute"),
         CheckConstraint("length(name) > 0", name="name_not_empty"),
         CheckConstraint("rsync_path IS NULL OR rsync_path LIKE '/%'", name="rsync_path_absolute"),
+        CheckConstraint("max_concurrent_jobs IS NULL OR max_concurrent_jobs > 0",
+                        name="max_concurrent_jobs_positive"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -159,6 +161,11 @@ class Portal(Base):
     known_hosts_file: Mapped[str | None] = mapped_column(Text)
     # ssh only: the remote rsync when not the first on the host's PATH (a Mac's Homebrew).
     rsync_path: Mapped[str | None] = mapped_column(Text)
+    # The site (LAB host) whose disk a local base path is on; an ssh portal may pin one.
+    # None: any worker may run its jobs (one-host installs).
+    site: Mapped[str | None] = mapped_column(String(100))
+    # At most this many RUNNING jobs read or write this portal at once (None: no limit).
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _now_column()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(
@@ -181,6 +188,7 @@ class Job(Base):
             name="finished_after_started",
         ),
         Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_status_site_id", "status", "site", "id"),
         # Foreign keys are not indexed by Postgres itself; deleting a portal checks these.
         Index("ix_jobs_source_portal_id", "source_portal_id"),
         Index("ix_jobs_target_portal_id", "target_portal_id"),
@@ -245,6 +253,8 @@ class Job(Base):
         Boolean, nullable=False, default=False, server_default=false()
     )
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    # The site that must run the job (from its portals, at submit); None: any site.
+    site: Mapped[str | None] = mapped_column(String(100))
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     duration_s: Mapped[float | None] = mapped_column(Float)
@@ -337,5 +347,10 @@ class Worker(Base):
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     hostname: Mapped[str] = mapped_column(String(255), nullable=False)
     pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    site: Mapped[str | None] = mapped_column(String(100))
+    # Its arq poll loop reaches Redis: a worker that heart-beats but cannot take jobs is
+    # not ok (``/health``), and the API does not route jobs to its site.
+    polling: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True,
+                                          server_default=text("true"))
     started_at: Mapped[datetime] = _now_column()
     last_heartbeat_at: Mapped[datetime] = _now_column()

@@ -81,6 +81,8 @@ def create_portal(
     identity_file: str | None = None,
     known_hosts_file: str | None = None,
     rsync_path: str | None = None,
+    site: str | None = None,
+    max_concurrent_jobs: int | None = None,
 ) -> Portal:
     """Insert a portal (validated by the caller); a duplicate name is a conflict."""
     _check_name_free(session, name)
@@ -94,6 +96,8 @@ def create_portal(
         identity_file=identity_file,
         known_hosts_file=known_hosts_file,
         rsync_path=rsync_path,
+        site=site,
+        max_concurrent_jobs=max_concurrent_jobs,
     )
     session.add(portal)
     session.flush()
@@ -190,10 +194,12 @@ def create_job(
     verify: VerifyMode = VerifyMode.CHECKSUM,
     write_mhl: bool = False,
     notify_url: str | None = None,
+    site: str | None = None,
 ) -> Job:
     """Insert a PENDING job with its ``created`` and ``queued`` events."""
     job = Job(
         mode=mode,
+        site=site,
         notify_url=notify_url,
         on_existing=on_existing,
         verify=verify,
@@ -222,6 +228,7 @@ def create_job(
             "on_existing": on_existing.value,
             "verify": verify.value,
             "write_mhl": write_mhl,
+            "site": site,
         },
     )
     add_event(session, job_id=job.id, event_type=EventType.QUEUED, message="handed to the queue")
@@ -251,10 +258,6 @@ def list_jobs(
         dku = select(Portal.id).where(~_not_dku(Portal.name))
         query = query.where(Job.source_portal_id.not_in(dku), Job.target_portal_id.not_in(dku))
     return session.scalars(query).all()
-
-
-def list_job_ids(session: Session, *, status: JobStatus) -> list[int]:
-    return list(session.scalars(select(Job.id).where(Job.status == status).order_by(Job.id)))
 
 
 def add_event(
@@ -384,7 +387,9 @@ def claim_job(session: Session, *, job_id: int, worker_id: str, grace_s: float) 
         .values(
             status=JobStatus.RUNNING,
             worker_id=worker_id,
-            started_at=func.coalesce(Job.started_at, func.now()),
+            # The claim's own moment, not its transaction's start: a job that waited
+            # for another to end starts after that job's finished_at.
+            started_at=func.coalesce(Job.started_at, func.clock_timestamp()),
             attempts=Job.attempts + 1,
             error_type=None,
             error_message=None,
@@ -719,11 +724,16 @@ def recover_dead_jobs(
     return touched
 
 
-def stale_pending_job_ids(session: Session, *, older_than_s: float) -> list[int]:
-    """PENDING jobs untouched for a while: the reconciler checks Redis still holds them."""
+def stale_pending_job_ids(session: Session, *, job_ids: Collection[int],
+                          older_than_s: float) -> list[int]:
+    """Which of ``job_ids`` are PENDING and untouched for a while: the reconciler checks
+    that a worker did not take them in arq and die before claiming."""
+    if not job_ids:
+        return []
     return list(
         session.scalars(
             select(Job.id).where(
+                Job.id.in_(list(job_ids)),
                 Job.status == JobStatus.PENDING,
                 Job.updated_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
             )
@@ -731,16 +741,127 @@ def stale_pending_job_ids(session: Session, *, older_than_s: float) -> list[int]
     )
 
 
-def heartbeat(session: Session, *, worker_id: str, pid: int, hostname: str | None = None) -> None:
-    """Upsert this worker's row with ``last_heartbeat_at = now()``."""
+def heartbeat(session: Session, *, worker_id: str, pid: int, hostname: str | None = None,
+              site: str | None = None, polling: bool = True) -> None:
+    """Upsert this worker's row with ``last_heartbeat_at = now()`` and whether its arq
+    poll loop reaches Redis (``polling``)."""
     stmt = insert(Worker).values(
-        id=worker_id, hostname=hostname or socket.gethostname(), pid=pid
+        id=worker_id, hostname=hostname or socket.gethostname(), pid=pid, site=site,
+        polling=polling,
     )
     session.execute(
         stmt.on_conflict_do_update(
-            index_elements=[Worker.id], set_={"last_heartbeat_at": func.now()}
+            index_elements=[Worker.id],
+            set_={"last_heartbeat_at": func.now(), "polling": polling, "site": site},
         )
     )
+
+
+def live_sites(session: Session, *, grace_s: float) -> list[str]:
+    """Sites with at least one worker heart-beating and polling its queue."""
+    fresh = Worker.last_heartbeat_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, grace_s)
+    return sorted(session.scalars(
+        select(Worker.site).where(fresh, Worker.polling.is_(True), Worker.site.is_not(None))
+        .distinct()))
+
+
+def pending_batch(session: Session, *, site: str, after_id: int, limit: int) -> list[int]:
+    """The next ``limit`` PENDING jobs ``site`` may run (its own and site-less ones),
+    by id after ``after_id``: the reconciler walks a backlog in turns, never all at once."""
+    return list(session.scalars(
+        select(Job.id)
+        .where(Job.status == JobStatus.PENDING, or_(Job.site == site, Job.site.is_(None)),
+               Job.id > after_id)
+        .order_by(Job.id).limit(limit)))
+
+
+def unnotified_ended_job_ids(session: Session, *, site: str, older_than_s: float,
+                             limit: int) -> list[int]:
+    """Jobs of ``site`` (or site-less) that ended a while ago and whose job-end
+    notification nobody claimed: one the API cancelled before any worker saw it in arq,
+    or whose arq job Redis lost. Oldest first, at most ``limit``."""
+    return list(session.scalars(
+        select(Job.id).where(
+            Job.status.in_(list(FINAL_STATUSES)), Job.notified_at.is_(None),
+            or_(Job.site == site, Job.site.is_(None)),
+            Job.finished_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
+        .order_by(Job.id).limit(limit)))
+
+
+def ended_job_ids(session: Session, *, job_ids: Collection[int]) -> list[int]:
+    """Which of ``job_ids`` ended and were notified (or no longer exist): arq need hold
+    nothing for them. An ended job not yet notified keeps its arq job: running it sends
+    the notification (a job the API cancelled while PENDING)."""
+    if not job_ids:
+        return []
+    keep = set(session.scalars(select(Job.id).where(
+        Job.id.in_(list(job_ids)),
+        or_(Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING]), Job.notified_at.is_(None)))))
+    return sorted(set(job_ids) - keep)
+
+
+@dataclass(frozen=True)
+class PortalLimit:
+    """A portal at its ``max_concurrent_jobs``: why a job waits."""
+
+    portal_id: int
+    name: str
+    limit: int
+    running: int
+    ahead: int
+
+
+def portal_limit_reached(session: Session, *, job_id: int) -> PortalLimit | None:
+    """The first of the job's portals that cannot take it now, or None.
+
+    A portal with ``max_concurrent_jobs`` takes a job only while fewer jobs run on it
+    than the limit, counting the PENDING jobs ahead of this one (lower id) as running:
+    waiting jobs start in order. Call inside the claim's transaction: a per-portal
+    advisory lock makes the count and the claim one step across workers.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    for portal_id in sorted({job.source_portal_id, job.target_portal_id}):
+        portal = session.get(Portal, portal_id)
+        if portal is None or portal.max_concurrent_jobs is None:
+            continue
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext('ketter-portal-limit'), "
+                             ":portal)"), {"portal": portal_id})
+        uses = or_(Job.source_portal_id == portal_id, Job.target_portal_id == portal_id)
+        running = session.scalar(select(func.count(Job.id)).where(
+            uses, Job.status == JobStatus.RUNNING, Job.id != job_id)) or 0
+        ahead = session.scalar(select(func.count(Job.id)).where(
+            uses, Job.status == JobStatus.PENDING, Job.id < job_id,
+            Job.cancel_requested.is_(False))) or 0
+        if running + ahead >= portal.max_concurrent_jobs:
+            return PortalLimit(portal_id, portal.name, portal.max_concurrent_jobs, running, ahead)
+    return None
+
+
+def pending_per_site(session: Session) -> dict[str, int]:
+    """PENDING jobs per site (site-less jobs are not counted: any site takes them)."""
+    rows = session.execute(
+        select(Job.site, func.count(Job.id))
+        .where(Job.status == JobStatus.PENDING, Job.site.is_not(None)).group_by(Job.site)).all()
+    return {site: int(n) for site, n in rows}
+
+
+def wait_reason(session: Session, *, job: Job, grace_s: float) -> str | None:
+    """Why a PENDING job is not running, in words (None when nothing holds it)."""
+    if job.status is not JobStatus.PENDING:
+        return None
+    sites = live_sites(session, grace_s=grace_s)
+    if job.site is not None and job.site not in sites:
+        return f"no live worker at site {job.site!r}: the job waits for one"
+    if job.site is None and not sites:
+        return "no live worker at any site: the job waits for one"
+    last = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.event_type == EventType.QUEUED)
+        .order_by(JobEvent.id.desc()).limit(1)).first()
+    if last is not None and last.payload.get("reason") in ("portal_limit", "target_busy"):
+        return last.message
+    return None
 
 
 def remove_worker(session: Session, *, worker_id: str) -> None:
@@ -765,16 +886,20 @@ class WorkerBeat:
     hostname: str
     pid: int
     age_s: float
+    site: str | None = None
+    polling: bool = True
 
 
 def worker_heartbeats(session: Session) -> list[WorkerBeat]:
     """Every known worker with the age of its last heartbeat, freshest first."""
     age = func.extract("epoch", func.now() - Worker.last_heartbeat_at)
     rows = session.execute(
-        select(Worker.id, Worker.hostname, Worker.pid, age.label("age"))
+        select(Worker.id, Worker.hostname, Worker.pid, Worker.site, Worker.polling,
+               age.label("age"))
         .order_by(Worker.last_heartbeat_at.desc())
     ).all()
-    return [WorkerBeat(r.id, r.hostname, r.pid, max(float(r.age), 0.0)) for r in rows]
+    return [WorkerBeat(r.id, r.hostname, r.pid, max(float(r.age), 0.0), r.site, r.polling)
+            for r in rows]
 
 
 def job_counts(session: Session, *, ended_within_s: float) -> dict[str, int]:

@@ -133,6 +133,9 @@ class JobRun:
             return "no such job"
         if snap.running_elsewhere:
             return "running on another live worker"
+        if snap.job.site is not None and snap.job.site != self.state.site:
+            # Not this site's disks: left alone (its site's reconciler queues it there).
+            return f"a job of site {snap.job.site!r}, not {self.state.site!r}"
         if snap.job.status is JobStatus.RUNNING and not self.state.trusts_heartbeats():
             # Its worker looks dead, but our own view of heartbeats is too fresh to judge.
             raise Retry(defer=self.settings.heartbeat_grace_s)
@@ -150,6 +153,8 @@ class JobRun:
             claim = await self.state.db(self._claim)
             if claim is None:
                 return "not claimable (cancelled, or running on a live worker)"
+            if isinstance(claim, repo.PortalLimit):
+                raise Retry(defer=self.settings.target_busy_retry_s)
             return await self._attempt(snap, claim)
         finally:
             await asyncio.to_thread(lock.release)
@@ -176,7 +181,21 @@ class JobRun:
             )
         await self.state.db(note)
 
-    def _claim(self, session: Any) -> repo.Claim | None:
+    def _claim(self, session: Any) -> repo.Claim | repo.PortalLimit | None:
+        """Claim the job, unless a portal it uses is at its limit (then note why it
+        waits, once, and leave it PENDING)."""
+        limit = repo.portal_limit_reached(session, job_id=self.job_id)
+        if limit is not None:
+            last = repo.last_event(session, job_id=self.job_id)
+            if last is None or last.payload.get("reason") != "portal_limit":
+                repo.add_event(
+                    session, job_id=self.job_id, event_type=EventType.QUEUED,
+                    message=f"waiting: portal {limit.name!r} runs its limit of {limit.limit} "
+                            f"job(s) ({limit.running} running, {limit.ahead} ahead in line)",
+                    payload={"reason": "portal_limit", "portal_id": limit.portal_id,
+                             "limit": limit.limit},
+                )
+            return limit
         claim = repo.claim_job(
             session, job_id=self.job_id, worker_id=self.state.worker_id,
             grace_s=self.settings.heartbeat_grace_s,

@@ -163,3 +163,4 @@ def output_lock_name(*, source_rel: str, target_portal: Portal, target_rel: str)
     """What a job writes, as one string: two jobs with the same name never run together."""
     out = portal_path(target_portal, target_rel) / PurePosixPath(source_rel).name
     return ":".join(_location(target_portal)) + ":" + str(out)
+

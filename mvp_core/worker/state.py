@@ -13,6 +13,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mvp_core.config import Settings
 from mvp_core.db.session import session_scope
+from mvp_core.dispatch import site_queue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +53,33 @@ class WorkerState:
     installation: str = ""
     # Since when (monotonic) every heartbeat reached Postgres; None after a failed one.
     beats_ok_since: float | None = None
+    # arq's poll loop (the task that ran ``on_startup``) and whether Redis answers it:
+    # a worker whose loop ended or cannot reach Redis takes no jobs, and says so.
+    poll_task: asyncio.Task[object] | None = None
+    redis_ok: bool = True
+    # Set when Redis answers again after an outage: the reconciler runs at once.
+    redis_back: asyncio.Event = field(default_factory=asyncio.Event)
+    # The reconciler's place in the PENDING backlog (it walks it a batch per pass).
+    reconcile_after_id: int = 0
+    # Redis SCAN cursor of the sweep of arq keys left by ended jobs.
+    sweep_cursor: int = 0
+    # Heartbeats run on their own thread: never behind transfers in the shared pool.
+    beat_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="ketter-heartbeat"))
+
+    @property
+    def site(self) -> str:
+        return self.settings.worker_site
+
+    @property
+    def queue_name(self) -> str:
+        """The arq queue this worker reads: its site's."""
+        return site_queue(self.settings.queue_name, self.settings.worker_site)
+
+    def polling(self) -> bool:
+        """Is arq's poll loop alive and reaching Redis?"""
+        task = self.poll_task
+        return self.redis_ok and (task is None or not task.done())
 
     def trusts_heartbeats(self) -> bool:
         """Can this worker judge others dead? Only after a full grace period of its own
@@ -66,6 +95,10 @@ class WorkerState:
     async def db(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in one transaction, in a thread."""
         return await asyncio.to_thread(self.unit, fn)
+
+    async def db_beat(self, fn: Callable[[Session], T]) -> T:
+        """Like ``db``, on the heartbeat's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.beat_executor, self.unit, fn)
 
     async def db_persistent(self, fn: Callable[[Session], T], *, what: str) -> T:
         """Like ``db`` but rides out a Postgres restart (~2 min): for writes that must land,

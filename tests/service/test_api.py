@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine, text
 
 from tests.fixtures.stack import ApiProcess, start_api_process
 from tests.service.conftest import Portals, create_portals
@@ -49,6 +50,14 @@ def portals(client: httpx.Client, tmp_path: Path, sshd: Any) -> Portals:
     (p.local_src_base / "Session A" / "Audio Files").mkdir(parents=True)
     (p.local_src_base / "Session A" / "Audio Files" / "kick.wav").write_bytes(b"x" * 100)
     return p
+
+
+def _worker_row(db_engine: Engine, site: str) -> None:
+    """A worker's heartbeat row at ``site``, as a worker process writes it: the API routes
+    site-less jobs to the queue of a site with a live worker."""
+    with db_engine.begin() as conn:
+        conn.execute(text("INSERT INTO workers (id, hostname, pid, site, polling) "
+                          "VALUES (:id, 'h', 1, :site, true)"), {"id": f"w-{site}", "site": site})
 
 
 def _post_ascii_json(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -133,7 +142,8 @@ def test_a_source_typed_in_nfc_names_the_nfd_folder_on_disk(
 
 
 def test_submit_job_pending_with_events(client: httpx.Client, portals: Portals,
-                                        redis_server: Any) -> None:
+                                        redis_server: Any, db_engine: Engine) -> None:
+    _worker_row(db_engine, "suite-a")
     response = client.post("/jobs", json=_job(portals, "./Session A/", "deliveries//today"))
     assert response.status_code == 201, response.text
     job = response.json()
@@ -145,7 +155,8 @@ def test_submit_job_pending_with_events(client: httpx.Client, portals: Portals,
     assert [e["event_type"] for e in events] == ["created", "queued"]
     with redis_server.client() as r:  # handed to arq under the job's own name
         assert r.exists(f"arq:job:ketter-job-{job['id']}") == 1
-        assert r.zscore("ketter:test", f"ketter-job-{job['id']}") is not None
+        # on the queue of the one site with a live worker (the job names no site)
+        assert r.zscore("ketter:test:site:suite-a", f"ketter-job-{job['id']}") is not None
     # Enqueueing the same job again is a no-op: one arq job per Ketter job.
     assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
 
@@ -263,7 +274,8 @@ def test_list_jobs_newest_first_filter_and_pages(client: httpx.Client, portals: 
 
 
 def test_job_stored_even_when_redis_is_down(client: httpx.Client, portals: Portals,
-                                            redis_server: Any) -> None:
+                                            redis_server: Any, db_engine: Engine) -> None:
+    _worker_row(db_engine, "suite-a")
     redis_server.stop()
     try:
         response = client.post("/jobs", json=_job(portals))

@@ -301,12 +301,15 @@ def test_redis_flushed_after_submit_job_still_runs(
         ketter_stack: Stack, api_client: httpx.Client, portals: Portals) -> None:
     stack, client = ketter_stack, api_client
     source = make_session_tree(portals.local_src_base, "Mix D", n_audio=5)
+    # The job's site is its local portal's: the API queues it there though no worker
+    # runs yet (one that names no site is queued only where a worker is live).
+    assert client.patch(f"/portals/{portals.local_src}", json={"site": "lab"}).status_code == 200
     job = _submit(client, portals, "Mix D")
     with stack.redis() as r:
         assert r.exists(f"arq:job:ketter-job-{job['id']}")
         r.flushall()
         assert not r.exists(f"arq:job:ketter-job-{job['id']}")
-    stack.start_worker()
+    stack.start_worker(worker_site="lab")
     final = stack.wait_job(client, job["id"], FINAL, timeout=30)
     assert final["status"] == "DONE", final
     assert_trees_identical(source, portals.ssh_dst_base / "Mix D")

@@ -25,18 +25,25 @@ from mvp_core.app.services import submit_job
 from mvp_core.config import Settings
 from mvp_core.db import repository as repo
 from mvp_core.db.models import EventLevel, EventType, JobStatus, VerifyMode
-from mvp_core.worker.queue import enqueue
+from mvp_core.dispatch import enqueue, route
 
 log = logging.getLogger(__name__)
 ENQUEUE_TIMEOUT_S = 5.0  # a hung Redis must not hang the submit: the reconciler catches up
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401, 503))
 
 
-def _store(session: SessionDep, body: JobCreate, settings: Settings) -> int:
+def _store(session: SessionDep, body: JobCreate, settings: Settings
+           ) -> tuple[int, str | None]:
+    """Store the job; return its id and the queue to hand it to: its site's (waiting
+    there for a worker if none is live), or a live site's for a site-less job (None
+    when there is none: the first worker's reconciler queues it)."""
     job = submit_job(session, request=body, default_verify=VerifyMode(settings.verify),
                      default_write_mhl=settings.write_mhl)
+    live = repo.live_sites(session, grace_s=settings.heartbeat_grace_s)
+    queue = route(queue_name=settings.queue_name, site=job.site, live_sites=live,
+                  job_id=job.id)
     session.commit()
-    return job.id
+    return job.id, queue
 
 
 def _note_not_queued(session: SessionDep, job_id: int, reason: str) -> None:
@@ -57,20 +64,24 @@ async def create_job(
     If Redis is unreachable the job is still stored: Postgres is the truth, and
     every worker's reconciler queues PENDING jobs Redis does not hold.
     """
-    job_id = await run_in_threadpool(_store, session, body, settings)
+    job_id, queue_name = await run_in_threadpool(_store, session, body, settings)
     response.headers["Location"] = f"/jobs/{job_id}"
+    if queue_name is None:  # no live worker anywhere: the first one's reconciler takes it
+        return await run_in_threadpool(_read, session, job_id, settings)
     try:
-        await asyncio.wait_for(enqueue(queue, job_id=job_id, queue_name=settings.queue_name),
+        await asyncio.wait_for(enqueue(queue, job_id=job_id, queue_name=queue_name),
                                timeout=ENQUEUE_TIMEOUT_S)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("job %s stored but not queued: %s", job_id, exc)
         await run_in_threadpool(_note_not_queued, session, job_id, type(exc).__name__)
-    return await run_in_threadpool(_read, session, job_id)
+    return await run_in_threadpool(_read, session, job_id, settings)
 
 
-def _read(session: SessionDep, job_id: int) -> JobOut:
+def _read(session: SessionDep, job_id: int, settings: Settings) -> JobOut:
     session.expire_all()
-    return JobOut.from_job(repo.get_job(session, job_id=job_id))
+    job = repo.get_job(session, job_id=job_id)
+    return JobOut.from_job(job, waiting_reason=repo.wait_reason(
+        session, job=job, grace_s=settings.heartbeat_grace_s))
 
 
 @router.get("")
@@ -89,8 +100,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", responses=error_responses(404))
-def get_job(job_id: JobId, session: SessionDep) -> JobOut:
-    return JobOut.from_job(repo.get_job(session, job_id=job_id))
+def get_job(job_id: JobId, session: SessionDep, settings: SettingsDep) -> JobOut:
+    """The job; a PENDING one says why it waits (``waiting_reason``)."""
+    return _read(session, job_id, settings)
 
 
 @router.get("/{job_id}/events", responses=error_responses(404))

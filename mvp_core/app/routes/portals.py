@@ -24,7 +24,9 @@ def _out(portal: Portal) -> PortalOut:
     """The portal, with a warning for what this host can see is wrong (the API runs
     beside the workers in every deployment we ship, so a missing local base matters)."""
     out = PortalOut.model_validate(portal)
-    if portal.kind is PortalKind.LOCAL and not os.path.isdir(portal.base_path):
+    # A site's portal is on that LAB host's disk, which this host need not see.
+    if (portal.kind is PortalKind.LOCAL and portal.site is None
+            and not os.path.isdir(portal.base_path)):
         out.warnings.append(f"base_path {portal.base_path!r} is not a directory on this host")
     return out
 
