@@ -7,6 +7,7 @@ left in temp or staging on either side."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import unicodedata
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
 from tests.engine.conftest import temp_leftovers
 from tests.fixtures.maclike import MacHost
-from tests.fixtures.trees import assert_trees_identical, make_hostile_tree
+from tests.fixtures.trees import OLD_MTIME, assert_trees_identical, make_hostile_tree
 
 # A Mac hands out decomposed names; users type composed ones.
 NFD_NAMES = (unicodedata.normalize("NFD", "Sessão/Áudio ção.wav"),
@@ -34,6 +35,12 @@ def _tree(parent: Path) -> Path:
     for i, rel in enumerate(NFD_NAMES):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(bytes([i]) * (100 + i))
+    # Fixed times: the source and the reference are made a moment apart, and a second
+    # may tick in between (seen once: every mtime 1 s apart).
+    for rel in NFD_NAMES:
+        for path in (root / rel, (root / rel).parent):
+            os.utime(path, (OLD_MTIME, OLD_MTIME))
+    os.utime(root, (OLD_MTIME, OLD_MTIME))
     return root
 
 
