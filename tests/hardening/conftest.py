@@ -40,6 +40,23 @@ def submit(client: httpx.Client, portals: Portals, source: str, **extra: Any) ->
     return dict(response.json())
 
 
+def local_portal(client: httpx.Client, name: str, base: Path, **extra: Any) -> int:
+    """A local portal at ``base`` (made if missing); ``extra``: site, limits."""
+    base.mkdir(parents=True, exist_ok=True)
+    response = client.post("/portals", json={"name": name, "kind": "local",
+                                             "base_path": str(base), **extra})
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def submit_between(client: httpx.Client, src: int, source: str, dst: int) -> dict[str, Any]:
+    """A job from portal ``src`` (its ``source``) into portal ``dst``'s base."""
+    response = client.post("/jobs", json={"source_portal_id": src, "source_path": source,
+                                          "target_portal_id": dst, "target_path": ""})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
 def temp_files(env: dict[str, str]) -> list[Path]:
     """Every file in the local and remote temp dirs of this stack (empty = clean)."""
     found: list[Path] = []

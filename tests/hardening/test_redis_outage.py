@@ -19,26 +19,11 @@ import pytest
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.stack import Stack, wait_until
 from tests.fixtures.trees import assert_trees_identical, make_session_tree
-from tests.hardening.conftest import FINAL, Freezer
+from tests.hardening.conftest import FINAL, Freezer, local_portal, submit_between
 
 # Generous: Redis back -> poll loop reconnects (backoff capped at 1 s) and the reconciler
 # runs at once; the bound leaves room for a loaded CI machine.
 START_AFTER_REDIS_BACK_S = 15.0
-
-
-def _portal(client: httpx.Client, name: str, base: Path) -> int:
-    base.mkdir(parents=True, exist_ok=True)
-    response = client.post("/portals", json={"name": name, "kind": "local", "site": "lab",
-                                             "base_path": str(base)})
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-def _submit(client: httpx.Client, src: int, source: str, dst: int) -> dict[str, Any]:
-    response = client.post("/jobs", json={"source_portal_id": src, "source_path": source,
-                                          "target_portal_id": dst, "target_path": ""})
-    assert response.status_code == 201, response.text
-    return dict(response.json())
 
 
 def _worker_health(client: httpx.Client) -> dict[str, Any]:
@@ -52,11 +37,11 @@ def test_worker_rides_out_a_redis_outage(
         ketter_stack: Stack, api_client: httpx.Client, tmp_path: Path,
         redis_server: RedisServer, freezer: Freezer, outage_s: int) -> None:
     stack, client = ketter_stack, api_client
-    src = _portal(client, "lab-src", tmp_path / "src")
-    dst = _portal(client, "lab-dst", tmp_path / "dst")
+    src = local_portal(client, "lab-src", tmp_path / "src", site="lab")
+    dst = local_portal(client, "lab-dst", tmp_path / "dst", site="lab")
     long_tree = make_session_tree(tmp_path / "src", "Long Mix", n_audio=4)
     late_tree = make_session_tree(tmp_path / "src", "Late Mix", n_audio=2)
-    long_job = _submit(client, src, "Long Mix", dst)
+    long_job = submit_between(client, src, "Long Mix", dst)
     freezer.at_phase_event(long_job["id"], "verify", "started")  # the transfer, held
     worker = stack.start_worker(worker_site="lab")
     freezer.wait_frozen()
@@ -68,7 +53,7 @@ def test_worker_rides_out_a_redis_outage(
                what="/health to show the worker not polling")
     health = client.get("/health").json()
     assert health["workers"][0]["ok"] is False and health["worker_ok"] is False
-    late_job = _submit(client, src, "Late Mix", dst)  # stored; Redis cannot take it
+    late_job = submit_between(client, src, "Late Mix", dst)  # stored; Redis cannot take it
     time.sleep(max(outage_s / 2 - (time.monotonic() - outage_began), 0))
     freezer.release()  # the transfer goes on and ends while Redis is still away
     stack.wait_job(client, long_job["id"], FINAL, timeout=60)

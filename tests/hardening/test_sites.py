@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 from sqlalchemy import Engine, text
@@ -17,24 +16,9 @@ from sqlalchemy import Engine, text
 from mvp_core.dispatch import arq_job_id, site_queue
 from tests.fixtures.stack import ServiceProcess, Stack, wait_until
 from tests.fixtures.trees import assert_trees_identical, make_session_tree
-from tests.hardening.conftest import FINAL, event_types
+from tests.hardening.conftest import FINAL, event_types, local_portal, submit_between
 
 QUEUE = "ketter:test"  # KETTER_QUEUE_NAME of the test stack
-
-
-def _portal(client: httpx.Client, name: str, base: Path, **extra: Any) -> int:
-    base.mkdir(parents=True, exist_ok=True)
-    response = client.post("/portals", json={"name": name, "kind": "local",
-                                             "base_path": str(base), **extra})
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-def _submit(client: httpx.Client, src: int, source: str, dst: int) -> dict[str, Any]:
-    response = client.post("/jobs", json={"source_portal_id": src, "source_path": source,
-                                          "target_portal_id": dst, "target_path": ""})
-    assert response.status_code == 201, response.text
-    return dict(response.json())
 
 
 def _worker_id(db_engine: Engine, worker: ServiceProcess) -> str:
@@ -47,10 +31,10 @@ def test_jobs_run_at_their_site_and_wait_for_a_worker_there(
         ketter_stack: Stack, api_client: httpx.Client, tmp_path: Path,
         db_engine: Engine) -> None:
     stack, client = ketter_stack, api_client
-    a_src = _portal(client, "suite-a-src", tmp_path / "suite-a" / "src", site="suite-a")
-    a_dst = _portal(client, "suite-a-dst", tmp_path / "suite-a" / "dst", site="suite-a")
-    b_src = _portal(client, "suite-b-src", tmp_path / "suite-b" / "src", site="suite-b")
-    b_dst = _portal(client, "suite-b-dst", tmp_path / "suite-b" / "dst", site="suite-b")
+    a_src = local_portal(client, "suite-a-src", tmp_path / "suite-a" / "src", site="suite-a")
+    a_dst = local_portal(client, "suite-a-dst", tmp_path / "suite-a" / "dst", site="suite-a")
+    b_src = local_portal(client, "suite-b-src", tmp_path / "suite-b" / "src", site="suite-b")
+    b_dst = local_portal(client, "suite-b-dst", tmp_path / "suite-b" / "dst", site="suite-b")
     a_tree = make_session_tree(tmp_path / "suite-a" / "src", "A Mix", n_audio=3)
     b_tree = make_session_tree(tmp_path / "suite-b" / "src", "B Mix", n_audio=3)
 
@@ -60,8 +44,8 @@ def test_jobs_run_at_their_site_and_wait_for_a_worker_there(
     assert mixed.status_code == 422 and "different sites" in mixed.text, mixed.text
 
     worker_a = stack.start_worker(worker_site="suite-a")
-    job_b = _submit(client, b_src, "B Mix", b_dst)
-    job_a = _submit(client, a_src, "A Mix", a_dst)
+    job_b = submit_between(client, b_src, "B Mix", b_dst)
+    job_a = submit_between(client, a_src, "A Mix", a_dst)
     assert job_b["site"] == "suite-b" and "suite-b" in (job_b["waiting_reason"] or "")
 
     done_a = stack.wait_job(client, job_a["id"], FINAL)
@@ -122,12 +106,12 @@ def test_site_check_of_a_missing_source_fails_the_job_on_its_worker(
         ketter_stack: Stack, api_client: httpx.Client, tmp_path: Path) -> None:
     """The API host need not see a LAB's disk: the site's worker checks, FAILED + one event."""
     stack, client = ketter_stack, api_client
-    src = _portal(client, "lab-src", tmp_path / "lab" / "src", site="lab")
-    dst = _portal(client, "lab-dst", tmp_path / "lab" / "dst", site="lab")
+    src = local_portal(client, "lab-src", tmp_path / "lab" / "src", site="lab")
+    dst = local_portal(client, "lab-dst", tmp_path / "lab" / "dst", site="lab")
     make_session_tree(tmp_path / "lab" / "dst", "Taken", n_audio=1)
     make_session_tree(tmp_path / "lab" / "src", "Taken", n_audio=1)
-    missing = _submit(client, src, "No Such Mix", dst)  # stored: the API does not look
-    taken = _submit(client, src, "Taken", dst)
+    missing = submit_between(client, src, "No Such Mix", dst)  # stored: the API does not look
+    taken = submit_between(client, src, "Taken", dst)
     stack.start_worker(worker_site="lab")
     for job, needle in ((missing, "does not exist"), (taken, "already exists")):
         final = stack.wait_job(client, job["id"], FINAL)
@@ -140,11 +124,11 @@ def test_site_check_of_a_missing_source_fails_the_job_on_its_worker(
 def test_portal_limit_of_one_runs_five_jobs_one_at_a_time_in_order(
         ketter_stack: Stack, api_client: httpx.Client, tmp_path: Path) -> None:
     stack, client = ketter_stack, api_client
-    src = _portal(client, "nas-src", tmp_path / "src")
-    dst = _portal(client, "nas", tmp_path / "nas", max_concurrent_jobs=1)
+    src = local_portal(client, "nas-src", tmp_path / "src")
+    dst = local_portal(client, "nas", tmp_path / "nas", max_concurrent_jobs=1)
     for i in range(5):
         make_session_tree(tmp_path / "src", f"Mix {i}", n_audio=3)
-    jobs = [_submit(client, src, f"Mix {i}", dst) for i in range(5)]
+    jobs = [submit_between(client, src, f"Mix {i}", dst) for i in range(5)]
     # One worker that could run all five at once.
     stack.start_worker(worker_max_jobs=5)
     finals = [stack.wait_job(client, j["id"], FINAL, timeout=90) for j in jobs]
