@@ -1,8 +1,9 @@
 """`make bench`: Ketter against rsync, tar and the link's limit in the two-namespace lab.
 
 Runs on the host; everything that crosses the link runs inside the LAB namespace
-(``ip netns exec ketter-lab``) and reaches REMOTE's sshd at 10.203.0.2, through the
-delaying relay (port 2222) when the RTT is above 0, directly (port 22) at RTT 0.
+(``ip netns exec ketter-lab``) and reaches REMOTE's sshd at 10.203.1.2 across the
+long link (delay line: rate, queue and RTT per packet) when the RTT is above 0, and
+at 10.203.0.2 across the LAN (veth, tbf) at RTT 0.
 REMOTE-side storage is a directory of the same filesystem, so the bench cleans a
 destination with a local rmtree (the link stays out of it).
 
@@ -69,11 +70,12 @@ class Lab:
 
     @property
     def port(self) -> int:
-        return int(self.env["SSH_PORT_DELAYED"]) if self.rtt_ms > 0 else int(self.env["SSH_PORT_DIRECT"])
+        return int(self.env["SSH_PORT"])
 
     @property
     def host(self) -> str:
-        return self.env["REMOTE_ADDR"]
+        """REMOTE across the long link (delay line) when there is an RTT, else across the LAN."""
+        return self.env["REMOTE_ADDR_DELAYED"] if self.rtt_ms > 0 else self.env["REMOTE_ADDR"]
 
     @property
     def user(self) -> str:

@@ -7,9 +7,9 @@ own database (``ketter_bench``), Redis db and queue, so it never touches a devel
 or a test's data; the jobs stay in ``ketter_bench`` for the calibration query in
 docs/lab_report.md.
 
-Portals: ``bench-lab-<tag>`` (local, LAB-side data) and one ssh portal per port of REMOTE:
-``bench-remote-22-<tag>`` (no delay) and ``bench-remote-2222-<tag>`` (through the delaying
-relay); ``<tag>`` is a hash of LAB_DIR.
+Portals: ``bench-lab-<tag>`` (local, LAB-side data) and one ssh portal per address of
+REMOTE: ``bench-remote-10.203.0.2-<tag>`` (the LAN, no delay) and
+``bench-remote-10.203.1.2-<tag>`` (the long link); ``<tag>`` is a hash of LAB_DIR.
 A bench job is timed from just before ``POST /jobs`` to the first poll that sees DONE.
 """
 
@@ -110,10 +110,10 @@ class Stack:
         tag = hashlib.sha256(str(self.lab_dir).encode()).hexdigest()[:6]
         self.portals["lab"] = self._portal({"name": f"bench-lab-{tag}", "kind": "local",
                                             "base_path": str(self.data_lab)})
-        for port in (self.lab_env["SSH_PORT_DIRECT"], self.lab_env["SSH_PORT_DELAYED"]):
-            self.portals[port] = self._portal({
-                "name": f"bench-remote-{port}-{tag}", "kind": "ssh", "base_path": str(self.data_remote),
-                "host": self.lab_env["REMOTE_ADDR"], "port": int(port),
+        for host in (self.lab_env["REMOTE_ADDR"], self.lab_env["REMOTE_ADDR_DELAYED"]):
+            self.portals[host] = self._portal({
+                "name": f"bench-remote-{host}-{tag}", "kind": "ssh", "base_path": str(self.data_remote),
+                "host": host, "port": int(self.lab_env["SSH_PORT"]),
                 "username": self.lab_env["REMOTE_USER"], "identity_file": self.lab_env["IDENTITY"],
                 "known_hosts_file": self.lab_env["KNOWN_HOSTS"]})
         self.log(f"stack: API {self.url}, worker in {self.lab_env['LAB_NS']}, portals {self.portals}")
@@ -174,7 +174,7 @@ class Stack:
     # --- bench hooks --------------------------------------------------------------------
 
     def set_lab(self, lab: Any) -> None:
-        self.ssh_portal = self.portals[str(lab.port)]
+        self.ssh_portal = self.portals[lab.host]
 
     def run_job(self, src: Path, dest: Path, strategy: str) -> tuple[float, dict[str, Any]]:
         """POST a job, poll until it ends; (seconds submit -> DONE, facts from the job and its events)."""
