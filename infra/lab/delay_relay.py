@@ -1,7 +1,7 @@
-"""A TCP relay that delays every chunk by RTT/2 in each direction: the lab's link delay.
+"""A TCP relay that delays every chunk by RTT/2 in each direction: a round trip on loopback.
 
-Our kernel has no ``sch_netem``, so the two-namespace lab cannot delay packets
-with ``tc``. This relay runs in the REMOTE namespace in front of its sshd and
+The engine's tests put it in front of a test sshd to give every ssh round trip an RTT
+(the bench lab itself uses the packet-level ``delay_line.py`` since ebed8ba). It
 holds each chunk it reads for ``rtt/2`` before writing it on, in order, in both
 directions. Every ssh round trip (handshake, rsync's file-list exchange, window
 adjusts, an ``unzip`` command) then costs one RTT, as on a real link. Up to

@@ -3,7 +3,7 @@
 Used by ``netlab.sh check`` so every lab run prints what the link really is,
 not what was asked for. Stdlib only: it runs inside the namespaces with any python3.
 
-    probe.py rtt -- ssh -p 2222 ... root@10.203.0.2      # median echo time via `cat`
+    probe.py rtt -- ssh -i KEY ... root@10.203.1.2        # median echo time via `cat`
     probe.py sink --listen 10.203.0.2:5001                # discard server (REMOTE)
     probe.py send --to 10.203.0.2:5001 --mib 256          # raw TCP bulk rate (LAB)
     probe.py send --to 10.203.1.2:5001 --connections 8    # the link's capacity, 8 at once
