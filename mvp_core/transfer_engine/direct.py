@@ -27,6 +27,7 @@ same tree the same way and each rsync resumes its files from the staging tree.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import re
 import threading
@@ -96,26 +97,43 @@ def _run_transfer(
     clock = PhaseClock(on_phase)
     source: TreeListing = (from_manifest(manifest) if manifest is not None
                            else list_source(job, options, cancel))
-    preflight.check_before_send(job, source, options, cancel)
+    endpoint = job_ssh_endpoint(job)
+    # A big job over ssh: the path measured (one round trip) while preflight looks at
+    # the target (its own round trips), not after it.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ketter-path") as probe:
+        measuring = probe.submit(path_plan.plan_path, endpoint, source.total_bytes, options, cancel)
+        preflight.check_before_send(job, source, options, cancel)
+        facts = measuring.result()
     for loss in preflight.fidelity_losses(manifest):
         clock.warn(loss)
     options = dataclasses.replace(options, partial_dir=partial_dir_for(source.entries))
     # The streams of a send into staging: split once, whichever way the target is looked at.
-    # A big job over ssh: the path measured once, the streams sized to it.
-    facts = path_plan.plan_path(job_ssh_endpoint(job), source.total_bytes, options, cancel)
     # On a long path a big file goes as byte ranges, one connection each (``ranges``).
     pieces = split_job(job, source, options, facts.channels)
     plan = plan_job_streams(job, source, options, connections=facts.channels,
                             split=pieces)
-    send = _Send(job, source, plan, options, clock, progress, cancel, started, facts, pieces)
-    if _guard_worth(job, plan, options) and not pieces:
-        try:
-            return send.run(deliver.assume_fresh(job), guarded=True)
-        except deliver.TargetNotFresh:
-            pass  # not fresh: look properly (raises the right error, or resumes)
-    # The target prepared, looked at and its staging root made: one round trip over ssh.
-    delivery = deliver.prepare(job, options, cancel, resumable=True, target_dirs=())
-    return send.run(delivery, guarded=False)
+    # The long path's own connections start now: their handshakes overlap the look at
+    # the target below.
+    with path_plan.open_slots(endpoint, options, _slot_count(plan, pieces, options, facts)) as slots:
+        send = _Send(job, source, plan, options, clock, progress, cancel, started, facts, pieces,
+                     slots)
+        if _guard_worth(job, plan, options) and not pieces:
+            try:
+                return send.run(deliver.assume_fresh(job), guarded=True)
+            except deliver.TargetNotFresh:
+                pass  # not fresh: look properly (raises the right error, or resumes)
+        # The target prepared, looked at and its staging root made: one round trip over ssh.
+        delivery = deliver.prepare(job, options, cancel, resumable=True, target_dirs=())
+        return send.run(delivery, guarded=False)
+
+
+def _slot_count(plan: list[Stream], pieces: list[ranges.Range], options: EngineOptions,
+                facts: path_plan.PathFacts) -> int:
+    """Separate connections the send will use: one per worker, on a long path only."""
+    if not facts.separate:
+        return 0
+    carried = len(pieces) + (0 if pieces and len(plan) == 1 else len(plan))
+    return min(carried, _slots(options, facts.channels)) if carried > 1 else 0
 
 
 def _guard_worth(job: TransferJob, plan: list[Stream], options: EngineOptions) -> bool:
@@ -142,6 +160,7 @@ class _Send:
     started: float
     facts: path_plan.PathFacts = path_plan.LAN
     pieces: list[ranges.Range] = dataclasses.field(default_factory=list)
+    slots: path_plan.Slots | None = None
 
     def run(self, delivery: deliver.Delivery, *, guarded: bool) -> TransferResult:
         job, source, options, clock = self.job, self.source, self.options, self.clock
@@ -159,7 +178,7 @@ class _Send:
                         if delivery.in_place else self.staged_plan)
                 # With ranges, a lone rest stream is left to the final pass.
                 plan = [] if pieces and len(plan) == 1 else plan
-                lists, note = (_write_lists(job, plan, options, pieces)
+                lists, note = (_write_lists(job, plan, options)
                                if len(plan) > 1 or pieces else ([], None))
                 if note is not None:
                     plan, pieces = [_one_rsync(source)], []
@@ -182,7 +201,7 @@ class _Send:
                             warnings = _run_streams(
                                 job, plan, lists, delivery, options, extra=extra,
                                 source=source, progress=self.progress, cancel=self.cancel,
-                                info=info, separate=self.facts.separate,
+                                info=info, slots=self.slots,
                                 pieces=pieces, pool=_slots(options, self.facts.channels))
                         sent_rate = path_plan.rate(source.total_bytes,
                                                    time.monotonic() - send_began)
@@ -313,16 +332,14 @@ def cleanup_stream_lists(job: TransferJob, options: EngineOptions) -> int:
 
 
 def _write_lists(job: TransferJob, plan: list[Stream], options: EngineOptions,
-                 pieces: list[ranges.Range] | None = None) -> tuple[list[Path], str | None]:
-    """Write each stream's ``--files-from`` list (and, after them, the list of the files
-    sent as ranges, for the rsync that gives them their attributes); on failure, a
-    warning instead (the job then runs one rsync, slower but whole)."""
+                 ) -> tuple[list[Path], str | None]:
+    """Write each stream's ``--files-from`` list; on failure, a warning instead (the
+    job then runs one rsync, slower but whole)."""
     cleanup_stream_lists(job, options)
     paths: list[Path] = []
-    split = [rel for rel in ranges.list_of(pieces or ()) if rel]
     try:
         Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
-        for index, files in enumerate([*(st.files for st in plan), *([split] if split else [])]):
+        for index, files in enumerate(st.files for st in plan):
             path = stream_list_path(job, options, index)
             paths.append(path)
             path.write_bytes(streams_plan.encode_list(job.source.name, files))
@@ -398,13 +415,14 @@ def _run_streams(
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
     info: dict[str, object],
-    separate: bool = False,
+    slots: path_plan.Slots | None = None,
     pieces: list[ranges.Range] | None = None,
     pool: int = 1,
 ) -> tuple[str, ...]:
     """Run the streams (and byte ranges) at once, then the final full pass; returns
-    rsync's warnings. ``separate``: each stream opens its own ssh connection (a long
-    path) instead of a session on the job's master; the final pass stays on the master.
+    rsync's warnings. ``slots``: each worker carries its items over its slot's own ssh
+    connection (a long path) instead of sessions on the job's master; the final pass
+    stays on the master.
     Ranges (``ranges``) share ``pool`` connections with the streams, largest first;
     those an earlier attempt finished are skipped."""
     write_dir = delivery.write_dir
@@ -424,28 +442,26 @@ def _run_streams(
     # --bwlimit is per rsync: share the job's limit so N streams keep within it.
     each = (dataclasses.replace(options, bwlimit_kib_s=max(1, options.bwlimit_kib_s // workers))
             if options.bwlimit_kib_s else options)
-    if separate:
-        remote = job_ssh_endpoint(job)
-        if remote is not None:  # learn the host's rsync once, over the master
-            rsync_flags(remote, options, cancel)
-        each = path_plan.own_connection(each)
+    if slots is not None:  # learn the host's rsync once, over the master
+        rsync_flags(slots.endpoint, options, cancel)
     parent = source_parent(job.source)
     list_of = {id(st): lists[i] for i, st in enumerate(plan)}
     queue = list(range(n))
     queue_lock = threading.Lock()
 
-    def run_one(index: int) -> None:
+    def run_one(index: int, mine: EngineOptions) -> None:
         item = items[index]
         if isinstance(item, ranges.Range):
             report = meter.range_(index)
-            ranges.send_range(item, job.source, delivery.staged, delivery.root, each,
+            ranges.send_range(item, job.source, delivery.staged, delivery.root, mine,
                               cancel=stop, report=report)
             return
         _result, warnings[index] = run_rsync(
-            parent, write_dir, each, bytes_total=item.bytes, files_total=item.n_files,
+            parent, write_dir, mine, bytes_total=item.bytes, files_total=item.n_files,
             progress=meter.stream(index), cancel=stop, extra=files_from_args(list_of[id(item)]))
 
-    def work() -> None:
+    def work(slot: int) -> None:
+        mine = slots.options_for(slot, each, stop) if slots is not None else each
         while not stop.cancelled:
             with queue_lock:
                 if not queue:
@@ -453,7 +469,7 @@ def _run_streams(
                 index = queue.pop(0)
             began = time.monotonic()
             try:
-                run_one(index)
+                run_one(index, mine)
             except BaseException as exc:  # noqa: BLE001 - handed to the job's thread below
                 with meter.lock:
                     failures.append(exc)
@@ -465,7 +481,7 @@ def _run_streams(
     if pieces:
         info.update(ranges=len(pieces), ranges_resumed=len(pieces) - len(todo),
                     range_files=len(ranges.list_of(pieces)))
-    threads = [threading.Thread(target=work, name=f"ketter-stream-{i}", daemon=True)
+    threads = [threading.Thread(target=work, args=(i,), name=f"ketter-stream-{i}", daemon=True)
                for i in range(workers)]
     try:
         for thread in threads:
@@ -488,28 +504,19 @@ def _run_streams(
         raise TransferCancelledError("cancelled during the streams")
 
     began = time.monotonic()
+    # Files sent as ranges have their bytes but not yet their mode and mtime: with
+    # ``--size-only`` the final pass gives them these without a second rsync (each costs
+    # several round trips on a long link). Safe because a job with ranges is always
+    # content-verified before delivery: a file of the right size and wrong bytes fails it.
+    final_extra = (*extra, "--size-only") if pieces else extra
     try:
-        if pieces:
-            _give_attributes(job, pieces, lists[len(plan):], write_dir, options, cancel)
         _result, last = run_rsync(job.source, write_dir, options,
                                   bytes_total=source.total_bytes, files_total=source.n_files,
-                                  progress=meter.final_pass, cancel=cancel, extra=extra)
+                                  progress=meter.final_pass, cancel=cancel, extra=final_extra)
     finally:
         info.update(final_pass_s=round(time.monotonic() - began, 3),
                     final_pass_bytes=meter.final_bytes, final_pass_files=meter.final_files)
     return tuple(dict.fromkeys(w for ws in (*warnings, last) for w in ws))
-
-
-def _give_attributes(job: TransferJob, pieces: list[ranges.Range], split_list: list[Path],
-                     write_dir: Endpoint, options: EngineOptions,
-                     cancel: CancelToken | None) -> None:
-    """The files sent as ranges get their mode and exact mtime from an rsync that sends
-    no data (same size: ``--size-only``), so the final pass's quick check passes them."""
-    if split_list:
-        run_rsync(source_parent(job.source), write_dir, options, cancel=cancel,
-                  extra=(*files_from_args(split_list[0]), "--size-only"))
-    elif any(not r.rel for r in pieces):  # the job's source is the one file
-        run_rsync(job.source, write_dir, options, cancel=cancel, extra=("--size-only",))
 
 
 def source_parent(source: Endpoint) -> Endpoint:

@@ -20,6 +20,12 @@ the extra handshakes.
   master, whose channels each have their own window. Measured (docs/lab_report.md, S6):
   at 20 ms separate connections cost MANY 1.15x (extra ssh processes on a busy host,
   handshakes) and bought nothing, so 20 ms (2.5 MB) stays on the master.
+- **Slots**: on a long path the separate connections are ssh masters of their own,
+  one per slot (``open_slots``), all started from the job's thread the moment the
+  plan is known, so their handshakes (~5 round trips each) overlap the job's last
+  control commands instead of delaying the first byte; each stream worker then
+  carries every range and stream it takes over its slot's connection (one handshake
+  per slot, not per item, and a TCP window already open).
 - **Achieved rate**: the send's bytes over its seconds, reported with the two above in
   the send phase's event and in the job's result, so the planner's calibration can
   tell a WAN job from a LAN one.
@@ -31,15 +37,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from mvp_core.transfer_engine import remote_sh
+from mvp_core.transfer_engine import remote_sh, ssh_master
 from mvp_core.transfer_engine.endpoints import SshEndpoint
 from mvp_core.transfer_engine.errors import TransferError
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.runner import Conversation
-from mvp_core.transfer_engine.ssh import remote_command_argv
+from mvp_core.transfer_engine.runner import Conversation, start_background, stop_background
+from mvp_core.transfer_engine.ssh import endpoint_key, remote_command_argv
 
 SSH_CHANNEL_WINDOW = 2 * 1024 * 1024  # OpenSSH CHAN_SES_WINDOW_DEFAULT (64 × 32 KiB)
 TCP_WINDOW = 4 * 1024 * 1024  # Linux's default net.ipv4.tcp_wmem maximum
@@ -119,6 +129,58 @@ def own_connection(options: EngineOptions) -> EngineOptions:
     """Options for a stream that opens its own ssh connection (its own TCP window and
     ssh process) instead of a session on the job's master."""
     return dataclasses.replace(options, ssh_control=None)
+
+
+@dataclasses.dataclass
+class Slots:
+    """The separate connections of one job's send: a starting ssh master per slot."""
+
+    endpoint: SshEndpoint
+    masters: list[tuple[subprocess.Popen[bytes], str] | None]
+
+    def options_for(self, slot: int, options: EngineOptions,
+                    cancel: CancelToken | None = None) -> EngineOptions:
+        """``options`` riding slot ``slot``'s master once it is up; a master that could
+        not start leaves that slot to plain connections of its own (the first command
+        then reports the real error)."""
+        master = self.masters[slot % len(self.masters)] if self.masters else None
+        if master is not None and ssh_master.wait_ready(master[0], master[1], options, cancel):
+            return dataclasses.replace(options, ssh_control=(endpoint_key(self.endpoint), master[1]))
+        return own_connection(options)
+
+
+@contextmanager
+def open_slots(endpoint: SshEndpoint | None, options: EngineOptions, count: int
+               ) -> Iterator[Slots | None]:
+    """Start ``count`` ssh masters to ``endpoint`` at once, without waiting for them;
+    None (the streams ride the job's master) for fewer than two or no remote. Must be
+    entered and left in the job's thread: the masters die with the thread that started
+    them, and all of them are stopped and their socket dirs removed on the way out."""
+    if endpoint is None or count < 2:
+        yield None
+        return
+    masters: list[tuple[subprocess.Popen[bytes], str] | None] = []
+    dirs: list[str] = []
+    try:
+        for _ in range(count):
+            paths = ssh_master.private_control_path()
+            if paths is None:
+                masters.append(None)
+                continue
+            dirs.append(paths[0])
+            try:
+                proc = start_background(ssh_master.master_argv(endpoint, options, paths[1]))
+            except TransferError:
+                masters.append(None)
+                continue
+            masters.append((proc, paths[1]))
+        yield Slots(endpoint, masters)
+    finally:
+        for master in masters:
+            if master is not None:
+                stop_background(master[0])
+        for sock_dir in dirs:
+            shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def rate(bytes_sent: int, seconds: float) -> float | None:
