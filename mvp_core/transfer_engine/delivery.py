@@ -43,6 +43,7 @@ script), the whole command quoted once by ``ssh.run_remote``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import dataclasses
 import errno
@@ -783,20 +784,26 @@ def _finish_in_one_session(delivery: Delivery, options: EngineOptions, clock: Ph
                            cancel: CancelToken | None, fallback: TreeListing | None
                            ) -> Finished:
     """``finish`` for a plain rename over ssh: the same phases and order (verify in
-    staging, then deliver), one ssh session for the listing and the rename (the
-    content hashes take a second command while the source is hashed here)."""
+    staging, then deliver), one ssh session for the listing and the rename. The content
+    hashes (a second command, while the source is hashed here) start with the listing,
+    not after it: they need only the source's listing, and on a long link the wait for
+    the staged listing is a round trip or two. The listing is still judged first: a
+    tree that does not match fails on that, whatever the hashes say."""
     job = delivery.job
     session = _VerifyThenRename(delivery, options)
     try:
         with clock.phase("verify", where="staging", resumed=False,
-                         content=options.verify) as info:
+                         content=options.verify) as info, \
+                concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ketter-hash") as pool:
             expected = list_source(job, options, cancel)
             integrity.check_unchanged(fallback, expected, job.source)
+            hashing = pool.submit(_check_content, expected, job, delivery.staged, options,
+                                  cancel, info)
             actual = session.listing(cancel)
             if actual is not None:
                 actual = _prune_strays(expected, actual, delivery.staged, options, clock)
             check_listing(expected, actual, delivery.staged, strict=True)
-            check = _check_content(expected, job, delivery.staged, options, cancel, info)
+            check = hashing.result()
             info.update(files=expected.n_files, bytes=expected.total_bytes)
         if options.write_mhl:
             _write_mhl(delivery, expected, check, options, clock)

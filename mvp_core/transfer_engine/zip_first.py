@@ -97,7 +97,7 @@ from mvp_core.transfer_engine.rsync import (
     run_rsync,
 )
 from mvp_core.transfer_engine.ssh import run_remote
-from mvp_core.transfer_engine.ssh_master import job_ssh_session
+from mvp_core.transfer_engine.ssh_master import job_ssh_endpoint, job_ssh_session
 from mvp_core.transfer_engine.steps import (
     PhaseClock,
     check_job,
@@ -277,11 +277,16 @@ def _run_zip_first(
     # A long path: the chunks go over as many separate connections as it needs.
     facts = (path_plan.plan_path(job.target, manifest.total_bytes, options, cancel)
              if isinstance(job.target, SshEndpoint) and chunk_plan.chunked else path_plan.LAN)
-    with deliver.discard_on_failure(job, options, clock, cancel):
+    # Its connections start now (their handshakes overlap the first zips); each sender
+    # keeps its own for every chunk it sends.
+    link_count = (min(send_streams(options, facts.channels), len(chunk_plan.chunks))
+                  if facts.separate and not delivery.delivered else 0)
+    with deliver.discard_on_failure(job, options, clock, cancel), \
+            path_plan.open_slots(job_ssh_endpoint(job), options, link_count) as link:
         if not delivery.delivered:
             pipeline = _Pipeline(job, delivery, manifest, chunk_plan, delivery.extracted,
                                  options, clock, progress, cancel, facts.channels,
-                                 separate=facts.separate)
+                                 separate=facts.separate, link=link)
             try:
                 pipeline.run()
                 if chunk_plan.chunked or delivery.in_place:
@@ -423,7 +428,7 @@ class _Pipeline:
                  plan: ChunkPlan, done: frozenset[int], options: EngineOptions,
                  clock: PhaseClock, progress: ProgressCallback | None,
                  cancel: CancelToken | None, connections: int = 1, *,
-                 separate: bool = False) -> None:
+                 separate: bool = False, link: path_plan.Slots | None = None) -> None:
         self.job = job
         self.delivery = delivery
         self.manifest = manifest
@@ -439,7 +444,9 @@ class _Pipeline:
         self.streams = send_streams(options, connections) if self.remote else 0
         self.slots = temp_slots(options, remote_target=self.remote, connections=connections)
         self.connections = (connections if separate else 1) if self.remote else 0
-        # Each send its own ssh connection on a long path; sessions on the master else.
+        # Each sender its own ssh connection on a long path (``link``: one master per
+        # sender, reused for each chunk); sessions on the job's master else.
+        self.link = link
         self.send_options = (path_plan.own_connection(options) if separate and connections > 1
                              else options)
         self.local_slots = threading.Semaphore(self.slots)
@@ -517,7 +524,7 @@ class _Pipeline:
         sent: queue.Queue[_Zip | None] = queue.Queue()
         stages: list[tuple[str, Callable[[], None]]] = [("zip", lambda: self._build(built))]
         if self.remote:
-            stages += [(f"send{i}", lambda: self._send(built, sent))
+            stages += [(f"send{i}", lambda i=i: self._send(built, sent, i))  # type: ignore[misc]
                        for i in range(self.streams)]
             stages += [("unzip", lambda: self._extract(sent))]
         else:
@@ -605,19 +612,23 @@ class _Pipeline:
         self.progress.zip(chunk.content_bytes, finished=True)
         return _Zip(chunk, path, None, entry.size, 1)
 
-    def _copy_as_is(self, item: _Zip, progress: Callable[[Progress], None] | None) -> None:
+    def _copy_as_is(self, item: _Zip, progress: Callable[[Progress], None] | None,
+                    options: EngineOptions) -> None:
         """rsync an as-is chunk's file straight into the tree being written (resumable
         through rsync's partial dir, like DIRECT)."""
         parent = LocalEndpoint(Path(self.job.source.path).absolute().parent)
         _result, sent_warnings = run_rsync(
-            parent, self.delivery.write_dir, self.send_options, bytes_total=item.size,
+            parent, self.delivery.write_dir, options, bytes_total=item.size,
             files_total=1, progress=progress, cancel=self.stop,
             extra=files_from_args(item.local))
         self.warnings.extend(sent_warnings)
 
-    def _send(self, inbox: queue.Queue[_Zip | None], outbox: queue.Queue[_Zip | None]) -> None:
+    def _send(self, inbox: queue.Queue[_Zip | None], outbox: queue.Queue[_Zip | None],
+              sender: int = 0) -> None:
         """One of S senders: take a remote slot, then the next built chunk, rsync it."""
         assert isinstance(self.job.target, SshEndpoint)
+        mine = (self.link.options_for(sender, self.options, self.stop) if self.link is not None
+                else self.send_options)
         remote_tmp = dataclasses.replace(self.job.target,
                                          path=PurePosixPath(self.options.remote_temp_dir))
         while True:
@@ -645,14 +656,14 @@ class _Pipeline:
                         diagnose_no_space(self.delivery.write_dir if as_is else remote_tmp,
                                           item.size, self.options):
                     if as_is:
-                        self._copy_as_is(item, report)
+                        self._copy_as_is(item, report, mine)
                     else:
                         # Sent under the target side's own name: the two temp dirs
                         # may be one folder (see _stem).
                         _result, sent_warnings = run_rsync(
                             LocalEndpoint(item.local),
                             dataclasses.replace(remote_tmp, path=item.remote),
-                            self.send_options,
+                            mine,
                             bytes_total=item.size, files_total=1, progress=report,
                             cancel=self.stop, partial_dir=None, as_file=True)
                         self.warnings.extend(sent_warnings)
@@ -714,7 +725,7 @@ class _Pipeline:
             return
         with self.clock.phase("send", **self._details(item.chunk), bytes=item.size,
                               as_is=True):
-            self._copy_as_is(item, None)
+            self._copy_as_is(item, None, self.send_options)
         item.local.unlink(missing_ok=True)
         _mark_local(marker)
         self.progress.send(item.chunk.index, item.chunk.content_bytes, finished=True)
