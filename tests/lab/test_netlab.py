@@ -213,7 +213,8 @@ def test_delay_line_delays_every_packet_so_one_connection_is_bound_by_its_window
                                    "10.209.0.2", str(size)], stdout=subprocess.PIPE, text=True)
         assert server.stdout and server.stdout.readline().strip() == "ready"
         client = subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", _LINE_CLIENT,
-                                 "10.209.0.2", str(size)], capture_output=True, text=True, timeout=60, check=False)
+                                 "10.209.0.2", str(size)],
+                                capture_output=True, text=True, timeout=60, check=False)
         assert client.returncode == 0, client.stderr
         got = json.loads(client.stdout)
         assert got["intact"], "the bytes that crossed the line differ from those sent"
