@@ -28,6 +28,7 @@ same tree the same way and each rsync resumes its files from the staging tree.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import re
 import threading
@@ -79,9 +80,30 @@ def run_transfer(
 ) -> TransferResult:
     """Copy or move ``job.source`` to ``job.target/<basename>`` with rsync."""
     check_job(job)  # before the ssh master: a refused job starts no process
-    with job_ssh_session(job, options, cancel) as session_options:
+    # A push lists its source here, before any connection: to a host this process
+    # measured lately as a long path, a big job starts its own connections beside the
+    # job's master (``path.remembered``) instead of after the probe.
+    listing = (from_manifest(manifest) if manifest is not None
+               else list_source(job, options, cancel)
+               if isinstance(job.source, LocalEndpoint) else None)
+    endpoint = job_ssh_endpoint(job)
+    with path_plan.open_slots(endpoint, options, _early_count(endpoint, listing, options)) as early, \
+            job_ssh_session(job, options, cancel) as session_options:
         return _run_transfer(job, options=session_options, progress=progress,
-                             on_phase=on_phase, cancel=cancel, manifest=manifest)
+                             on_phase=on_phase, cancel=cancel, manifest=manifest,
+                             listing=listing, early=early)
+
+
+def _early_count(endpoint: SshEndpoint | None, listing: TreeListing | None,
+                 options: EngineOptions) -> int:
+    """Connections to start before the job's master: a big push to a host remembered as
+    a long path, as many as its streams could use (one per stream's worth of bytes)."""
+    facts = path_plan.remembered(endpoint)
+    if (listing is None or facts is None or not facts.separate
+            or listing.total_bytes < path_plan.PROBE_MIN_BYTES):
+        return 0
+    return min(_slots(options, facts.channels),
+               max(2, listing.total_bytes // streams_plan.MIN_STREAM_BYTES))
 
 
 def _run_transfer(
@@ -92,11 +114,12 @@ def _run_transfer(
     on_phase: PhaseCallback | None,
     cancel: CancelToken | None,
     manifest: Manifest | None,
+    listing: TreeListing | None,
+    early: path_plan.Slots | None,
 ) -> TransferResult:
     started = time.monotonic()
     clock = PhaseClock(on_phase)
-    source: TreeListing = (from_manifest(manifest) if manifest is not None
-                           else list_source(job, options, cancel))
+    source: TreeListing = listing if listing is not None else list_source(job, options, cancel)
     endpoint = job_ssh_endpoint(job)
     # A big job over ssh: the path measured (one round trip) while preflight looks at
     # the target (its own round trips), not after it.
@@ -112,9 +135,11 @@ def _run_transfer(
     pieces = split_job(job, source, options, facts.channels)
     plan = plan_job_streams(job, source, options, connections=facts.channels,
                             split=pieces)
-    # The long path's own connections start now: their handshakes overlap the look at
-    # the target below.
-    with path_plan.open_slots(endpoint, options, _slot_count(plan, pieces, options, facts)) as slots:
+    # The long path's own connections: those started early, else started now (their
+    # handshakes overlap the look at the target below).
+    count = _slot_count(plan, pieces, options, facts)
+    with (contextlib.nullcontext(early) if early is not None and count
+          else path_plan.open_slots(endpoint, options, count)) as slots:
         send = _Send(job, source, plan, options, clock, progress, cancel, started, facts, pieces,
                      slots)
         if _guard_worth(job, plan, options) and not pieces:
@@ -510,13 +535,27 @@ def _run_streams(
     # content-verified before delivery: a file of the right size and wrong bytes fails it.
     final_extra = (*extra, "--size-only") if pieces else extra
     try:
-        _result, last = run_rsync(job.source, write_dir, options,
-                                  bytes_total=source.total_bytes, files_total=source.n_files,
-                                  progress=meter.final_pass, cancel=cancel, extra=final_extra)
+        if _one_file_pushed(job, source, pieces, delivery):
+            # No tree to finish: the one file needs only its mode and time.
+            assert isinstance(job.source, LocalEndpoint) and isinstance(delivery.staged, SshEndpoint)
+            ranges.give_mode_and_time(Path(job.source.path), delivery.staged, options, cancel)
+            last: tuple[str, ...] = ()
+        else:
+            _result, last = run_rsync(job.source, write_dir, options,
+                                      bytes_total=source.total_bytes, files_total=source.n_files,
+                                      progress=meter.final_pass, cancel=cancel, extra=final_extra)
     finally:
         info.update(final_pass_s=round(time.monotonic() - began, 3),
                     final_pass_bytes=meter.final_bytes, final_pass_files=meter.final_files)
     return tuple(dict.fromkeys(w for ws in (*warnings, last) for w in ws))
+
+
+def _one_file_pushed(job: TransferJob, source: TreeListing, pieces: list[ranges.Range],
+                     delivery: deliver.Delivery) -> bool:
+    """The job's source is one local file, sent whole as ranges to a remote staging."""
+    return (not source.is_dir and bool(pieces) and all(not r.rel for r in pieces)
+            and isinstance(job.source, LocalEndpoint)
+            and isinstance(delivery.staged, SshEndpoint))
 
 
 def source_parent(source: Endpoint) -> Endpoint:

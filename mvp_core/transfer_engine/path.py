@@ -26,6 +26,11 @@ the extra handshakes.
   control commands instead of delaying the first byte; each stream worker then
   carries every range and stream it takes over its slot's connection (one handshake
   per slot, not per item, and a TCP window already open).
+- **Remembered**: the facts of a path are kept per host for ``REMEMBER_S`` in this
+  process (a worker sends job after job to the same client). A push to a host measured
+  lately starts its slots beside the job's own master, before any probe (``early``);
+  the probe still runs for every big job, beside preflight, and refreshes what is kept.
+  A stale guess costs speed only: the measured facts decide the streams.
 - **Achieved rate**: the send's bytes over its seconds, reported with the two above in
   the send phase's event and in the job's result, so the planner's calibration can
   tell a WAN job from a LAN one.
@@ -39,6 +44,7 @@ import dataclasses
 import math
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +60,7 @@ from mvp_core.transfer_engine.ssh import endpoint_key, remote_command_argv
 SSH_CHANNEL_WINDOW = 2 * 1024 * 1024  # OpenSSH CHAN_SES_WINDOW_DEFAULT (64 × 32 KiB)
 TCP_WINDOW = 4 * 1024 * 1024  # Linux's default net.ipv4.tcp_wmem maximum
 PROBE_MIN_BYTES = 128 * 1024 * 1024  # two streams' floor: below it one stream runs anyway
+REMEMBER_S = 600.0  # how long a measured path is trusted for an early start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +121,27 @@ def separate_for(rtt_s: float | None, options: EngineOptions) -> bool:
     return rtt_s is not None and options.link_bytes_s * rtt_s > TCP_WINDOW
 
 
+_remembered: dict[tuple[object, ...], tuple[float, PathFacts]] = {}
+_remembered_lock = threading.Lock()
+
+
+def remembered(endpoint: SshEndpoint | None) -> PathFacts | None:
+    """The facts measured for ``endpoint``'s host in the last ``REMEMBER_S``, if any."""
+    if endpoint is None:
+        return None
+    with _remembered_lock:
+        kept = _remembered.get(endpoint_key(endpoint))
+    if kept is None or time.monotonic() - kept[0] > REMEMBER_S:
+        return None
+    return kept[1]
+
+
+def forget_paths() -> None:
+    """Forget every measured path (tests; a worker never needs to)."""
+    with _remembered_lock:
+        _remembered.clear()
+
+
 def plan_path(endpoint: SshEndpoint | None, total_bytes: int, options: EngineOptions,
               cancel: CancelToken | None = None) -> PathFacts:
     """Measure the path for a job big enough to use more than one channel."""
@@ -122,7 +150,12 @@ def plan_path(endpoint: SshEndpoint | None, total_bytes: int, options: EngineOpt
         return LAN
     rtt = measure_rtt(endpoint, options, cancel)
     channels = connections_for(rtt, options)
-    return PathFacts(rtt, channels, channels > 1 and separate_for(rtt, options))
+    facts = PathFacts(rtt, channels, channels > 1 and separate_for(rtt, options))
+    if rtt is not None:
+        with _remembered_lock:
+            _remembered[endpoint_key(endpoint)] = (time.monotonic(), facts)
+    return facts
+
 
 
 def own_connection(options: EngineOptions) -> EngineOptions:

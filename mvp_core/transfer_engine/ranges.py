@@ -19,19 +19,23 @@ No temp copy of the file on either side; dd's ``bs``/``skip``/``seek``/``count``
 the file's name, size, stamp and the cut, so a changed source or another cut starts
 over. A retry sends only the ranges without a marker.
 
-**Proof**: the split file then gets its mode and exact mtime from an rsync that sends
-no data (``--size-only`` over the job's master), so the final pass's quick check
-passes it by, and the job's content verification (forced to ``checksum`` when a file
-was split: a missing range has the right size) hashes it on both sides before delivery.
+**Proof**: the split file then gets its mode and exact mtime from the final rsync pass
+(``--size-only``: it sends no data for it); a job whose source is that one file, pushed,
+gets them from one remote ``chmod`` + ``touch`` instead (``give_mode_and_time``: an
+rsync pass is several round trips on a long link). The job's content verification
+(forced to ``checksum`` when a file was split: a missing range has the right size)
+hashes it on both sides before delivery.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -111,6 +115,19 @@ def split(files: Sequence[tuple[str, int]], stamps: dict[str, str], slots: int, 
 
 def _join(endpoint: Endpoint, rel: str) -> str:
     return str(PurePosixPath(str(endpoint.path)) / rel) if rel else str(endpoint.path)
+
+
+def give_mode_and_time(source: Path, staged: SshEndpoint, options: EngineOptions,
+                       cancel: CancelToken | None = None) -> None:
+    """The local file ``source``'s permission bits and mtime (to the nanosecond) on the
+    staged remote file: what ``rsync -a`` would give it."""
+    st = os.stat(source)
+    seconds, nanos = divmod(st.st_mtime_ns, 1_000_000_000)
+    when = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+    result = run_remote(staged, ("sh", "-c", remote_sh.MODE_AND_TIME, "sh", str(staged.path),
+                                 f"{stat.S_IMODE(st.st_mode):o}", when),
+                        options, what="give the file its mode and time", check=False, cancel=cancel)
+    raise_for_remote(result, staged, "give the file its mode and time")
 
 
 def marks_dir(root: Endpoint) -> str:

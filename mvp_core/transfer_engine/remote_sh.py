@@ -30,6 +30,8 @@ What each step needs, beyond that:
 - ``RANGE_READ`` / ``RANGE_WRITE`` / ``RANGE_MARKS`` (``ranges``, long links only):
   ``dd bs= skip= seek= count= conv=notrunc`` (POSIX), ``dirname``, ``tail``. A host
   without ``dd`` gets its big files whole, one rsync stream each.
+- ``MODE_AND_TIME`` (``ranges``: a single-file push sent as ranges): ``chmod`` with an
+  octal mode and ``touch -m -d YYYY-MM-DDThh:mm:SS.fZ`` (POSIX 2008; GNU and macOS).
 - ``LISTER`` / ``LIST_TREE`` (verification listings, ``DELETE_VERIFIED``'s re-check,
   ``LIST_THEN_RENAME``, ``UNFINISHED_FILES``): GNU ``find -printf``, else ``find -exec
   stat -f`` (BSD) with ``tr``; names with a newline are stat'ed one by one.
@@ -435,4 +437,8 @@ RANGE_WRITE = (
 )
 
 # $1 a folder of range markers: their names, one per line (none if it is missing).
+# $1 a file, $2 its mode (octal), $3 its mtime for POSIX ``touch -d`` (UTC, with the
+# nanoseconds): what the final rsync pass would give a file that came as byte ranges.
+MODE_AND_TIME = 'chmod "$2" -- "$1" && touch -m -d "$3" -- "$1"'
+
 RANGE_MARKS = 'cd -- "$1" 2>/dev/null || exit 0; for f in *; do [ -e "$f" ] && printf "%s\\n" "$f"; done; exit 0'

@@ -13,11 +13,20 @@ from pathlib import Path
 
 import pytest
 
+from mvp_core.transfer_engine import path
 from mvp_core.transfer_engine.options import EngineOptions
 from tests.fixtures.sshd import SshServer, start_sshd, stop_sshd
 
 RELAY = Path(__file__).resolve().parents[2] / "infra" / "lab" / "delay_relay.py"
 RTT_MS = 50  # the far sshd's round trip: a long path, yet quick tests
+
+
+@pytest.fixture(autouse=True)
+def _no_remembered_paths() -> Iterator[None]:
+    """Each test measures its own paths: none is remembered from an earlier test."""
+    path.forget_paths()
+    yield
+    path.forget_paths()
 
 
 @pytest.fixture

@@ -150,3 +150,53 @@ def test_a_small_job_is_not_probed(tmp_path: Path, logged_sshd: SshServer,
                           options=engine_options, on_phase=events.append)
     assert result.rtt_s is None and result.connections == 1
     assert _send(events).details["rtt_ms"] is None
+
+
+def test_a_push_to_a_host_measured_lately_starts_its_connections_beside_the_master(
+        tmp_path: Path, far_sshd: SshServer, engine_options: EngineOptions,
+        small_jobs_count: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first big job to a far host measures it; the next one (any folder there)
+    starts its own connections before its master and the probe, and its streams run
+    over those: no connection beyond them is opened."""
+    from mvp_core.transfer_engine import direct
+    from mvp_core.transfer_engine.steps import list_source
+
+    src = _tree(tmp_path / "src")
+    options = dataclasses.replace(engine_options, direct_streams=1, ssh_max_connections=8)
+    first = far_sshd.endpoint(tmp_path / "first")
+    assert path.remembered(first) is None
+    run_transfer(TransferJob(LocalEndpoint(src), first), options=options)
+    second = far_sshd.endpoint(tmp_path / "second")
+    facts = path.remembered(second)
+    assert facts is not None and facts.separate
+    assert facts.rtt_s is not None and facts.rtt_s >= RTT_MS / 1000
+    job = TransferJob(LocalEndpoint(src), second)
+    early = direct._early_count(second, list_source(job, options), options)
+    assert early >= 3
+    # What starts when: the connections (with their count) and the job's master.
+    order: list[str] = []
+    real_slots, real_master = path.open_slots, direct.job_ssh_session
+
+    def slots(endpoint: object, opts: EngineOptions, count: int) -> object:
+        order.append(f"slots {count}")
+        return real_slots(endpoint, opts, count)  # type: ignore[arg-type]
+
+    def master(*args: object, **kw: object) -> object:
+        order.append("master")
+        return real_master(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(path, "open_slots", slots)
+    monkeypatch.setattr(direct, "job_ssh_session", master)
+    before = settled_count(far_sshd)
+    result = run_transfer(job, options=options)
+    made = settled_count(far_sshd) - before
+    assert order == [f"slots {early}", "master"]  # before the master, and only then
+    assert result.streams >= 3 and result.connections == result.streams
+    assert made == 1 + early  # the master and the early connections, nothing more
+    assert_trees_identical(src, tmp_path / "second" / src.name)
+    # A small job to that host starts none early; nor does any job once it is forgotten.
+    monkeypatch.setattr(path, "PROBE_MIN_BYTES", 1 << 40)
+    assert direct._early_count(second, list_source(job, options), options) == 0
+    monkeypatch.setattr(path, "PROBE_MIN_BYTES", 1)
+    path.forget_paths()
+    assert direct._early_count(second, list_source(job, options), options) == 0
