@@ -87,7 +87,8 @@ def run_transfer(
                else list_source(job, options, cancel)
                if isinstance(job.source, LocalEndpoint) else None)
     endpoint = job_ssh_endpoint(job)
-    with path_plan.open_slots(endpoint, options, _early_count(endpoint, listing, options)) as early, \
+    early_count = _early_count(endpoint, listing, options)
+    with path_plan.open_slots(endpoint, options, early_count) as early, \
             job_ssh_session(job, options, cancel) as session_options:
         return _run_transfer(job, options=session_options, progress=progress,
                              on_phase=on_phase, cancel=cancel, manifest=manifest,
@@ -537,8 +538,9 @@ def _run_streams(
     try:
         if _one_file_pushed(job, source, pieces, delivery):
             # No tree to finish: the one file needs only its mode and time.
-            assert isinstance(job.source, LocalEndpoint) and isinstance(delivery.staged, SshEndpoint)
-            ranges.give_mode_and_time(Path(job.source.path), delivery.staged, options, cancel)
+            staged = delivery.staged
+            assert isinstance(job.source, LocalEndpoint) and isinstance(staged, SshEndpoint)
+            ranges.give_mode_and_time(Path(job.source.path), staged, options, cancel)
             last: tuple[str, ...] = ()
         else:
             _result, last = run_rsync(job.source, write_dir, options,

@@ -178,7 +178,8 @@ class Slots:
         then reports the real error)."""
         master = self.masters[slot % len(self.masters)] if self.masters else None
         if master is not None and ssh_master.wait_ready(master[0], master[1], options, cancel):
-            return dataclasses.replace(options, ssh_control=(endpoint_key(self.endpoint), master[1]))
+            control = (endpoint_key(self.endpoint), master[1])
+            return dataclasses.replace(options, ssh_control=control)
         return own_connection(options)
 
 
