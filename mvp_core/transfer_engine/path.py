@@ -25,7 +25,9 @@ the extra handshakes.
   plan is known, so their handshakes (~5 round trips each) overlap the job's last
   control commands instead of delaying the first byte; each stream worker then
   carries every range and stream it takes over its slot's connection (one handshake
-  per slot, not per item, and a TCP window already open).
+  per slot, not per item, and a TCP window already open). In the worker
+  (``ssh_persist_s``) the slots' masters come from the process's pool and stay warm
+  after the job like the job's own master: the next job to that host opens none.
 - **Remembered**: the facts of a path are kept per host for ``REMEMBER_S`` in this
   process (a worker sends job after job to the same client). A push to a host measured
   lately starts its slots beside the job's own master, before any probe (``early``);
@@ -40,13 +42,15 @@ Pure except ``measure_rtt``, which runs one remote command through ``ssh``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import math
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from mvp_core.transfer_engine import remote_sh, ssh_master
@@ -166,55 +170,95 @@ def own_connection(options: EngineOptions) -> EngineOptions:
 
 @dataclasses.dataclass
 class Slots:
-    """The separate connections of one job's send: a starting ssh master per slot."""
+    """The separate connections of one job's send: for each slot, a way to wait for its
+    ssh master's control socket (None: that master could not start)."""
 
     endpoint: SshEndpoint
-    masters: list[tuple[subprocess.Popen[bytes], str] | None]
+    ready: list[Callable[[EngineOptions, CancelToken | None], str | None]]
 
     def options_for(self, slot: int, options: EngineOptions,
                     cancel: CancelToken | None = None) -> EngineOptions:
         """``options`` riding slot ``slot``'s master once it is up; a master that could
         not start leaves that slot to plain connections of its own (the first command
         then reports the real error)."""
-        master = self.masters[slot % len(self.masters)] if self.masters else None
-        if master is not None and ssh_master.wait_ready(master[0], master[1], options, cancel):
-            control = (endpoint_key(self.endpoint), master[1])
-            return dataclasses.replace(options, ssh_control=control)
-        return own_connection(options)
+        path = self.ready[slot % len(self.ready)](options, cancel) if self.ready else None
+        if path is None:
+            return own_connection(options)
+        return dataclasses.replace(options, ssh_control=(endpoint_key(self.endpoint), path))
 
 
 @contextmanager
-def open_slots(endpoint: SshEndpoint | None, options: EngineOptions, count: int
-               ) -> Iterator[Slots | None]:
+def open_slots(endpoint: SshEndpoint | None, options: EngineOptions, count: int,
+               cancel: CancelToken | None = None) -> Iterator[Slots | None]:
     """Start ``count`` ssh masters to ``endpoint`` at once, without waiting for them;
-    None (the streams ride the job's master) for fewer than two or no remote. Must be
-    entered and left in the job's thread: the masters die with the thread that started
-    them, and all of them are stopped and their socket dirs removed on the way out."""
+    None (the streams ride the job's master) for fewer than two or no remote.
+
+    With ``ssh_persist_s`` (the worker) they come from the process's pool and stay warm
+    after the job, like the job's own master: the next job to that host finds its
+    connections open. Else (the CLI) they are the job's own: this must then be entered
+    and left in the job's thread (a master dies with the thread that started it), and
+    all are stopped and their socket dirs removed on the way out."""
     if endpoint is None or count < 2:
         yield None
         return
-    masters: list[tuple[subprocess.Popen[bytes], str] | None] = []
+    if options.ssh_persist_s > 0:
+        with _pooled_slots(endpoint, options, count, cancel) as slots:
+            yield slots
+        return
+    masters: list[tuple[subprocess.Popen[bytes], str]] = []
     dirs: list[str] = []
+    ready: list[Callable[[EngineOptions, CancelToken | None], str | None]] = []
     try:
         for _ in range(count):
             paths = ssh_master.private_control_path()
-            if paths is None:
-                masters.append(None)
-                continue
-            dirs.append(paths[0])
-            try:
-                proc = start_background(ssh_master.master_argv(endpoint, options, paths[1]))
-            except TransferError:
-                masters.append(None)
+            proc = None
+            if paths is not None:
+                dirs.append(paths[0])
+                try:
+                    proc = start_background(ssh_master.master_argv(endpoint, options, paths[1]))
+                except TransferError:
+                    proc = None
+            if proc is None or paths is None:
+                ready.append(lambda _o, _c: None)
                 continue
             masters.append((proc, paths[1]))
-        yield Slots(endpoint, masters)
+            ready.append(functools.partial(_own_ready, proc, paths[1]))
+        yield Slots(endpoint, ready)
     finally:
-        for master in masters:
-            if master is not None:
-                stop_background(master[0])
+        for proc, _path in masters:
+            stop_background(proc)
         for sock_dir in dirs:
             shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def _own_ready(proc: subprocess.Popen[bytes], control_path: str, options: EngineOptions,
+               cancel: CancelToken | None) -> str | None:
+    return control_path if ssh_master.wait_ready(proc, control_path, options, cancel) else None
+
+
+@contextmanager
+def _pooled_slots(endpoint: SshEndpoint, options: EngineOptions, count: int,
+                  cancel: CancelToken | None) -> Iterator[Slots]:
+    """``count`` slot masters from the process's pool, asked for all at once (each
+    acquire waits for its master: a warm one at once, a new one after its handshake)."""
+    from mvp_core.transfer_engine.ssh_pool import shared_masters  # imports ssh_master
+
+    asking = concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="ketter-slot")
+    wanted = [asking.submit(shared_masters.acquire, endpoint, options, cancel, slot=i)
+              for i in range(count)]
+
+    def ready(i: int, _options: EngineOptions, _cancel: CancelToken | None) -> str | None:
+        master = wanted[i].result()
+        return None if master is None else master.control_path
+
+    try:
+        yield Slots(endpoint, [functools.partial(ready, i) for i in range(count)])
+    finally:
+        asking.shutdown(wait=True)
+        for future in wanted:
+            master = future.result()
+            if master is not None:
+                shared_masters.release(master)
 
 
 def rate(bytes_sent: int, seconds: float) -> float | None:

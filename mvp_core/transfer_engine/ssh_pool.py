@@ -68,8 +68,7 @@ class MasterPool:
     def session(self, endpoint: SshEndpoint, options: EngineOptions,
                 cancel: CancelToken | None = None) -> Iterator[EngineOptions]:
         """Run the block over the pool's master for ``endpoint`` (started if needed)."""
-        key = master_argv(endpoint, options, "")
-        master = self._acquire(key, endpoint, options, cancel)
+        master = self.acquire(endpoint, options, cancel)
         if master is None:
             yield options
             return
@@ -77,7 +76,25 @@ class MasterPool:
             yield dataclasses.replace(
                 options, ssh_control=(endpoint_key(endpoint), master.control_path))
         finally:
-            self._release(key, master)
+            self.release(master)
+
+    def acquire(self, endpoint: SshEndpoint, options: EngineOptions,
+                cancel: CancelToken | None = None, *, slot: int | None = None
+                ) -> _Master | None:
+        """The warm master for ``endpoint`` (``slot``: one of a long path's separate
+        connections to it, ``path.open_slots``), started and waited for if needed; None
+        when it cannot start. Every acquire is paired with one ``release``."""
+        key = master_argv(endpoint, options, "")
+        if slot is not None:
+            key = (*key, f"slot {slot}")
+        return self._acquire(key, endpoint, options, cancel)
+
+    def release(self, master: _Master) -> None:
+        """This user is done with ``master``: it stays warm ``ssh_persist_s``."""
+        with self._lock:
+            master.users -= 1
+            if master.users == 0:
+                master.idle_since = time.monotonic()
 
     def close(self) -> None:
         """Stop every master now (process exit, tests)."""
@@ -113,12 +130,6 @@ class MasterPool:
                 self._masters[key] = master
             self._ensure_reaper()
             return master
-
-    def _release(self, key: tuple[str, ...], master: _Master) -> None:
-        with self._lock:
-            master.users -= 1
-            if master.users == 0:
-                master.idle_since = time.monotonic()
 
     def _start(self, endpoint: SshEndpoint, options: EngineOptions,
                cancel: CancelToken | None) -> _Master | None:

@@ -177,9 +177,9 @@ def test_a_push_to_a_host_measured_lately_starts_its_connections_beside_the_mast
     order: list[str] = []
     real_slots, real_master = path.open_slots, direct.job_ssh_session
 
-    def slots(endpoint: object, opts: EngineOptions, count: int) -> object:
+    def slots(endpoint: object, opts: EngineOptions, count: int, *more: object) -> object:
         order.append(f"slots {count}")
-        return real_slots(endpoint, opts, count)  # type: ignore[arg-type]
+        return real_slots(endpoint, opts, count, *more)  # type: ignore[arg-type]
 
     def master(*args: object, **kw: object) -> object:
         order.append("master")
@@ -200,3 +200,31 @@ def test_a_push_to_a_host_measured_lately_starts_its_connections_beside_the_mast
     monkeypatch.setattr(path, "PROBE_MIN_BYTES", 1)
     path.forget_paths()
     assert direct._early_count(second, list_source(job, options), options) == 0
+
+
+def test_the_worker_keeps_a_long_paths_connections_warm_for_the_next_job(
+        tmp_path: Path, far_sshd: SshServer, engine_options: EngineOptions,
+        small_jobs_count: None) -> None:
+    """With ``ssh_persist_s`` (the worker's default) the slots' masters stay in the
+    process's pool like the job's own: a second job to that host within the time opens
+    no connection at all, and its streams still run one per slot."""
+    from mvp_core.transfer_engine.ssh_pool import shared_masters
+
+    src = _tree(tmp_path / "src")
+    options = dataclasses.replace(engine_options, direct_streams=1, ssh_max_connections=8,
+                                  ssh_persist_s=60.0)
+    try:
+        before = settled_count(far_sshd)
+        first = run_transfer(TransferJob(LocalEndpoint(src), far_sshd.endpoint(tmp_path / "a")),
+                             options=options)
+        assert settled_count(far_sshd) - before == 1 + first.connections
+        assert first.connections >= 3 and shared_masters.count() == 1 + first.connections
+        before = settled_count(far_sshd)
+        second = run_transfer(TransferJob(LocalEndpoint(src), far_sshd.endpoint(tmp_path / "b")),
+                              options=options)
+        assert settled_count(far_sshd) - before == 0
+        assert second.connections == first.connections and second.streams == first.streams
+        assert_trees_identical(src, tmp_path / "b" / src.name)
+    finally:
+        shared_masters.close()
+    assert shared_masters.count() == 0
