@@ -52,6 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from mvp_core.transfer_engine import remote_sh, ssh_master
 from mvp_core.transfer_engine.endpoints import SshEndpoint
@@ -60,6 +61,9 @@ from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.runner import Conversation, start_background, stop_background
 from mvp_core.transfer_engine.ssh import endpoint_key, remote_command_argv
+
+if TYPE_CHECKING:
+    from mvp_core.transfer_engine.ssh_pool import _Master
 
 SSH_CHANNEL_WINDOW = 2 * 1024 * 1024  # OpenSSH CHAN_SES_WINDOW_DEFAULT (64 × 32 KiB)
 TCP_WINDOW = 4 * 1024 * 1024  # Linux's default net.ipv4.tcp_wmem maximum
@@ -161,7 +165,6 @@ def plan_path(endpoint: SshEndpoint | None, total_bytes: int, options: EngineOpt
     return facts
 
 
-
 def own_connection(options: EngineOptions) -> EngineOptions:
     """Options for a stream that opens its own ssh connection (its own TCP window and
     ssh process) instead of a session on the job's master."""
@@ -247,16 +250,22 @@ def _pooled_slots(endpoint: SshEndpoint, options: EngineOptions, count: int,
     wanted = [asking.submit(shared_masters.acquire, endpoint, options, cancel, slot=i)
               for i in range(count)]
 
+    def got(i: int) -> _Master | None:
+        try:
+            return wanted[i].result()
+        except Exception:  # noqa: BLE001 - a slot that could not start is a plain connection
+            return None
+
     def ready(i: int, _options: EngineOptions, _cancel: CancelToken | None) -> str | None:
-        master = wanted[i].result()
+        master = got(i)
         return None if master is None else master.control_path
 
     try:
         yield Slots(endpoint, [functools.partial(ready, i) for i in range(count)])
     finally:
         asking.shutdown(wait=True)
-        for future in wanted:
-            master = future.result()
+        for i in range(count):
+            master = got(i)
             if master is not None:
                 shared_masters.release(master)
 
