@@ -437,8 +437,8 @@ RANGE_WRITE = (
 )
 
 # $1 a folder of range markers: their names, one per line (none if it is missing).
+RANGE_MARKS = 'cd -- "$1" 2>/dev/null || exit 0; for f in *; do [ -e "$f" ] && printf "%s\\n" "$f"; done; exit 0'
+
 # $1 a file, $2 its mode (octal), $3 its mtime for POSIX ``touch -d`` (UTC, with the
 # nanoseconds): what the final rsync pass would give a file that came as byte ranges.
 MODE_AND_TIME = 'chmod "$2" -- "$1" && touch -m -d "$3" -- "$1"'
-
-RANGE_MARKS = 'cd -- "$1" 2>/dev/null || exit 0; for f in *; do [ -e "$f" ] && printf "%s\\n" "$f"; done; exit 0'
