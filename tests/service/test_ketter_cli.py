@@ -155,7 +155,9 @@ def test_cancel_from_the_command_line(ketter_stack: Stack, tmp_path: Path,
     api = stack.start_api()
     stack.start_worker(rsync_bwlimit_kib_s=512)
     paths = _portals(api, tmp_path / "portals", sshd)
-    _tree(paths["src"], "Stems", n_files=1, size=8 * 1024 * 1024)
+    # 64 s at 512 KiB/s, cancelled below: the watch must start and be stopped while the
+    # job still runs, however slow the machine (8 MiB, 16 s, once ended first under load).
+    _tree(paths["src"], "Stems", n_files=1, size=32 * 1024 * 1024)
     job = as_json(ketter(api, "jobs", "submit", "--from", "lab:Stems", "--to", "srvtrf:",
                          "--strategy", "direct", "--json"))
     wait_until(lambda: as_json(ketter(api, "jobs", "show", str(job["id"]), "--json")
