@@ -11,6 +11,7 @@ import pty
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,13 @@ def test_cancel_from_the_command_line(ketter_stack: Stack, tmp_path: Path,
     # Ctrl-C on a watch stops the watching, not the job.
     env = {k: v for k, v in os.environ.items() if not k.startswith("KETTER_")}
     env["KETTER_API_URL"] = api.url
-    watching = subprocess.Popen([KETTER, "jobs", "watch", str(job["id"])], env=env,
+    # As from a terminal: SIGINT at its default, whatever this test's parent left it at
+    # (an `&` in a non-interactive shell starts us with SIGINT ignored, and an ignored
+    # signal stays ignored across exec).
+    as_on_a_terminal = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                        "os.execv(sys.argv[1], sys.argv[1:])")
+    watching = subprocess.Popen([sys.executable, "-c", as_on_a_terminal, str(KETTER), "jobs",
+                                 "watch", str(job["id"])], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     watching.send_signal(signal.SIGINT)
