@@ -305,7 +305,7 @@ def split_job(job: TransferJob, source: TreeListing, options: EngineOptions,
         return []
     files = [(rel, size) for rel, (kind, size) in source.entries.items() if kind == FILE]
     pieces, _whole = ranges.split(files, source.stamps, _slots(options, connections),
-                                  min_range=streams_plan.MIN_STREAM_BYTES)
+                                  min_range=ranges.MIN_RANGE)
     return pieces
 
 

@@ -3,8 +3,9 @@
 Why: on a long link one connection carries ~2 MiB per round trip (``path``), and a
 single big render is one rsync stream: at 100 ms a 400 MiB file took 24 s where four
 separate connections took 8.7 s. So on a path with more than one connection, a file
-of at least two streams' floor is cut into ranges that run at once, each on its own
-connection, written at their offsets straight into the staged file:
+of more than one and a half fair shares of the job is cut into equal ranges (``split``)
+that run at once, each on its own connection, written at their offsets straight into
+the staged file:
 
 - **push**: we read the range (``pread``) into ssh's stdin; the remote ``dd
   of=STAGED seek=K conv=notrunc`` writes it in place (``remote_sh.RANGE_WRITE``);
@@ -48,6 +49,7 @@ from mvp_core.transfer_engine.runner import run_command
 from mvp_core.transfer_engine.ssh import raise_for_remote, remote_command_argv, run_remote
 
 BLOCK = 1024 * 1024  # dd's block: ranges start on it
+MIN_RANGE = 32 * 1024 * 1024  # a range's floor: at 100 ms its session costs ~2 round trips
 RANGE_MARKS = ".ketter-ranges"
 _READ = 1024 * 1024
 _PROGRESS_EVERY_S = 0.25
@@ -81,35 +83,32 @@ class Range:
 
 def split(files: Sequence[tuple[str, int]], stamps: dict[str, str], slots: int, *,
           min_range: int) -> tuple[list[Range], list[tuple[str, int]]]:
-    """Cut the files of at least two fair shares of the job (its bytes over ``slots``,
-    the transfers it runs at once) into ranges of that share (at least ``min_range``,
-    block-aligned; the last one takes the rest, a crumb under a quarter of
-    ``min_range`` included); returns the ranges and the files left
-    whole. Several files near the share keep one slot each, whole (FEW at 20 ms: four
-    streams, as before); one big render on a long path takes every slot. Files between
-    one and two shares stay whole: FEW (4 x 128 MiB) at 100 ms over 7 slots, cut into
-    ranges, took 1.17x as long as its 4 whole streams (bench, docs/lab_report.md S6:
-    seven writers at offsets of four files on this disk, seven ssh pairs on two cores).
-    Ranges are the share, not equal parts of a file, so the largest-first queue packs
-    them evenly."""
+    """Cut each file into its number of fair shares of the job (the job's bytes over
+    ``slots``, the transfers it runs at once), rounded with a half down, in equal
+    block-aligned parts of at least ``min_range``; returns the ranges and the files left
+    whole (one share or less, or under two ``min_range``).
+
+    Equal parts of about a share give every slot one and they end together: FEW
+    (4 x 128 MiB) at 100 ms went as four whole streams on eight connections, four idle
+    (55 % of the link); cut in halves it filled the link (docs/lab_report.md S8). A file
+    of one share keeps one slot, whole (FEW at 20 ms: four streams, as before); one big
+    render on a long path takes every slot."""
     if slots <= 1:
         return [], list(files)
     floor = max(min_range, BLOCK)
     share = max(floor, -(-sum(size for _rel, size in files) // slots))
-    step = -(-share // BLOCK) * BLOCK
     ranges: list[Range] = []
     whole: list[tuple[str, int]] = []
     for rel, size in files:
-        if size < 2 * step or size // floor < 2:
+        parts = min((2 * size + share - 1) // (2 * share), size // floor)
+        if parts < 2:
             whole.append((rel, size))
             continue
-        offsets = list(range(0, size, step))
-        if size - offsets[-1] < floor // 4:  # a crumb rides with the range before it
-            offsets.pop()
+        offsets = [k * size // parts // BLOCK * BLOCK for k in range(parts)]
         ends = [*offsets[1:], size]
         for index, (offset, end) in enumerate(zip(offsets, ends, strict=True)):
             ranges.append(Range(rel, size, offset, end - offset, index,
-                                stamps.get(rel, ""), len(offsets)))
+                                stamps.get(rel, ""), parts))
     return ranges, whole
 
 

@@ -269,10 +269,11 @@ def test_a_long_path_to_a_host_without_dd_sends_big_files_whole(
     kit has no dd (a real Mac has BSD dd in /bin): the probe says so and the file goes
     whole, one rsync stream on its own connection, instead of failing the job. The
     path is made "long" by a link rate no loopback has (RTT x rate > a TCP window)."""
-    from mvp_core.transfer_engine import path, streams
+    from mvp_core.transfer_engine import path, ranges, streams
     from mvp_core.transfer_engine.direct import run_transfer
 
     monkeypatch.setattr(streams, "MIN_STREAM_BYTES", 1)
+    monkeypatch.setattr(ranges, "MIN_RANGE", 1)  # a range-sized file: only no dd keeps it whole
     monkeypatch.setattr(path, "PROBE_MIN_BYTES", 1)
     src = tmp_path / "src" / "Render final é"
     src.mkdir(parents=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mvp_core.transfer_engine import path, streams
+from mvp_core.transfer_engine import path, ranges, streams
 from mvp_core.transfer_engine.direct import run_transfer
 from mvp_core.transfer_engine.endpoints import LocalEndpoint
 from mvp_core.transfer_engine.job import TransferJob, TransferMode
@@ -25,14 +25,16 @@ from tests.fixtures.trees import assert_trees_identical, tree_snapshot
 @pytest.mark.parametrize(("rtt_ms", "most", "expected"), [
     (None, 8, 1),      # not measured: as on a LAN
     (0.3, 8, 1),       # loopback / LAN: 1 gbit × 0.3 ms is far below one window
-    (20, 8, 2),        # 2.5 MB in flight: two windows
-    (50, 8, 3),
-    (100, 8, 6),       # 12.5 MB: six 2 MiB windows
+    (20, 8, 2),        # 2.5 MB in flight: two channels
+    (50, 8, 4),        # 6.25 MB
+    (100, 8, 8),       # 12.5 MB: seven channels' 1.78 MB, and the rest needs an eighth
     (300, 8, 8),       # bounded by the setting
     (100, 1, 1),       # the setting says one
 ])
 def test_connections_follow_the_bandwidth_delay_product(rtt_ms: float | None, most: int,
                                                         expected: int) -> None:
+    """A channel carries what it measured through the delay line (85 % of its window
+    per round trip), not its whole window: at 100 ms seven left the link short."""
     options = EngineOptions(ssh_max_connections=most)
     rtt = None if rtt_ms is None else rtt_ms / 1000
     assert path.connections_for(rtt, options) == expected
@@ -52,7 +54,7 @@ def test_separate_connections_only_beyond_one_tcp_window(rtt_ms: float | None,
 
 def test_a_faster_link_needs_more_connections() -> None:
     ten_gbit = EngineOptions(link_bytes_s=1_250_000_000, ssh_max_connections=32)
-    assert path.connections_for(0.020, ten_gbit) == 12
+    assert path.connections_for(0.020, ten_gbit) == 15  # 25 MB over 1.78 MB a channel
 
 
 def test_the_probe_measures_one_round_trip(logged_sshd: SshServer, far_sshd: SshServer,
@@ -90,6 +92,7 @@ def _tree(parent: Path) -> Path:
 def small_jobs_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """Test trees are small: let them have streams and a measured path."""
     monkeypatch.setattr(streams, "MIN_STREAM_BYTES", 1)
+    monkeypatch.setattr(ranges, "MIN_RANGE", 1)
     monkeypatch.setattr(path, "PROBE_MIN_BYTES", 1)
 
 
