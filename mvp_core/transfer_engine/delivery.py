@@ -142,6 +142,9 @@ class Delivery:
     delivered: bool  # an earlier attempt of this job already renamed its tree in place
     # ZIP_FIRST: chunks of this plan an earlier attempt extracted (``chunks_extracted``).
     extracted: frozenset[int] = frozenset()
+    # An earlier attempt's staged tree is kept to resume (DIRECT): only then can it have
+    # finished byte ranges worth a look (``ranges.done_marks``).
+    resumes: bool = False
 
     @property
     def write_dir(self) -> Endpoint:
@@ -378,7 +381,7 @@ def prepare(job: TransferJob, options: EngineOptions, cancel: CancelToken | None
     if m_exists:
         rmtree(mark, options)  # from an attempt that stopped before its rename
     delivery = Delivery(job, final, root, staged, existed=f_exists, in_place=in_place,
-                        delivered=False)
+                        delivered=False, resumes=n_exists and resumable and not in_place)
     if chunk_plan is not None:  # creates the staging root too
         extracted = chunks_extracted(delivery, chunk_plan, options, cancel)
         return dataclasses.replace(delivery, extracted=extracted)

@@ -453,7 +453,8 @@ def _run_streams(
     those an earlier attempt finished are skipped."""
     write_dir = delivery.write_dir
     pieces = pieces or []
-    done = ranges.done_marks(delivery.root, options, cancel) if pieces else frozenset()
+    done = (ranges.done_marks(delivery.root, options, cancel) if pieces and delivery.resumes
+            else frozenset())
     todo = [r for r in pieces if r.mark not in done]
     items: list[Stream | ranges.Range] = sorted(
         [*plan, *todo], key=lambda item: -item.bytes)

@@ -134,7 +134,10 @@ def _options(engine_options: EngineOptions, **more: object) -> EngineOptions:
 @pytest.mark.parametrize("direction", ["push", "pull"])
 def test_a_big_file_goes_as_ranges_over_separate_connections(
         tmp_path: Path, far_sshd: SshServer, engine_options: EngineOptions,
-        small_cuts: None, direction: str) -> None:
+        small_cuts: None, direction: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    looked: list[object] = []
+    real_done_marks = ranges.done_marks
+    monkeypatch.setattr(ranges, "done_marks", lambda *a: looked.append(a) or real_done_marks(*a))
     src = _session(tmp_path / "src")
     reference = tree_snapshot(src)
     here = tmp_path / "here"
@@ -152,6 +155,8 @@ def test_a_big_file_goes_as_ranges_over_separate_connections(
     assert send.details["ranges"] == 3 and send.details["ranges_resumed"] == 0
     assert send.details["range_files"] == 1
     assert send.details["final_pass_bytes"] == 0  # the ranges carried the big file
+    # Nothing was staged before: no round trip to look for an earlier attempt's ranges.
+    assert looked == []
     # At most 3 at once; each range and each rsync stream of the small files opens its own.
     assert result.connections == 3
     # One connection per slot, each opened once and reused for every range and stream it
