@@ -402,11 +402,11 @@ class _Meter:
         self.final_bytes = self.final_files = 0
 
     def stream(self, index: int) -> ProgressCallback:
-        def update(p: Progress) -> None:
+        def update(progress: Progress) -> None:
             with self.lock:
-                self.bytes[index] = p.bytes_done
-                if p.files_done is not None:
-                    self.files[index] = p.files_done
+                self.bytes[index] = progress.bytes_done
+                if progress.files_done is not None:
+                    self.files[index] = progress.files_done
                 self._emit(sum(self.bytes) + self.skipped)
         return update
 
@@ -537,11 +537,12 @@ def _run_streams(
     # content-verified before delivery: a file of the right size and wrong bytes fails it.
     final_extra = (*extra, "--size-only") if pieces else extra
     try:
-        if _one_file_pushed(job, source, pieces, delivery):
-            # No tree to finish: the one file needs only its mode and time.
-            staged = delivery.staged
-            assert isinstance(job.source, LocalEndpoint) and isinstance(staged, SshEndpoint)
-            ranges.give_mode_and_time(Path(job.source.path), staged, options, cancel)
+        staged = delivery.staged
+        if (isinstance(job.source, LocalEndpoint) and isinstance(staged, SshEndpoint)
+                and not plan and not delivery.resumes and ranges.attributes_alone(source, pieces)):
+            # Every file came as ranges into a new staging tree (nothing stray to remove):
+            # only modes and times are left, one command, not an rsync pass.
+            ranges.give_modes_and_times(Path(job.source.path), source, staged, options, cancel)
             last: tuple[str, ...] = ()
         else:
             _result, last = run_rsync(job.source, write_dir, options,
@@ -551,14 +552,6 @@ def _run_streams(
         info.update(final_pass_s=round(time.monotonic() - began, 3),
                     final_pass_bytes=meter.final_bytes, final_pass_files=meter.final_files)
     return tuple(dict.fromkeys(w for ws in (*warnings, last) for w in ws))
-
-
-def _one_file_pushed(job: TransferJob, source: TreeListing, pieces: list[ranges.Range],
-                     delivery: deliver.Delivery) -> bool:
-    """The job's source is one local file, sent whole as ranges to a remote staging."""
-    return (not source.is_dir and bool(pieces) and all(not r.rel for r in pieces)
-            and isinstance(job.source, LocalEndpoint)
-            and isinstance(delivery.staged, SshEndpoint))
 
 
 def source_parent(source: Endpoint) -> Endpoint:

@@ -21,9 +21,10 @@ the file's name, size, stamp and the cut, so a changed source or another cut sta
 over. A retry sends only the ranges without a marker.
 
 **Proof**: the split file then gets its mode and exact mtime from the final rsync pass
-(``--size-only``: it sends no data for it); a job whose source is that one file, pushed,
-gets them from one remote ``chmod`` + ``touch`` instead (``give_mode_and_time``: an
-rsync pass is several round trips on a long link). The job's content verification
+(``--size-only``: it sends no data for it); a push whose every file went as ranges into
+a new staging tree (one render, or FEW's four mixes) gets them, its folders' too, from
+one remote ``chmod`` + ``touch`` per entry instead (``give_modes_and_times``: an rsync
+pass is several round trips on a long link). The job's content verification
 (forced to ``checksum`` when a file was split: a missing range has the right size)
 hashes it on both sides before delivery.
 """
@@ -43,14 +44,17 @@ from typing import BinaryIO
 from mvp_core.transfer_engine import remote_sh
 from mvp_core.transfer_engine.endpoints import Endpoint, SshEndpoint
 from mvp_core.transfer_engine.errors import CommandFailedError, TransferCancelledError
+from mvp_core.transfer_engine.manifest import DIR, FILE
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.runner import run_command
 from mvp_core.transfer_engine.ssh import raise_for_remote, remote_command_argv, run_remote
+from mvp_core.transfer_engine.verify import TreeListing
 
 BLOCK = 1024 * 1024  # dd's block: ranges start on it
 MIN_RANGE = 32 * 1024 * 1024  # a range's floor: at 100 ms its session costs ~2 round trips
 RANGE_MARKS = ".ketter-ranges"
+MAX_ATTRIBUTE_ENTRIES = 256  # beyond it the final rsync pass gives the attributes
 _READ = 1024 * 1024
 _PROGRESS_EVERY_S = 0.25
 
@@ -116,17 +120,36 @@ def _join(endpoint: Endpoint, rel: str) -> str:
     return str(PurePosixPath(str(endpoint.path)) / rel) if rel else str(endpoint.path)
 
 
-def give_mode_and_time(source: Path, staged: SshEndpoint, options: EngineOptions,
-                       cancel: CancelToken | None = None) -> None:
-    """The local file ``source``'s permission bits and mtime (to the nanosecond) on the
-    staged remote file: what ``rsync -a`` would give it."""
-    st = os.stat(source)
-    seconds, nanos = divmod(st.st_mtime_ns, 1_000_000_000)
-    when = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
-    result = run_remote(staged, ("sh", "-c", remote_sh.MODE_AND_TIME, "sh", str(staged.path),
-                                 f"{stat.S_IMODE(st.st_mode):o}", when),
-                        options, what="give the file its mode and time", check=False, cancel=cancel)
-    raise_for_remote(result, staged, "give the file its mode and time")
+def attributes_alone(source: TreeListing, pieces: Sequence[Range]) -> bool:
+    """Every file of ``source`` came as ranges and it holds only files and folders, few
+    enough for one command's arguments: ``give_modes_and_times`` finishes it."""
+    cut = {r.rel for r in pieces}
+    return (len(source.entries) <= MAX_ATTRIBUTE_ENTRIES
+            and all(kind == DIR or (kind == FILE and rel in cut)
+                    for rel, (kind, _size) in source.entries.items()))
+
+
+def give_modes_and_times(local_root: Path, source: TreeListing, staged: SshEndpoint,
+                         options: EngineOptions, cancel: CancelToken | None = None) -> None:
+    """The local tree's permission bits and mtimes (to the nanosecond) on the staged
+    remote tree, its empty folders made: what ``rsync -a`` would give it, in one round
+    trip (an rsync pass is ~8 on a long link: 0.8 s at 100 ms)."""
+    files = [rel for rel, (kind, _size) in source.entries.items() if kind == FILE]
+    folders = sorted((rel for rel, (kind, _size) in source.entries.items()
+                      if kind == DIR and rel), key=lambda rel: -len(PurePosixPath(rel).parts))
+    if source.is_dir:
+        folders.append("")  # the folder itself, last
+    args: list[str] = []
+    for kind, rel in [*(("f", rel) for rel in files), *(("d", rel) for rel in folders)]:
+        st = os.lstat(local_root / rel if rel else local_root)
+        seconds, nanos = divmod(st.st_mtime_ns, 1_000_000_000)
+        when = (datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                + f".{nanos:09d}Z")
+        args += [kind, _join(staged, rel), f"{stat.S_IMODE(st.st_mode):o}", when]
+    result = run_remote(staged, ("sh", "-c", remote_sh.MODES_AND_TIMES, "sh", *args),
+                        options, what="give the tree its modes and times", check=False,
+                        cancel=cancel)
+    raise_for_remote(result, staged, "give the tree its modes and times")
 
 
 def marks_dir(root: Endpoint) -> str:

@@ -30,8 +30,9 @@ What each step needs, beyond that:
 - ``RANGE_READ`` / ``RANGE_WRITE`` / ``RANGE_MARKS`` (``ranges``, long links only):
   ``dd bs= skip= seek= count= conv=notrunc`` (POSIX), ``dirname``, ``tail``. A host
   without ``dd`` gets its big files whole, one rsync stream each.
-- ``MODE_AND_TIME`` (``ranges``: a single-file push sent as ranges): ``chmod`` with an
-  octal mode and ``touch -m -d YYYY-MM-DDThh:mm:SS.fZ`` (POSIX 2008; GNU and macOS).
+- ``MODES_AND_TIMES`` (``ranges``: a push whose every file went as ranges): ``mkdir -p``,
+  ``chmod`` with an octal mode and ``touch -m -d YYYY-MM-DDThh:mm:SS.fZ`` (POSIX 2008;
+  GNU and macOS).
 - ``LISTER`` / ``LIST_TREE`` (verification listings, ``DELETE_VERIFIED``'s re-check,
   ``LIST_THEN_RENAME``, ``UNFINISHED_FILES``): GNU ``find -printf``, else ``find -exec
   stat -f`` (BSD) with ``tr``; names with a newline are stat'ed one by one.
@@ -439,6 +440,12 @@ RANGE_WRITE = (
 # $1 a folder of range markers: their names, one per line (none if it is missing).
 RANGE_MARKS = 'cd -- "$1" 2>/dev/null || exit 0; for f in *; do [ -e "$f" ] && printf "%s\\n" "$f"; done; exit 0'
 
-# $1 a file, $2 its mode (octal), $3 its mtime for POSIX ``touch -d`` (UTC, with the
-# nanoseconds): what the final rsync pass would give a file that came as byte ranges.
-MODE_AND_TIME = 'chmod "$2" -- "$1" && touch -m -d "$3" -- "$1"'
+# $@ groups of four: kind (d: a folder, made if missing; f: a file), path, mode (octal),
+# mtime for POSIX ``touch -d`` (UTC, with the nanoseconds): what the final rsync pass
+# would give a tree whose every file came as byte ranges. Folders come after what they
+# hold, deepest first: touching a file leaves its folder's mtime alone, making one does not.
+MODES_AND_TIMES = (
+    'while [ "$#" -ge 4 ]; do '
+    'if [ "$1" = d ]; then mkdir -p -- "$2" || exit 1; fi; '
+    'chmod "$3" -- "$2" && touch -m -d "$4" -- "$2" || exit 1; shift 4; done'
+)
