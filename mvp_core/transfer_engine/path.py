@@ -46,8 +46,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,7 +57,7 @@ from mvp_core.transfer_engine.endpoints import SshEndpoint
 from mvp_core.transfer_engine.errors import TransferError
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.runner import Conversation, start_background, stop_background
+from mvp_core.transfer_engine.runner import Conversation
 from mvp_core.transfer_engine.ssh import endpoint_key, remote_command_argv
 
 if TYPE_CHECKING:
@@ -177,14 +175,14 @@ class Slots:
     ssh master's control socket (None: that master could not start)."""
 
     endpoint: SshEndpoint
-    ready: list[Callable[[EngineOptions, CancelToken | None], str | None]]
+    ready: list[Callable[[CancelToken | None], str | None]]
 
     def options_for(self, slot: int, options: EngineOptions,
                     cancel: CancelToken | None = None) -> EngineOptions:
         """``options`` riding slot ``slot``'s master once it is up; a master that could
         not start leaves that slot to plain connections of its own (the first command
         then reports the real error)."""
-        path = self.ready[slot % len(self.ready)](options, cancel) if self.ready else None
+        path = self.ready[slot % len(self.ready)](cancel) if self.ready else None
         if path is None:
             return own_connection(options)
         return dataclasses.replace(options, ssh_control=(endpoint_key(self.endpoint), path))
@@ -208,35 +206,20 @@ def open_slots(endpoint: SshEndpoint | None, options: EngineOptions, count: int,
         with _pooled_slots(endpoint, options, count, cancel) as slots:
             yield slots
         return
-    masters: list[tuple[subprocess.Popen[bytes], str]] = []
-    dirs: list[str] = []
-    ready: list[Callable[[EngineOptions, CancelToken | None], str | None]] = []
+    masters: list[ssh_master.Master] = []
+    ready: list[Callable[[CancelToken | None], str | None]] = []
     try:
         for _ in range(count):
-            paths = ssh_master.private_control_path()
-            proc = None
-            if paths is not None:
-                dirs.append(paths[0])
-                try:
-                    proc = start_background(ssh_master.master_argv(endpoint, options, paths[1]))
-                except TransferError:
-                    proc = None
-            if proc is None or paths is None:
-                ready.append(lambda _o, _c: None)
+            master = ssh_master.start_master(endpoint, options)
+            if master is None:
+                ready.append(lambda _c: None)
                 continue
-            masters.append((proc, paths[1]))
-            ready.append(functools.partial(_own_ready, proc, paths[1]))
+            masters.append(master)
+            ready.append(master.ready)
         yield Slots(endpoint, ready)
     finally:
-        for proc, _path in masters:
-            stop_background(proc)
-        for sock_dir in dirs:
-            shutil.rmtree(sock_dir, ignore_errors=True)
-
-
-def _own_ready(proc: subprocess.Popen[bytes], control_path: str, options: EngineOptions,
-               cancel: CancelToken | None) -> str | None:
-    return control_path if ssh_master.wait_ready(proc, control_path, options, cancel) else None
+        for master in masters:
+            master.stop()
 
 
 @contextmanager
@@ -256,7 +239,7 @@ def _pooled_slots(endpoint: SshEndpoint, options: EngineOptions, count: int,
         except Exception:  # noqa: BLE001 - a slot that could not start is a plain connection
             return None
 
-    def ready(i: int, _options: EngineOptions, _cancel: CancelToken | None) -> str | None:
+    def ready(i: int, _cancel: CancelToken | None) -> str | None:
         master = got(i)
         return None if master is None else master.control_path
 

@@ -17,39 +17,36 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 from mvp_core.transfer_engine.endpoints import SshEndpoint
-from mvp_core.transfer_engine.errors import TransferError
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.runner import start_background, stop_background
 from mvp_core.transfer_engine.ssh import endpoint_key
-from mvp_core.transfer_engine.ssh_master import master_argv, private_control_path, wait_ready
+from mvp_core.transfer_engine.ssh_master import Master, master_argv, start_master
 
 _REAP_EVERY_S = 1.0
 
 
 @dataclasses.dataclass
 class _Master:
-    """One warm master: its process, socket, users and when it was last released."""
+    """One warm master: its users and when it was last released."""
 
-    sock_dir: str
-    control_path: str
-    proc: subprocess.Popen[bytes]
+    master: Master
     persist_s: float
     users: int = 0
     idle_since: float = 0.0
 
+    @property
+    def control_path(self) -> str:
+        return self.master.control_path
+
     def alive(self) -> bool:
-        return self.proc.poll() is None and Path(self.control_path).is_socket()
+        return self.master.alive()
 
 
 class MasterPool:
@@ -133,20 +130,12 @@ class MasterPool:
 
     def _start(self, endpoint: SshEndpoint, options: EngineOptions,
                cancel: CancelToken | None) -> _Master | None:
-        paths = private_control_path()
-        if paths is None:
+        master = self._owner.submit(start_master, endpoint, options).result()
+        if master is None:
             return None
-        sock_dir, control_path = paths
-        argv = master_argv(endpoint, options, control_path)
-        try:
-            proc = self._owner.submit(start_background, argv).result()
-        except TransferError:
-            shutil.rmtree(sock_dir, ignore_errors=True)
-            return None
-        master = _Master(sock_dir, control_path, proc, options.ssh_persist_s)
-        if wait_ready(proc, control_path, options, cancel):
-            return master
-        self._owner.submit(_stop, master)
+        if master.ready(cancel) is not None:
+            return _Master(master, options.ssh_persist_s)
+        self._owner.submit(master.stop)
         return None
 
     def _ensure_reaper(self) -> None:
@@ -177,8 +166,7 @@ class MasterPool:
 
 
 def _stop(master: _Master) -> None:
-    stop_background(master.proc)
-    shutil.rmtree(master.sock_dir, ignore_errors=True)
+    master.master.stop()
 
 
 shared_masters = MasterPool()

@@ -30,7 +30,7 @@ from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.ssh import run_remote, ssh_base_argv
-from mvp_core.transfer_engine.ssh_master import DIR_PREFIX, SOCKET_NAME, ssh_session
+from mvp_core.transfer_engine.ssh_master import DIR_PREFIX, SOCKET_NAME, ssh_session, start_master
 from mvp_core.transfer_engine.ssh_pool import shared_masters
 from tests.engine.conftest import temp_leftovers
 from tests.fixtures.sshd import SshServer, _keygen, start_sshd, stop_sshd
@@ -199,6 +199,35 @@ def test_session_options_and_socket_dir(verbose_sshd: SshServer, clean_check: No
     assert not sock.parent.exists()
     with ssh_session(ep, EngineOptions(ssh_multiplex=False)) as options:
         assert options.ssh_control is None
+
+
+def test_a_master_starts_now_and_is_waited_for_later(tmp_path: Path, far_sshd: SshServer,
+                                                     clean_check: None) -> None:
+    """``start_master`` returns before the handshake (several 50 ms round trips), so it
+    overlaps other work; ``ready`` then waits for the socket; ``stop`` leaves nothing."""
+    ep = far_sshd.endpoint("/")
+    options = EngineOptions(ssh_connect_timeout_s=5)
+    master = start_master(ep, options)
+    assert master is not None
+    try:
+        assert not Path(master.control_path).is_socket()
+        cancelled = CancelToken()
+        cancelled.cancel()
+        assert master.ready(cancelled) is None  # a cancelled job does not wait
+        assert master.ready() == master.control_path
+        assert Path(master.control_path).is_socket() and master.alive()
+        assert len(_our_masters()) == 1
+    finally:
+        master.stop()
+    assert not Path(master.sock_dir).exists() and not master.alive()
+    other_key = tmp_path / "other_key"
+    _keygen(other_key, "not-authorized")
+    refused = start_master(far_sshd.endpoint("/", identity_file=other_key), options)
+    assert refused is not None
+    try:
+        assert refused.ready() is None  # auth refused: the master exits, no socket
+    finally:
+        refused.stop()
 
 
 def test_dirs_of_killed_jobs_are_swept_live_ones_kept(verbose_sshd: SshServer) -> None:
