@@ -380,3 +380,39 @@ def test_concurrent_jobs_share_one_master(tmp_path: Path, verbose_sshd: SshServe
         assert tree_snapshot(delivered) == reference
     assert _wait_count(verbose_sshd, before, 1) == 1
     assert len(_our_masters()) == 1
+
+
+def test_acquiring_from_the_pool_does_not_wait(tmp_path: Path, far_sshd: SshServer,
+                                               pooled: EngineOptions) -> None:
+    """An acquire starts the master and returns before its handshake (50 ms round
+    trips); one acquired meanwhile shares it (one connection); released, it stays warm
+    and the next acquire finds it ready. A refused one is ready None and is replaced."""
+    from tests.engine.conftest import settled_count
+
+    ep = far_sshd.endpoint("/")
+    before = settled_count(far_sshd)
+    first = shared_masters.acquire(ep, pooled)
+    second = shared_masters.acquire(ep, pooled)
+    assert first is not None and second is first
+    try:
+        assert not Path(first.master.control_path).is_socket()
+        assert first.ready() == second.ready() == first.master.control_path
+    finally:
+        shared_masters.release(first)
+        shared_masters.release(second)
+    again = shared_masters.acquire(ep, pooled)
+    assert again is first and Path(again.master.control_path).is_socket()
+    shared_masters.release(again)
+    assert settled_count(far_sshd) - before == 1 and shared_masters.count() == 1
+    other_key = tmp_path / "other_key"
+    _keygen(other_key, "not-authorized")
+    refused_ep = far_sshd.endpoint("/", identity_file=other_key)
+    refused = shared_masters.acquire(refused_ep, pooled)
+    assert refused is not None
+    try:
+        assert refused.ready() is None
+    finally:
+        shared_masters.release(refused)
+    retried = shared_masters.acquire(refused_ep, pooled)
+    assert retried is not None and retried is not refused  # the dead one is not reused
+    shared_masters.release(retried)
