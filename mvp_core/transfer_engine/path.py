@@ -42,15 +42,11 @@ Pure except ``measure_rtt``, which runs one remote command through ``ssh``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import functools
 import math
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -59,11 +55,11 @@ from mvp_core.transfer_engine.endpoints import SshEndpoint
 from mvp_core.transfer_engine.errors import TransferError
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.runner import Conversation, start_background, stop_background
+from mvp_core.transfer_engine.runner import Conversation
 from mvp_core.transfer_engine.ssh import endpoint_key, remote_command_argv
 
 if TYPE_CHECKING:
-    from mvp_core.transfer_engine.ssh_pool import _Master
+    from mvp_core.transfer_engine.ssh_pool import PooledMaster
 
 SSH_CHANNEL_WINDOW = 2 * 1024 * 1024  # OpenSSH CHAN_SES_WINDOW_DEFAULT (64 × 32 KiB)
 # What a channel carries per round trip, measured through the delay line at 100 ms
@@ -178,18 +174,19 @@ def own_connection(options: EngineOptions) -> EngineOptions:
 
 @dataclasses.dataclass
 class Slots:
-    """The separate connections of one job's send: for each slot, a way to wait for its
-    ssh master's control socket (None: that master could not start)."""
+    """The separate connections of one job's send: each slot's ssh master, started and
+    not waited for yet (None: that master could not start)."""
 
     endpoint: SshEndpoint
-    ready: list[Callable[[EngineOptions, CancelToken | None], str | None]]
+    masters: list[ssh_master.Master | None]
 
     def options_for(self, slot: int, options: EngineOptions,
                     cancel: CancelToken | None = None) -> EngineOptions:
         """``options`` riding slot ``slot``'s master once it is up; a master that could
         not start leaves that slot to plain connections of its own (the first command
         then reports the real error)."""
-        path = self.ready[slot % len(self.ready)](options, cancel) if self.ready else None
+        master = self.masters[slot % len(self.masters)] if self.masters else None
+        path = None if master is None else master.ready(cancel)
         if path is None:
             return own_connection(options)
         return dataclasses.replace(options, ssh_control=(endpoint_key(self.endpoint), path))
@@ -199,7 +196,8 @@ class Slots:
 def open_slots(endpoint: SshEndpoint | None, options: EngineOptions, count: int,
                cancel: CancelToken | None = None) -> Iterator[Slots | None]:
     """Start ``count`` ssh masters to ``endpoint`` at once, without waiting for them;
-    None (the streams ride the job's master) for fewer than two or no remote.
+    None (the streams ride the job's master) for fewer than two or no remote. Nothing
+    here waits, so ``cancel`` is not needed: each stream waits for its slot with its own.
 
     With ``ssh_persist_s`` (the worker) they come from the process's pool and stay warm
     after the job, like the job's own master: the next job to that host finds its
@@ -210,69 +208,36 @@ def open_slots(endpoint: SshEndpoint | None, options: EngineOptions, count: int,
         yield None
         return
     if options.ssh_persist_s > 0:
-        with _pooled_slots(endpoint, options, count, cancel) as slots:
+        with _pooled_slots(endpoint, options, count) as slots:
             yield slots
         return
-    masters: list[tuple[subprocess.Popen[bytes], str]] = []
-    dirs: list[str] = []
-    ready: list[Callable[[EngineOptions, CancelToken | None], str | None]] = []
+    masters: list[ssh_master.Master | None] = []
     try:
         for _ in range(count):
-            paths = ssh_master.private_control_path()
-            proc = None
-            if paths is not None:
-                dirs.append(paths[0])
-                try:
-                    proc = start_background(ssh_master.master_argv(endpoint, options, paths[1]))
-                except TransferError:
-                    proc = None
-            if proc is None or paths is None:
-                ready.append(lambda _o, _c: None)
-                continue
-            masters.append((proc, paths[1]))
-            ready.append(functools.partial(_own_ready, proc, paths[1]))
-        yield Slots(endpoint, ready)
+            masters.append(ssh_master.start_master(endpoint, options))
+        yield Slots(endpoint, masters)
     finally:
-        for proc, _path in masters:
-            stop_background(proc)
-        for sock_dir in dirs:
-            shutil.rmtree(sock_dir, ignore_errors=True)
-
-
-def _own_ready(proc: subprocess.Popen[bytes], control_path: str, options: EngineOptions,
-               cancel: CancelToken | None) -> str | None:
-    return control_path if ssh_master.wait_ready(proc, control_path, options, cancel) else None
+        for master in masters:
+            if master is not None:
+                master.stop()
 
 
 @contextmanager
-def _pooled_slots(endpoint: SshEndpoint, options: EngineOptions, count: int,
-                  cancel: CancelToken | None) -> Iterator[Slots]:
-    """``count`` slot masters from the process's pool, asked for all at once (each
-    acquire waits for its master: a warm one at once, a new one after its handshake)."""
+def _pooled_slots(endpoint: SshEndpoint, options: EngineOptions, count: int
+                  ) -> Iterator[Slots]:
+    """``count`` slot masters from the process's pool: warm ones taken, the others
+    started now by the pool; each is released once on the way out."""
     from mvp_core.transfer_engine.ssh_pool import shared_masters  # imports ssh_master
 
-    asking = concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="ketter-slot")
-    wanted = [asking.submit(shared_masters.acquire, endpoint, options, cancel, slot=i)
-              for i in range(count)]
-
-    def got(i: int) -> _Master | None:
-        try:
-            return wanted[i].result()
-        except Exception:  # noqa: BLE001 - a slot that could not start is a plain connection
-            return None
-
-    def ready(i: int, _options: EngineOptions, _cancel: CancelToken | None) -> str | None:
-        master = got(i)
-        return None if master is None else master.control_path
-
+    held: list[PooledMaster | None] = []
     try:
-        yield Slots(endpoint, [functools.partial(ready, i) for i in range(count)])
-    finally:
-        asking.shutdown(wait=True)
         for i in range(count):
-            master = got(i)
-            if master is not None:
-                shared_masters.release(master)
+            held.append(shared_masters.acquire(endpoint, options, slot=i))
+        yield Slots(endpoint, [None if h is None else h.master for h in held])
+    finally:
+        for h in held:
+            if h is not None:
+                shared_masters.release(h)
 
 
 def rate(bytes_sent: int, seconds: float) -> float | None:

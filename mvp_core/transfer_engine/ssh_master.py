@@ -10,6 +10,8 @@ PR_SET_PDEATHSIG and the cancel path), waits until its control socket appears
 ssh falls back to its own connection if the socket is gone, so correctness never
 depends on the master; if the master cannot start (auth refused, host down), the job
 proceeds without it and its first real command reports the real error.
+``start_master`` starts every master (the job's here, a long path's slots in
+``path.open_slots``, the pool's in ``ssh_pool``) without waiting: ``Master.ready`` waits.
 """
 
 from __future__ import annotations
@@ -88,26 +90,64 @@ def ssh_session(endpoint: SshEndpoint, options: EngineOptions,
         with shared_masters.session(endpoint, options, cancel) as pooled:
             yield pooled
         return
-    paths = private_control_path()
-    if paths is None:
+    master = start_master(endpoint, options)
+    if master is None:
         yield options
         return
-    sock_dir, control_path = paths
-    proc = None
     try:
-        try:
-            proc = start_background(master_argv(endpoint, options, control_path))
-        except TransferError:
-            proc = None
-        if proc is not None and wait_ready(proc, control_path, options, cancel):
-            yield dataclasses.replace(
-                options, ssh_control=(endpoint_key(endpoint), control_path))
-        else:
-            yield options
+        control_path = master.ready(cancel)
+        yield (options if control_path is None else dataclasses.replace(
+            options, ssh_control=(endpoint_key(endpoint), control_path)))
     finally:
-        if proc is not None:
-            stop_background(proc)
+        master.stop()
+
+
+@dataclasses.dataclass
+class Master:
+    """An ssh master started and not waited for yet, so its handshake overlaps other
+    work; it dies with the thread that started it (PR_SET_PDEATHSIG)."""
+
+    sock_dir: str
+    control_path: str
+    proc: subprocess.Popen[bytes]
+    deadline: float  # monotonic: no socket by then, and the master is given up
+
+    def ready(self, cancel: CancelToken | None = None) -> str | None:
+        """Its control path once it listens (authenticated); None if it died, took too
+        long or ``cancel`` fired first."""
+        path = Path(self.control_path)
+        while not path.is_socket():
+            if (self.proc.poll() is not None or time.monotonic() >= self.deadline
+                    or (cancel is not None and cancel.cancelled)):
+                return None
+            time.sleep(_POLL_S)
+        return self.control_path
+
+    def alive(self) -> bool:
+        """Running, and listening or still within its time to start."""
+        return self.proc.poll() is None and (Path(self.control_path).is_socket()
+                                             or time.monotonic() < self.deadline)
+
+    def stop(self) -> None:
+        """End it and remove its socket dir."""
+        stop_background(self.proc)
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+def start_master(endpoint: SshEndpoint, options: EngineOptions) -> Master | None:
+    """Start an ssh master to ``endpoint`` now, without waiting for it; None (nothing
+    left behind) when it cannot start. The caller stops it."""
+    paths = private_control_path()
+    if paths is None:
+        return None
+    sock_dir, control_path = paths
+    deadline = time.monotonic() + options.ssh_connect_timeout_s + _START_SLACK_S
+    try:
+        proc = start_background(master_argv(endpoint, options, control_path))
+    except TransferError:
         shutil.rmtree(sock_dir, ignore_errors=True)
+        return None
+    return Master(sock_dir, control_path, proc, deadline)
 
 
 def private_control_path() -> tuple[str, str] | None:
@@ -124,22 +164,6 @@ def private_control_path() -> tuple[str, str] | None:
         shutil.rmtree(sock_dir, ignore_errors=True)
         return None
     return sock_dir, control_path
-
-
-def wait_ready(proc: subprocess.Popen[bytes], control_path: str, options: EngineOptions,
-               cancel: CancelToken | None) -> bool:
-    """True once the master listens (authenticated); False if it died or took too long."""
-    deadline = time.monotonic() + options.ssh_connect_timeout_s + _START_SLACK_S
-    path = Path(control_path)
-    while time.monotonic() < deadline:
-        if path.is_socket():
-            return True
-        if proc.poll() is not None:
-            return False
-        if cancel is not None and cancel.cancelled:
-            return False
-        time.sleep(_POLL_S)
-    return False
 
 
 def sweep_stale(parent: Path) -> list[str]:

@@ -10,46 +10,41 @@ ties a master to the thread that forked it, and a job's thread ends with its job
 They still die with the process (kill -9 included). ssh falls back to its own
 connection when a socket is gone, so correctness never depends on a master; a dead
 one is replaced at the next job. A cancelled job stops its own rsync/ssh clients,
-never the shared master.
+never the shared master. Acquiring never waits: a new master's handshake overlaps the
+job's other work, and each user waits for it with ``ready`` when it needs it.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 from mvp_core.transfer_engine.endpoints import SshEndpoint
-from mvp_core.transfer_engine.errors import TransferError
 from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.results import CancelToken
-from mvp_core.transfer_engine.runner import start_background, stop_background
 from mvp_core.transfer_engine.ssh import endpoint_key
-from mvp_core.transfer_engine.ssh_master import master_argv, private_control_path, wait_ready
+from mvp_core.transfer_engine.ssh_master import Master, master_argv, start_master
 
 _REAP_EVERY_S = 1.0
 
 
 @dataclasses.dataclass
-class _Master:
-    """One warm master: its process, socket, users and when it was last released."""
+class PooledMaster:
+    """One of the pool's masters as its users hold it: how many, and since when none."""
 
-    sock_dir: str
-    control_path: str
-    proc: subprocess.Popen[bytes]
+    master: Master
     persist_s: float
     users: int = 0
     idle_since: float = 0.0
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None and Path(self.control_path).is_socket()
+    def ready(self, cancel: CancelToken | None = None) -> str | None:
+        """Its control path once it listens (at once when warm); None if it cannot."""
+        return self.master.ready(cancel)
 
 
 class MasterPool:
@@ -58,96 +53,74 @@ class MasterPool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._masters: dict[tuple[str, ...], _Master] = {}
+        self._masters: dict[tuple[str, ...], PooledMaster] = {}
         self._starting: dict[tuple[str, ...], threading.Lock] = {}
         self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ketter-ssh-pool")
         self._reaper: threading.Thread | None = None
-        self._closed = False
 
     @contextmanager
     def session(self, endpoint: SshEndpoint, options: EngineOptions,
                 cancel: CancelToken | None = None) -> Iterator[EngineOptions]:
         """Run the block over the pool's master for ``endpoint`` (started if needed)."""
-        master = self.acquire(endpoint, options, cancel)
-        if master is None:
+        held = self.acquire(endpoint, options)
+        if held is None:
             yield options
             return
         try:
-            yield dataclasses.replace(
-                options, ssh_control=(endpoint_key(endpoint), master.control_path))
+            control_path = held.ready(cancel)
+            yield (options if control_path is None else dataclasses.replace(
+                options, ssh_control=(endpoint_key(endpoint), control_path)))
         finally:
-            self.release(master)
+            self.release(held)
 
-    def acquire(self, endpoint: SshEndpoint, options: EngineOptions,
-                cancel: CancelToken | None = None, *, slot: int | None = None
-                ) -> _Master | None:
-        """The warm master for ``endpoint`` (``slot``: one of a long path's separate
-        connections to it, ``path.open_slots``), started and waited for if needed; None
-        when it cannot start. Every acquire is paired with one ``release``."""
+    def acquire(self, endpoint: SshEndpoint, options: EngineOptions, *,
+                slot: int | None = None) -> PooledMaster | None:
+        """The master for ``endpoint`` (``slot``: one of a long path's separate
+        connections to it, ``path.open_slots``) without waiting for it: a warm or
+        starting one is shared, else one is started now; its ``ready`` waits. None when
+        it cannot start. Every acquire is paired with one ``release``."""
         key = master_argv(endpoint, options, "")
         if slot is not None:
             key = (*key, f"slot {slot}")
-        return self._acquire(key, endpoint, options, cancel)
-
-    def release(self, master: _Master) -> None:
-        """This user is done with ``master``: it stays warm ``ssh_persist_s``."""
         with self._lock:
-            master.users -= 1
-            if master.users == 0:
-                master.idle_since = time.monotonic()
+            start_lock = self._starting.setdefault(key, threading.Lock())
+        with start_lock:  # one start per key; other jobs share it
+            with self._lock:
+                held = self._masters.get(key)
+                if held is not None and held.master.alive():
+                    held.users += 1
+                    return held
+                stale = self._masters.pop(key, None)
+            if stale is not None:
+                self._owner.submit(stale.master.stop)
+            master = self._owner.submit(start_master, endpoint, options).result()
+            if master is None:
+                return None
+            held = PooledMaster(master, options.ssh_persist_s, users=1)
+            with self._lock:
+                self._masters[key] = held
+        self._ensure_reaper()
+        return held
+
+    def release(self, held: PooledMaster) -> None:
+        """This user is done with ``held``: it stays warm ``ssh_persist_s``."""
+        with self._lock:
+            held.users -= 1
+            if held.users == 0:
+                held.idle_since = time.monotonic()
 
     def close(self) -> None:
         """Stop every master now (process exit, tests)."""
         with self._lock:
             masters = list(self._masters.values())
             self._masters.clear()
-        for master in masters:
-            _stop(master)
+        for held in masters:
+            held.master.stop()
 
     def count(self) -> int:
         """How many masters the pool holds (tests and status)."""
         with self._lock:
             return len(self._masters)
-
-    def _acquire(self, key: tuple[str, ...], endpoint: SshEndpoint,
-                 options: EngineOptions, cancel: CancelToken | None) -> _Master | None:
-        with self._lock:
-            start_lock = self._starting.setdefault(key, threading.Lock())
-        with start_lock:  # one start per key; other jobs wait for it and share it
-            with self._lock:
-                master = self._masters.get(key)
-                if master is not None and master.alive():
-                    master.users += 1
-                    return master
-                stale = self._masters.pop(key, None)
-            if stale is not None:
-                self._owner.submit(_stop, stale)
-            master = self._start(endpoint, options, cancel)
-            if master is None:
-                return None
-            with self._lock:
-                master.users = 1
-                self._masters[key] = master
-            self._ensure_reaper()
-            return master
-
-    def _start(self, endpoint: SshEndpoint, options: EngineOptions,
-               cancel: CancelToken | None) -> _Master | None:
-        paths = private_control_path()
-        if paths is None:
-            return None
-        sock_dir, control_path = paths
-        argv = master_argv(endpoint, options, control_path)
-        try:
-            proc = self._owner.submit(start_background, argv).result()
-        except TransferError:
-            shutil.rmtree(sock_dir, ignore_errors=True)
-            return None
-        master = _Master(sock_dir, control_path, proc, options.ssh_persist_s)
-        if wait_ready(proc, control_path, options, cancel):
-            return master
-        self._owner.submit(_stop, master)
-        return None
 
     def _ensure_reaper(self) -> None:
         with self._lock:
@@ -163,22 +136,17 @@ class MasterPool:
             now = time.monotonic()
             with self._lock:
                 done = [k for k, m in self._masters.items()
-                        if not m.alive()
+                        if not m.master.alive()
                         or (m.users == 0 and now - m.idle_since >= m.persist_s)]
                 expired = [self._masters.pop(k) for k in done]
                 empty = not self._masters
-            for master in expired:
-                self._owner.submit(_stop, master)
+            for held in expired:
+                self._owner.submit(held.master.stop)
             if empty:
                 with self._lock:
                     if not self._masters:
                         self._reaper = None
                         return
-
-
-def _stop(master: _Master) -> None:
-    stop_background(master.proc)
-    shutil.rmtree(master.sock_dir, ignore_errors=True)
 
 
 shared_masters = MasterPool()

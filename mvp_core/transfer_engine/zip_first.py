@@ -445,10 +445,9 @@ class _Pipeline:
         self.slots = temp_slots(options, remote_target=self.remote, connections=connections)
         self.connections = (connections if separate else 1) if self.remote else 0
         # Each sender its own ssh connection on a long path (``link``: one master per
-        # sender, reused for each chunk); sessions on the job's master else.
+        # sender, reused for each chunk); sessions on the job's master else (a LAN, or
+        # one chunk: no link is opened for fewer than two).
         self.link = link
-        self.send_options = (path_plan.own_connection(options) if separate and connections > 1
-                             else options)
         self.local_slots = threading.Semaphore(self.slots)
         self.remote_slots = threading.Semaphore(self.slots)
         self.lock = threading.Lock()
@@ -628,7 +627,7 @@ class _Pipeline:
         """One of S senders: take a remote slot, then the next built chunk, rsync it."""
         assert isinstance(self.job.target, SshEndpoint)
         mine = (self.link.options_for(sender, self.options, self.stop) if self.link is not None
-                else self.send_options)
+                else self.options)
         remote_tmp = dataclasses.replace(self.job.target,
                                          path=PurePosixPath(self.options.remote_temp_dir))
         while True:
@@ -725,7 +724,7 @@ class _Pipeline:
             return
         with self.clock.phase("send", **self._details(item.chunk), bytes=item.size,
                               as_is=True):
-            self._copy_as_is(item, None, self.send_options)
+            self._copy_as_is(item, None, self.options)
         item.local.unlink(missing_ok=True)
         _mark_local(marker)
         self.progress.send(item.chunk.index, item.chunk.content_bytes, finished=True)

@@ -30,7 +30,7 @@ from mvp_core.transfer_engine.options import EngineOptions
 from mvp_core.transfer_engine.planner import TransferStrategy, decide_strategy
 from mvp_core.transfer_engine.results import CancelToken
 from mvp_core.transfer_engine.ssh import run_remote, ssh_base_argv
-from mvp_core.transfer_engine.ssh_master import DIR_PREFIX, SOCKET_NAME, ssh_session
+from mvp_core.transfer_engine.ssh_master import DIR_PREFIX, SOCKET_NAME, ssh_session, start_master
 from mvp_core.transfer_engine.ssh_pool import shared_masters
 from tests.engine.conftest import temp_leftovers
 from tests.fixtures.sshd import SshServer, _keygen, start_sshd, stop_sshd
@@ -201,6 +201,35 @@ def test_session_options_and_socket_dir(verbose_sshd: SshServer, clean_check: No
         assert options.ssh_control is None
 
 
+def test_a_master_starts_now_and_is_waited_for_later(tmp_path: Path, far_sshd: SshServer,
+                                                     clean_check: None) -> None:
+    """``start_master`` returns before the handshake (several 50 ms round trips), so it
+    overlaps other work; ``ready`` then waits for the socket; ``stop`` leaves nothing."""
+    ep = far_sshd.endpoint("/")
+    options = EngineOptions(ssh_connect_timeout_s=5)
+    master = start_master(ep, options)
+    assert master is not None
+    try:
+        assert not Path(master.control_path).is_socket()
+        cancelled = CancelToken()
+        cancelled.cancel()
+        assert master.ready(cancelled) is None  # a cancelled job does not wait
+        assert master.ready() == master.control_path
+        assert Path(master.control_path).is_socket() and master.alive()
+        assert len(_our_masters()) == 1
+    finally:
+        master.stop()
+    assert not Path(master.sock_dir).exists() and not master.alive()
+    other_key = tmp_path / "other_key"
+    _keygen(other_key, "not-authorized")
+    refused = start_master(far_sshd.endpoint("/", identity_file=other_key), options)
+    assert refused is not None
+    try:
+        assert refused.ready() is None  # auth refused: the master exits, no socket
+    finally:
+        refused.stop()
+
+
 def test_dirs_of_killed_jobs_are_swept_live_ones_kept(verbose_sshd: SshServer) -> None:
     """A kill -9'd worker's master dies with it but its socket dir stays: the next
     session removes it; a live master's (another worker's) dir is left alone."""
@@ -351,3 +380,39 @@ def test_concurrent_jobs_share_one_master(tmp_path: Path, verbose_sshd: SshServe
         assert tree_snapshot(delivered) == reference
     assert _wait_count(verbose_sshd, before, 1) == 1
     assert len(_our_masters()) == 1
+
+
+def test_acquiring_from_the_pool_does_not_wait(tmp_path: Path, far_sshd: SshServer,
+                                               pooled: EngineOptions) -> None:
+    """An acquire starts the master and returns before its handshake (50 ms round
+    trips); one acquired meanwhile shares it (one connection); released, it stays warm
+    and the next acquire finds it ready. A refused one is ready None and is replaced."""
+    from tests.engine.conftest import settled_count
+
+    ep = far_sshd.endpoint("/")
+    before = settled_count(far_sshd)
+    first = shared_masters.acquire(ep, pooled)
+    second = shared_masters.acquire(ep, pooled)
+    assert first is not None and second is first
+    try:
+        assert not Path(first.master.control_path).is_socket()
+        assert first.ready() == second.ready() == first.master.control_path
+    finally:
+        shared_masters.release(first)
+        shared_masters.release(second)
+    again = shared_masters.acquire(ep, pooled)
+    assert again is first and Path(again.master.control_path).is_socket()
+    shared_masters.release(again)
+    assert settled_count(far_sshd) - before == 1 and shared_masters.count() == 1
+    other_key = tmp_path / "other_key"
+    _keygen(other_key, "not-authorized")
+    refused_ep = far_sshd.endpoint("/", identity_file=other_key)
+    refused = shared_masters.acquire(refused_ep, pooled)
+    assert refused is not None
+    try:
+        assert refused.ready() is None
+    finally:
+        shared_masters.release(refused)
+    retried = shared_masters.acquire(refused_ep, pooled)
+    assert retried is not None and retried is not refused  # the dead one is not reused
+    shared_masters.release(retried)

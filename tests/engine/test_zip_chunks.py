@@ -718,3 +718,29 @@ def test_on_a_long_path_chunks_go_over_separate_connections(
     assert result.connections == 3 and result.rtt_s is not None and result.rtt_s >= 0.05
     assert made == 1 + 3  # the master, then one connection per sender (not per chunk)
     assert tree_snapshot(out / src.name) == reference
+
+
+def test_on_a_long_path_a_single_chunk_rides_the_jobs_master(
+        tmp_path: Path, far_sshd: SshServer, chunked: EngineOptions, src: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One chunk has one sender: no separate connection is worth its handshake, so the
+    send goes over the job's master like every other command (one connection)."""
+    from mvp_core.transfer_engine import path
+    from tests.engine.conftest import settled_count
+
+    monkeypatch.setattr(path, "PROBE_MIN_BYTES", 1)
+    reference = tree_snapshot(src)
+    out = tmp_path / "out"
+    job = TransferJob(LocalEndpoint(src), far_sshd.endpoint(out), job_id="far-one-chunk")
+    options = dataclasses.replace(chunked, ssh_max_connections=3, zip_chunk_bytes=1 << 30)
+    before = settled_count(far_sshd)
+    events: list[PhaseEvent] = []
+
+    def record(event: PhaseEvent) -> None:
+        events.append(event)
+
+    result = execute_plan(decide_strategy(job, force=ZIP), options=options, on_phase=record)
+    assert _cleanup_details(events)["chunks"] == len(_done(events, "send")) == 1
+    assert result.connections == 1
+    assert settled_count(far_sshd) - before == 1
+    assert tree_snapshot(out / src.name) == reference
