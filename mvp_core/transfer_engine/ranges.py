@@ -93,8 +93,8 @@ def split(files: Sequence[tuple[str, int]], stamps: dict[str, str], slots: int, 
     whole (one share or less, or under two ``min_range``).
 
     Equal parts of about a share give every slot one and they end together: FEW
-    (4 x 128 MiB) at 100 ms went as four whole streams on eight connections, four idle
-    (55 % of the link); cut in halves it filled the link (docs/lab_report.md S8). A file
+    (4 x 128 MiB) at 100 ms went as four whole streams, three of its seven connections
+    idle (55 % of the link); cut in halves it filled the link (docs/lab_report.md S8). A file
     of one share keeps one slot, whole (FEW at 20 ms: four streams, as before); one big
     render on a long path takes every slot."""
     if slots <= 1:
