@@ -88,7 +88,7 @@ def run_transfer(
                if isinstance(job.source, LocalEndpoint) else None)
     endpoint = job_ssh_endpoint(job)
     early_count = _early_count(endpoint, listing, options)
-    with path_plan.open_slots(endpoint, options, early_count, cancel) as early, \
+    with path_plan.open_slots(endpoint, options, early_count) as early, \
             job_ssh_session(job, options, cancel) as session_options:
         return _run_transfer(job, options=session_options, progress=progress,
                              on_phase=on_phase, cancel=cancel, manifest=manifest,
@@ -140,7 +140,7 @@ def _run_transfer(
     # handshakes overlap the look at the target below).
     count = _slot_count(plan, pieces, options, facts)
     with (contextlib.nullcontext(early) if early is not None and count
-          else path_plan.open_slots(endpoint, options, count, cancel)) as slots:
+          else path_plan.open_slots(endpoint, options, count)) as slots:
         send = _Send(job, source, plan, options, clock, progress, cancel, started, facts, pieces,
                      slots)
         if _guard_worth(job, plan, options) and not pieces:

@@ -193,11 +193,11 @@ class Slots:
 
 
 @contextmanager
-def open_slots(endpoint: SshEndpoint | None, options: EngineOptions, count: int,
-               cancel: CancelToken | None = None) -> Iterator[Slots | None]:
+def open_slots(endpoint: SshEndpoint | None, options: EngineOptions, count: int
+               ) -> Iterator[Slots | None]:
     """Start ``count`` ssh masters to ``endpoint`` at once, without waiting for them;
     None (the streams ride the job's master) for fewer than two or no remote. Nothing
-    here waits, so ``cancel`` is not needed: each stream waits for its slot with its own.
+    here waits: each stream waits for its slot's master with its own cancel.
 
     With ``ssh_persist_s`` (the worker) they come from the process's pool and stay warm
     after the job, like the job's own master: the next job to that host finds its

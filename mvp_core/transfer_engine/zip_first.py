@@ -282,7 +282,7 @@ def _run_zip_first(
     link_count = (min(send_streams(options, facts.channels), len(chunk_plan.chunks))
                   if facts.separate and not delivery.delivered else 0)
     with deliver.discard_on_failure(job, options, clock, cancel), \
-            path_plan.open_slots(job_ssh_endpoint(job), options, link_count, cancel) as link:
+            path_plan.open_slots(job_ssh_endpoint(job), options, link_count) as link:
         if not delivery.delivered:
             pipeline = _Pipeline(job, delivery, manifest, chunk_plan, delivery.extracted,
                                  options, clock, progress, cancel, facts.channels,
